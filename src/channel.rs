@@ -1,0 +1,352 @@
+//! The public `Sender<T>` and `Receiver<T>`: a private flavor enum, matched in each method
+//! (crossbeam-channel's `channel.rs` pattern).
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use crate::addr::Address;
+use crate::codec;
+use crate::flavors::stream::{StreamReceiver, StreamSender};
+use crate::flavors::thread::{self, ThreadReceiver, ThreadSender};
+use crate::flavors::{Deadline, RecvFail, SendFail};
+use crate::{
+    Error, Message, Options, RecvError, RecvTimeoutError, SendError, SendFailure, SendTimeoutError,
+    TryRecvError, TrySendError,
+};
+
+/// Which transport carries a channel.
+///
+/// | backend | between | carries |
+/// |---|---|---|
+/// | `Thread` | threads of one process | the value itself, moved |
+/// | `Shm` | processes on one machine | encoded bytes through a shared ring (not built yet) |
+/// | `Socket` | processes, one machine (`unix:`) or many (`tcp:`) | encoded, length-prefixed frames |
+/// | `Pipe` | processes related by fork/spawn | encoded, length-prefixed frames |
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Backend {
+    /// In-process channel (crossbeam-channel); messages are moved, never encoded.
+    Thread,
+    /// Shared-memory ring between processes. Not built yet: constructors return
+    /// [`Error::Unsupported`].
+    Shm,
+    /// Unix domain stream socket (a socketpair for [`channel`]); TCP through `tcp:` addresses.
+    Socket,
+    /// An anonymous pipe; usable between threads and across fork/spawn by inheritance.
+    Pipe,
+}
+
+pub(crate) enum SenderFlavor<T> {
+    Thread(ThreadSender<T>),
+    Stream(StreamSender),
+}
+
+pub(crate) enum ReceiverFlavor<T> {
+    Thread(ThreadReceiver<T>),
+    Stream(StreamReceiver),
+}
+
+/// The sending half of a channel. `Clone + Send + Sync`; clones are independent producers
+/// whose messages never interleave.
+///
+/// ```
+/// use conduit::{channel, Backend};
+/// let (tx, rx) = channel::<String>(Backend::Socket)?;
+/// let tx2 = tx.clone();
+/// std::thread::spawn(move || tx2.send("from a thread".to_string()).unwrap());
+/// assert_eq!(rx.recv().unwrap(), "from a thread");
+/// # Ok::<(), conduit::Error>(())
+/// ```
+pub struct Sender<T> {
+    pub(crate) flavor: SenderFlavor<T>,
+}
+
+/// The receiving half of a channel: one consumer, any number of producers.
+///
+/// ```
+/// use conduit::{Receiver, Sender};
+/// let rx = Receiver::<u64>::bind("thread:doc-receiver")?;
+/// let tx = Sender::<u64>::connect("thread:doc-receiver")?;
+/// tx.send(42).unwrap();
+/// assert_eq!(rx.recv().unwrap(), 42);
+/// # Ok::<(), conduit::Error>(())
+/// ```
+pub struct Receiver<T> {
+    pub(crate) flavor: ReceiverFlavor<T>,
+    /// Stream flavors carry bytes; the receiver decodes `T`.
+    pub(crate) _marker: PhantomData<fn() -> T>,
+}
+
+/// Creates an anonymous connected pair on `backend`, with default [`Options`].
+///
+/// Use it between threads, or across `fork()` and spawned children by inheritance
+/// ([`Sender::share_with_child`]). Every backend is bounded; see [`Options`] for the default
+/// capacity and its unit per backend.
+///
+/// ```
+/// use conduit::{channel, Backend};
+/// for backend in [Backend::Thread, Backend::Socket, Backend::Pipe] {
+///     let (tx, rx) = channel::<(u32, String)>(backend)?;
+///     tx.send((1, "one".into())).unwrap();
+///     drop(tx);
+///     assert_eq!(rx.recv().unwrap(), (1, "one".to_string()));
+///     assert!(rx.recv().is_err()); // all senders gone, drained: Disconnected
+/// }
+/// # Ok::<(), conduit::Error>(())
+/// ```
+pub fn channel<T: Message>(backend: Backend) -> Result<(Sender<T>, Receiver<T>), Error> {
+    channel_with(backend, &Options::new())
+}
+
+/// Like [`channel`], with explicit [`Options`].
+///
+/// ```
+/// use conduit::{channel_with, Backend, Options};
+/// let (tx, rx) = channel_with::<Vec<u8>>(Backend::Pipe, &Options::new().max_message_size(1024))?;
+/// assert!(tx.send(vec![0; 4096]).is_err()); // over the limit: handed back, never sent
+/// tx.send(vec![1; 16]).unwrap();
+/// assert_eq!(rx.recv().unwrap(), vec![1; 16]);
+/// # Ok::<(), conduit::Error>(())
+/// ```
+pub fn channel_with<T: Message>(
+    backend: Backend,
+    opts: &Options,
+) -> Result<(Sender<T>, Receiver<T>), Error> {
+    let (tx, rx) = match backend {
+        Backend::Thread => {
+            let (tx, rx) = thread::channel(opts);
+            (SenderFlavor::Thread(tx), ReceiverFlavor::Thread(rx))
+        }
+        Backend::Socket | Backend::Pipe => {
+            let (tx, rx) = crate::flavors::stream::pair(backend == Backend::Pipe, opts)?;
+            (SenderFlavor::Stream(tx), ReceiverFlavor::Stream(rx))
+        }
+        Backend::Shm => return Err(shm_not_built()),
+    };
+    Ok((Sender { flavor: tx }, Receiver::new(rx)))
+}
+
+pub(crate) fn shm_not_built() -> Error {
+    Error::Unsupported {
+        what: "the shared-memory backend (Backend::Shm, shm: addresses) is not built yet; \
+               use Backend::Socket or unix: addresses meanwhile"
+            .to_string(),
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        let flavor = match &self.flavor {
+            SenderFlavor::Thread(s) => SenderFlavor::Thread(s.clone()),
+            SenderFlavor::Stream(s) => SenderFlavor::Stream(s.clone()),
+        };
+        Sender { flavor }
+    }
+}
+
+impl<T> std::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad("Sender { .. }")
+    }
+}
+
+impl<T> std::fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad("Receiver { .. }")
+    }
+}
+
+impl<T: Message> Sender<T> {
+    /// Connects to a receiver bound at `addr` (`thread:NAME`, `unix:PATH`, `tcp:HOST:PORT`).
+    ///
+    /// Across processes, the connection begins with a handshake: a peer that speaks another
+    /// protocol version or exchanges another message type is refused here, with
+    /// [`Error::VersionMismatch`] or [`Error::TypeMismatch`].
+    ///
+    /// ```
+    /// use conduit::{Receiver, Sender};
+    /// let path = std::env::temp_dir().join(format!("conduit-doc-{}.sock", std::process::id()));
+    /// let addr = format!("unix:{}", path.display());
+    /// let rx = Receiver::<String>::bind(&addr)?;
+    /// let tx = Sender::<String>::connect(&addr)?;
+    /// tx.send("hello".into()).unwrap();
+    /// assert_eq!(rx.recv().unwrap(), "hello");
+    /// assert!(Sender::<u64>::connect(&addr).is_err()); // wrong message type
+    /// # Ok::<(), conduit::Error>(())
+    /// ```
+    pub fn connect(addr: &str) -> Result<Self, Error> {
+        Self::connect_with(addr, &Options::new())
+    }
+
+    /// Like [`Sender::connect`], with explicit [`Options`] (send buffer capacity, size limit).
+    pub fn connect_with(addr: &str, opts: &Options) -> Result<Self, Error> {
+        let flavor = match Address::parse(addr)? {
+            Address::Thread(name) => SenderFlavor::Thread(ThreadSender::connect(&name)?),
+            Address::Shm(_) => return Err(shm_not_built()),
+            parsed @ (Address::Unix(_) | Address::Tcp(_)) => {
+                SenderFlavor::Stream(StreamSender::connect::<T>(addr, &parsed, opts)?)
+            }
+        };
+        Ok(Sender { flavor })
+    }
+
+    /// Sends `msg`, waiting while the buffer is full. Fails, handing `msg` back, when the
+    /// receiver is gone or the message cannot be sent (for example, over the size limit).
+    pub fn send(&self, msg: T) -> Result<(), SendError<T>> {
+        self.send_until(msg, Deadline::Never)
+            .map_err(|(m, f)| match f {
+                SendFail::Disconnected => SendError::Disconnected(m),
+                SendFail::Failed(f) => SendError::Failed(m, f),
+                // A send without deadline never reports Full or Timeout.
+                SendFail::Full | SendFail::Timeout => SendError::Disconnected(m),
+            })
+    }
+
+    /// Sends `msg` if that is possible without waiting for buffer space.
+    ///
+    /// On stream backends, once the first byte of a message is written the rest is written
+    /// too (waiting if needed), so a message is never torn.
+    pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
+        self.send_until(msg, Deadline::Now)
+            .map_err(|(m, f)| match f {
+                SendFail::Full | SendFail::Timeout => TrySendError::Full(m),
+                SendFail::Disconnected => TrySendError::Disconnected(m),
+                SendFail::Failed(f) => TrySendError::Failed(m, f),
+            })
+    }
+
+    /// Sends `msg`, waiting at most `timeout` for buffer space to begin the message.
+    pub fn send_timeout(&self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.send_until(msg, Deadline::after(timeout))
+            .map_err(|(m, f)| match f {
+                SendFail::Full | SendFail::Timeout => SendTimeoutError::Timeout(m),
+                SendFail::Disconnected => SendTimeoutError::Disconnected(m),
+                SendFail::Failed(f) => SendTimeoutError::Failed(m, f),
+            })
+    }
+
+    fn send_until(&self, msg: T, deadline: Deadline) -> Result<(), (T, SendFail)> {
+        match &self.flavor {
+            SenderFlavor::Thread(s) => s.send(msg, deadline),
+            SenderFlavor::Stream(s) => {
+                match s.send_with(deadline, |buf| codec::encode_into(&msg, buf)) {
+                    Ok(()) => Ok(()),
+                    Err(f) => Err((msg, f)),
+                }
+            }
+        }
+    }
+}
+
+impl<T: Message> Receiver<T> {
+    pub(crate) fn new(flavor: ReceiverFlavor<T>) -> Self {
+        Receiver {
+            flavor,
+            _marker: PhantomData,
+        }
+    }
+
+    /// Listens at `addr` (`thread:NAME`, `unix:PATH`, `tcp:HOST:PORT`); any number of senders
+    /// may connect. Messages from one sender arrive in order; senders are served fairly.
+    ///
+    /// A bound receiver waits for its first sender. Once one has connected, `recv` reports
+    /// `Disconnected` whenever no sender is connected and every message has been received;
+    /// a sender that connects later is served by the next call.
+    ///
+    /// A `unix:` socket file is created with mode 0600 whatever the umask, and only
+    /// processes of the same user may connect. A socket file left by a dead receiver is
+    /// reclaimed; a live one is [`Error::AddrInUse`]. `tcp:` accepts any peer that can reach
+    /// the port: bind it to a loopback or private address.
+    ///
+    /// ```
+    /// use conduit::{Receiver, Sender};
+    /// let rx = Receiver::<u32>::bind("tcp:127.0.0.1:0")?;
+    /// let addr = rx.local_addr().unwrap(); // the port the kernel chose
+    /// let tx = Sender::<u32>::connect(&addr)?;
+    /// tx.send(5).unwrap();
+    /// assert_eq!(rx.recv().unwrap(), 5);
+    /// # Ok::<(), conduit::Error>(())
+    /// ```
+    pub fn bind(addr: &str) -> Result<Self, Error> {
+        Self::bind_with(addr, &Options::new())
+    }
+
+    /// Like [`Receiver::bind`], with explicit [`Options`] (size limit; capacity for `thread:`).
+    pub fn bind_with(addr: &str, opts: &Options) -> Result<Self, Error> {
+        let flavor = match Address::parse(addr)? {
+            Address::Thread(name) => ReceiverFlavor::Thread(ThreadReceiver::bind(&name, opts)?),
+            Address::Shm(_) => return Err(shm_not_built()),
+            parsed @ (Address::Unix(_) | Address::Tcp(_)) => {
+                ReceiverFlavor::Stream(StreamReceiver::bind::<T>(addr, &parsed, opts)?)
+            }
+        };
+        Ok(Receiver::new(flavor))
+    }
+
+    /// The address senders connect to: for `tcp:` with port 0, the port the kernel chose.
+    /// `None` for anonymous channels.
+    pub fn local_addr(&self) -> Option<String> {
+        match &self.flavor {
+            ReceiverFlavor::Thread(_) => None,
+            ReceiverFlavor::Stream(s) => s.local_addr(),
+        }
+    }
+
+    /// Waits for a message. Returns `Disconnected` once every sender is gone and every
+    /// message they sent has been received.
+    pub fn recv(&self) -> Result<T, RecvError> {
+        self.recv_until(Deadline::Never).map_err(|f| match f {
+            RecvFail::Io(e) => RecvError::Io(e),
+            _ => RecvError::Disconnected,
+        })
+    }
+
+    /// Takes a message if one is ready, without waiting.
+    pub fn try_recv(&self) -> Result<T, TryRecvError> {
+        self.recv_until(Deadline::Now).map_err(|f| match f {
+            RecvFail::Empty | RecvFail::Timeout => TryRecvError::Empty,
+            RecvFail::Disconnected => TryRecvError::Disconnected,
+            RecvFail::Io(e) => TryRecvError::Io(e),
+        })
+    }
+
+    /// Waits at most `timeout` for a message.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_until(Deadline::after(timeout))
+            .map_err(|f| match f {
+                RecvFail::Empty | RecvFail::Timeout => RecvTimeoutError::Timeout,
+                RecvFail::Disconnected => RecvTimeoutError::Disconnected,
+                RecvFail::Io(e) => RecvTimeoutError::Io(e),
+            })
+    }
+
+    /// A blocking iterator that ends when the channel disconnects.
+    ///
+    /// ```
+    /// use conduit::{channel, Backend};
+    /// let (tx, rx) = channel::<u8>(Backend::Pipe)?;
+    /// std::thread::spawn(move || for i in 0..3 { tx.send(i).unwrap() });
+    /// assert_eq!(rx.iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+    /// # Ok::<(), conduit::Error>(())
+    /// ```
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        std::iter::from_fn(move || self.recv().ok())
+    }
+
+    /// An iterator over the messages ready now; it never waits.
+    pub fn try_iter(&self) -> impl Iterator<Item = T> + '_ {
+        std::iter::from_fn(move || self.try_recv().ok())
+    }
+
+    fn recv_until(&self, deadline: Deadline) -> Result<T, RecvFail> {
+        match &self.flavor {
+            ReceiverFlavor::Thread(r) => r.recv(deadline),
+            ReceiverFlavor::Stream(r) => r.recv_with(deadline, codec::decode::<T>),
+        }
+    }
+}
+
+/// Maps a failure to encode into the public failure type.
+pub(crate) fn encode_failure(reason: String) -> SendFail {
+    SendFail::Failed(SendFailure::Encode(reason))
+}

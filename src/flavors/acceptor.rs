@@ -1,0 +1,266 @@
+//! The acceptor: a thread per bound stream receiver that accepts connections, refuses other
+//! users, runs the listening side of the handshake, and hands accepted connections to the
+//! receiver. Senders can therefore connect (and learn of a type mismatch) while the receiving
+//! thread is busy elsewhere.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel as cb;
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::net::SocketFlags;
+
+use crate::addr::Address;
+use crate::handshake::{self, Hello, HelloError, Status};
+use crate::sys::{self, sock, StreamKind};
+use crate::Error;
+
+/// Connections still in their handshake, at most; more are closed at once.
+const MAX_PENDING: usize = 256;
+
+/// A running acceptor. Dropping it stops the thread and removes the socket file.
+pub(crate) struct Acceptor {
+    incoming: cb::Receiver<OwnedFd>,
+    /// Signalled by the thread after each accepted connection; the receiver polls it.
+    wake: std::sync::Arc<OwnedFd>,
+    /// Signalled by drop to stop the thread.
+    stop: std::sync::Arc<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+    local_addr: String,
+    /// Held for its drop: removes the socket file if it is still ours.
+    _file: Option<sock::OwnedSocketFile>,
+}
+
+impl Acceptor {
+    /// Binds `parsed` and starts the thread; `mine` is the receiver's hello.
+    pub(crate) fn bind(addr: &str, parsed: &Address, mine: Hello) -> Result<Self, Error> {
+        let (listener, kind, file, local_addr): (OwnedFd, _, _, _) = match parsed {
+            Address::Unix(path) => {
+                let (l, f) = sock::bind_unix(addr, path)?;
+                (l.into(), StreamKind::Unix, Some(f), addr.to_string())
+            }
+            Address::Tcp(host_port) => {
+                let l = std::net::TcpListener::bind(host_port.as_str()).map_err(|e| {
+                    if e.kind() == io::ErrorKind::AddrInUse {
+                        Error::AddrInUse {
+                            addr: addr.to_string(),
+                            reason: "another socket listens on that port".to_string(),
+                        }
+                    } else {
+                        Error::io(format!("binding {addr:?}"), e)
+                    }
+                })?;
+                let local = l
+                    .local_addr()
+                    .map_err(|e| Error::io(format!("reading the address of {addr:?}"), e))?;
+                (l.into(), StreamKind::Tcp, None, format!("tcp:{local}"))
+            }
+            _ => unreachable!("only stream addresses reach the acceptor"),
+        };
+        sys::set_nonblocking(&listener).map_err(|e| Error::io("configuring the listener", e))?;
+        let eventfd = || {
+            rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+                .map(std::sync::Arc::new)
+                .map_err(|e| Error::io("creating an eventfd", e))
+        };
+        let (wake, stop) = (eventfd()?, eventfd()?);
+        let (tx, incoming) = cb::unbounded();
+        let worker = Worker {
+            listener,
+            kind,
+            mine,
+            wake: wake.clone(),
+            stop: stop.clone(),
+            tx,
+            pending: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("conduit-acceptor".to_string())
+            .spawn(move || worker.run())
+            .map_err(|e| Error::io("starting the acceptor thread", e))?;
+        Ok(Acceptor {
+            incoming,
+            wake,
+            stop,
+            thread: Some(thread),
+            local_addr,
+            _file: file,
+        })
+    }
+
+    /// A connection that passed the handshake, if one is waiting.
+    pub(crate) fn take(&self) -> Option<OwnedFd> {
+        self.incoming.try_recv().ok()
+    }
+
+    pub(crate) fn wake_fd(&self) -> &OwnedFd {
+        &self.wake
+    }
+
+    /// Resets the wake-up after the receiver saw it.
+    pub(crate) fn clear_wake(&self) {
+        let mut buf = [0u8; 8];
+        let _ = sys::read(self.wake.as_fd(), &mut buf);
+    }
+
+    pub(crate) fn local_addr(&self) -> &str {
+        &self.local_addr
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        let _ = rustix::io::write(self.stop.as_fd(), &1u64.to_ne_bytes());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Pending {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+    since: Instant,
+}
+
+struct Worker {
+    listener: OwnedFd,
+    kind: StreamKind,
+    mine: Hello,
+    wake: std::sync::Arc<OwnedFd>,
+    stop: std::sync::Arc<OwnedFd>,
+    tx: cb::Sender<OwnedFd>,
+    pending: Vec<Pending>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            self.pending
+                .retain(|p| now.duration_since(p.since) < handshake::TIMEOUT);
+            let timeout = self
+                .pending
+                .iter()
+                .map(|p| (p.since + handshake::TIMEOUT).saturating_duration_since(now))
+                .min();
+            let mut fds = vec![
+                PollFd::new(&*self.stop, PollFlags::IN),
+                PollFd::new(&self.listener, PollFlags::IN),
+            ];
+            fds.extend(
+                self.pending
+                    .iter()
+                    .map(|p| PollFd::new(&p.fd, PollFlags::IN)),
+            );
+            if sys::poll(&mut fds, timeout).is_err() {
+                // poll only fails on resource exhaustion; back off instead of spinning.
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+            let ready: Vec<bool> = fds.iter().map(|p| !p.revents().is_empty()).collect();
+            drop(fds);
+            if ready[0] {
+                return;
+            }
+            let mut keep = Vec::with_capacity(self.pending.len());
+            for (p, r) in std::mem::take(&mut self.pending)
+                .into_iter()
+                .zip(&ready[2..])
+            {
+                let still_pending = if *r { self.advance(p) } else { Some(p) };
+                keep.extend(still_pending);
+            }
+            self.pending = keep;
+            if ready[1] && self.accept_all().is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Accepts every waiting connection. Err when the receiver is gone.
+    fn accept_all(&mut self) -> Result<(), ()> {
+        loop {
+            let fd = match rustix::net::accept_with(
+                &self.listener,
+                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            ) {
+                Ok(fd) => fd,
+                Err(_) => return Ok(()),
+            };
+            if self.kind == StreamKind::Unix {
+                match sock::peer_uid(&fd) {
+                    Ok(uid) if uid == sock::my_uid() => {}
+                    _ => {
+                        let refusal = Hello::new(Status::Refused, 0, 0, "");
+                        let _ = self.reply(&fd, &refusal);
+                        continue;
+                    }
+                }
+            }
+            if self.pending.len() >= MAX_PENDING {
+                continue;
+            }
+            self.pending.push(Pending {
+                fd,
+                buf: Vec::with_capacity(handshake::MAX_LEN),
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Reads more of a pending hello; answers it when complete. `Some` to keep waiting.
+    fn advance(&mut self, mut p: Pending) -> Option<Pending> {
+        let mut chunk = [0u8; handshake::MAX_LEN];
+        let room = handshake::MAX_LEN - p.buf.len();
+        match sys::read(&p.fd, &mut chunk[..room.max(1)]) {
+            Ok(0) => return None,
+            Ok(n) => p.buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(p),
+            Err(_) => return None,
+        }
+        match Hello::parse(&p.buf) {
+            Ok(None) if p.buf.len() < handshake::MAX_LEN => Some(p),
+            // A sender waits for our answer before it writes frames: extra bytes are a
+            // protocol violation.
+            Ok(Some((request, used))) if used == p.buf.len() => {
+                let (answer, accept) = handshake::answer(&request, &self.mine);
+                if self.reply(&p.fd, &answer).is_ok() && accept {
+                    if self.tx.send(p.fd).is_err() {
+                        return None;
+                    }
+                    let _ = rustix::io::write(self.wake.as_fd(), &1u64.to_ne_bytes());
+                }
+                None
+            }
+            Err(HelloError::Version(_)) => {
+                let mut answer = self.mine.clone();
+                answer.status = Status::VersionMismatch;
+                let _ = self.reply(&p.fd, &answer);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Writes a whole (small) hello, waiting briefly for room if needed.
+    fn reply(&self, fd: &OwnedFd, hello: &Hello) -> io::Result<()> {
+        let bytes = hello.encode();
+        let mut sent = 0;
+        while sent < bytes.len() {
+            match sys::write_vectored(fd.as_fd(), self.kind, &[io::IoSlice::new(&bytes[sent..])]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !sys::wait_writable(fd.as_fd(), Some(std::time::Duration::from_millis(100)))?
+                    {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,70 @@
+//! The backends behind [`Sender`](crate::Sender) and [`Receiver`](crate::Receiver). Each flavor
+//! offers the same operations; `channel.rs` matches on a private enum to pick one.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::SendFailure;
+
+pub(crate) mod acceptor;
+pub(crate) mod stream;
+pub(crate) mod thread;
+
+/// How long an operation may wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Deadline {
+    /// Do not wait (`try_send`, `try_recv`).
+    Now,
+    /// Wait until this instant (`*_timeout`).
+    At(Instant),
+    /// Wait as long as it takes (`send`, `recv`).
+    Never,
+}
+
+impl Deadline {
+    pub(crate) fn after(timeout: Duration) -> Deadline {
+        match Instant::now().checked_add(timeout) {
+            Some(at) => Deadline::At(at),
+            None => Deadline::Never,
+        }
+    }
+
+    /// Time left, `None` meaning forever; zero once passed.
+    pub(crate) fn remaining(&self) -> Option<Duration> {
+        match self {
+            Deadline::Now => Some(Duration::ZERO),
+            Deadline::At(at) => Some(at.saturating_duration_since(Instant::now())),
+            Deadline::Never => None,
+        }
+    }
+}
+
+/// Why a flavor's send failed, before the message is attached.
+#[derive(Debug)]
+pub(crate) enum SendFail {
+    Full,
+    Timeout,
+    Disconnected,
+    Failed(SendFailure),
+}
+
+impl From<io::Error> for SendFail {
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected => SendFail::Disconnected,
+            _ => SendFail::Failed(SendFailure::Io(e)),
+        }
+    }
+}
+
+/// Why a flavor's receive failed.
+#[derive(Debug)]
+pub(crate) enum RecvFail {
+    Empty,
+    Timeout,
+    Disconnected,
+    Io(io::Error),
+}

@@ -1,0 +1,217 @@
+//! In-process channels: crossbeam-channel underneath; messages are moved, never encoded.
+//!
+//! `thread:NAME` endpoints live in a process-wide registry. A bound receiver may see several
+//! *generations* of crossbeam channels: a generation ends when every sender connected in it
+//! has dropped (so the receiver sees `Disconnected` after draining it, exactly as with an
+//! anonymous channel), and the next `connect` starts a new one.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use crossbeam_channel as cb;
+
+use crate::flavors::{Deadline, RecvFail, SendFail};
+use crate::{Error, Options};
+
+/// The sending half. Clones share one crossbeam sender; the `Arc` lets a bound receiver's
+/// registry entry see when the last clone of a generation is gone.
+pub(crate) struct ThreadSender<T> {
+    tx: Arc<cb::Sender<T>>,
+}
+
+impl<T> Clone for ThreadSender<T> {
+    fn clone(&self) -> Self {
+        ThreadSender {
+            tx: Arc::clone(&self.tx),
+        }
+    }
+}
+
+impl<T: Send + 'static> ThreadSender<T> {
+    pub(crate) fn send(&self, msg: T, deadline: Deadline) -> Result<(), (T, SendFail)> {
+        match deadline {
+            Deadline::Never => self.tx.send(msg).map_err(|e| (e.0, SendFail::Disconnected)),
+            Deadline::Now => self.tx.try_send(msg).map_err(|e| match e {
+                cb::TrySendError::Full(m) => (m, SendFail::Full),
+                cb::TrySendError::Disconnected(m) => (m, SendFail::Disconnected),
+            }),
+            Deadline::At(at) => self.tx.send_deadline(msg, at).map_err(|e| match e {
+                cb::SendTimeoutError::Timeout(m) => (m, SendFail::Timeout),
+                cb::SendTimeoutError::Disconnected(m) => (m, SendFail::Disconnected),
+            }),
+        }
+    }
+
+    pub(crate) fn connect(name: &str) -> Result<Self, Error> {
+        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+        let entry = reg.get(name).ok_or_else(|| Error::NotFound {
+            addr: format!("thread:{name}"),
+        })?;
+        let slot = entry
+            .slot
+            .downcast_ref::<Slot<T>>()
+            .ok_or_else(|| Error::TypeMismatch {
+                addr: format!("thread:{name}"),
+                local: std::any::type_name::<T>().to_string(),
+                remote: entry.type_name.to_string(),
+            })?;
+        let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = current.upgrade() {
+            return Ok(ThreadSender { tx });
+        }
+        // The previous generation has no sender left: start a new one.
+        let (tx, rx) = cb::bounded(slot.capacity);
+        let tx = Arc::new(tx);
+        *current = Arc::downgrade(&tx);
+        if slot.generations.send(rx).is_err() {
+            // The receiver is being dropped and has not yet removed its entry.
+            drop(current);
+            reg.remove(name);
+            return Err(Error::NotFound {
+                addr: format!("thread:{name}"),
+            });
+        }
+        Ok(ThreadSender { tx })
+    }
+}
+
+/// The registry entry of one bound name.
+struct Slot<T> {
+    capacity: usize,
+    current: Mutex<Weak<cb::Sender<T>>>,
+    generations: cb::Sender<cb::Receiver<T>>,
+}
+
+/// A slot of any message type, with that type's name for error messages.
+struct Entry {
+    type_name: &'static str,
+    slot: Box<dyn Any + Send>,
+}
+
+type Registry = Mutex<HashMap<String, Entry>>;
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// The receiving half.
+pub(crate) enum ThreadReceiver<T> {
+    Anonymous(cb::Receiver<T>),
+    Named(Box<Named<T>>),
+}
+
+pub(crate) struct Named<T> {
+    name: String,
+    generations: cb::Receiver<cb::Receiver<T>>,
+    state: Mutex<NamedState<T>>,
+}
+
+struct NamedState<T> {
+    /// The generation being drained, if any.
+    current: Option<cb::Receiver<T>>,
+    /// Whether any sender has ever connected: before that, `recv` waits for the first one;
+    /// after it, no live generation means `Disconnected`.
+    ever_connected: bool,
+}
+
+pub(crate) fn channel<T: Send + 'static>(opts: &Options) -> (ThreadSender<T>, ThreadReceiver<T>) {
+    let (tx, rx) = cb::bounded(opts.thread_capacity());
+    (
+        ThreadSender { tx: Arc::new(tx) },
+        ThreadReceiver::Anonymous(rx),
+    )
+}
+
+impl<T: Send + 'static> ThreadReceiver<T> {
+    pub(crate) fn bind(name: &str, opts: &Options) -> Result<Self, Error> {
+        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+        if reg.contains_key(name) {
+            return Err(Error::AddrInUse {
+                addr: format!("thread:{name}"),
+                reason: "a receiver in this process is bound to that name".to_string(),
+            });
+        }
+        let (gen_tx, gen_rx) = cb::unbounded();
+        let slot: Slot<T> = Slot {
+            capacity: opts.thread_capacity(),
+            current: Mutex::new(Weak::new()),
+            generations: gen_tx,
+        };
+        let entry = Entry {
+            type_name: std::any::type_name::<T>(),
+            slot: Box::new(slot),
+        };
+        reg.insert(name.to_string(), entry);
+        Ok(ThreadReceiver::Named(Box::new(Named {
+            name: name.to_string(),
+            generations: gen_rx,
+            state: Mutex::new(NamedState {
+                current: None,
+                ever_connected: false,
+            }),
+        })))
+    }
+
+    pub(crate) fn recv(&self, deadline: Deadline) -> Result<T, RecvFail> {
+        match self {
+            ThreadReceiver::Anonymous(rx) => recv_one(rx, deadline),
+            ThreadReceiver::Named(named) => named.recv(deadline),
+        }
+    }
+}
+
+fn recv_one<T>(rx: &cb::Receiver<T>, deadline: Deadline) -> Result<T, RecvFail> {
+    match deadline {
+        Deadline::Never => rx.recv().map_err(|_| RecvFail::Disconnected),
+        Deadline::Now => rx.try_recv().map_err(|e| match e {
+            cb::TryRecvError::Empty => RecvFail::Empty,
+            cb::TryRecvError::Disconnected => RecvFail::Disconnected,
+        }),
+        Deadline::At(at) => rx.recv_deadline(at).map_err(|e| match e {
+            cb::RecvTimeoutError::Timeout => RecvFail::Timeout,
+            cb::RecvTimeoutError::Disconnected => RecvFail::Disconnected,
+        }),
+    }
+}
+
+impl<T> Named<T> {
+    fn recv(&self, deadline: Deadline) -> Result<T, RecvFail> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(rx) = state.current.as_ref() {
+                match recv_one(rx, deadline) {
+                    Err(RecvFail::Disconnected) => state.current = None,
+                    other => return other,
+                }
+            }
+            // No live generation: take the next one if a sender has connected since.
+            let next = match self.generations.try_recv() {
+                Ok(rx) => rx,
+                Err(_) if state.ever_connected => return Err(RecvFail::Disconnected),
+                // Nobody has connected yet: wait for the first sender within the deadline.
+                Err(_) => match deadline {
+                    Deadline::Now => return Err(RecvFail::Empty),
+                    Deadline::Never => self
+                        .generations
+                        .recv()
+                        .map_err(|_| RecvFail::Disconnected)?,
+                    Deadline::At(at) => self
+                        .generations
+                        .recv_deadline(at)
+                        .map_err(|_| RecvFail::Timeout)?,
+                },
+            };
+            state.current = Some(next);
+            state.ever_connected = true;
+        }
+    }
+}
+
+impl<T> Drop for Named<T> {
+    fn drop(&mut self) {
+        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+        reg.remove(&self.name);
+    }
+}

@@ -1,0 +1,259 @@
+//! Stream framing: `len: u32 LE | flags: u8 | payload`, messages split into pieces of at
+//! most [`PIECE_MAX`] bytes, the last piece flagged [`FLAG_LAST`].
+//!
+//! [`FrameReader`] is pure logic over a byte buffer (no I/O), so it can be fuzzed and unit
+//! tested with bytes split at arbitrary points. It checks every length before it reserves
+//! memory: a piece is at most `PIECE_MAX`, a message at most the size limit, and memory for a
+//! message grows only as its bytes actually arrive.
+
+use std::fmt;
+
+/// Bytes in a frame header.
+pub(crate) const HEADER: usize = 5;
+/// The largest piece payload; longer messages are split.
+pub(crate) const PIECE_MAX: usize = 64 * 1024;
+/// Flag bit: this piece ends its message.
+pub(crate) const FLAG_LAST: u8 = 1;
+/// Bytes the reader's buffer holds: room for a full piece plus a typical read.
+const BUF_SIZE: usize = 2 * (HEADER + PIECE_MAX);
+/// Keep at most this much reassembly capacity between messages.
+const KEEP_ASSEMBLY: usize = 1 << 20;
+
+/// Encodes a frame header.
+pub(crate) fn header(len: usize, last: bool) -> [u8; HEADER] {
+    debug_assert!(len <= PIECE_MAX);
+    let mut h = [0u8; HEADER];
+    h[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    h[4] = if last { FLAG_LAST } else { 0 };
+    h
+}
+
+/// Why a byte stream is not valid framing. The connection that sent it is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FrameError {
+    /// A flag bit this version does not define.
+    UnknownFlags(u8),
+    /// A piece longer than [`PIECE_MAX`].
+    PieceTooLong(u32),
+    /// A piece that is not the last but carries nothing.
+    EmptyPiece,
+    /// The message would exceed the receiver's size limit.
+    TooLarge { at_least: usize, limit: usize },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::UnknownFlags(b) => write!(f, "unknown frame flags {b:#04x}"),
+            FrameError::PieceTooLong(n) => {
+                write!(f, "a piece of {n} bytes is longer than {PIECE_MAX}")
+            }
+            FrameError::EmptyPiece => f.write_str("an empty piece that is not the last"),
+            FrameError::TooLarge { at_least, limit } => write!(
+                f,
+                "a message of at least {at_least} bytes is over the limit of {limit}"
+            ),
+        }
+    }
+}
+
+/// Reassembles messages from a byte stream delivered in arbitrary chunks.
+pub(crate) struct FrameReader {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    assembly: Vec<u8>,
+    /// The assembly holds a message already handed out: clear it before the next piece.
+    assembly_done: bool,
+    limit: usize,
+}
+
+impl FrameReader {
+    /// A reader that refuses messages over `limit` bytes.
+    pub(crate) fn new(limit: usize) -> Self {
+        FrameReader {
+            buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            assembly: Vec::new(),
+            assembly_done: false,
+            limit,
+        }
+    }
+
+    /// Room to read into; never empty. Call [`FrameReader::filled`] with what was read.
+    pub(crate) fn spare(&mut self) -> &mut [u8] {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.buf.len() - self.end < HEADER + PIECE_MAX {
+            // Move the unconsumed tail to the front: at most one partial piece plus a
+            // header, so a whole piece always fits after it.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Records that `n` bytes were written at the start of [`FrameReader::spare`].
+    pub(crate) fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+    }
+
+    /// True when bytes of an incomplete message are held (a torn message if the stream ends).
+    pub(crate) fn mid_message(&self) -> bool {
+        self.start != self.end || (!self.assembly.is_empty() && !self.assembly_done)
+    }
+
+    /// The next complete message, `Ok(None)` if more bytes are needed.
+    pub(crate) fn next_message(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        if self.assembly_done {
+            self.assembly_done = false;
+            if self.assembly.capacity() > KEEP_ASSEMBLY {
+                self.assembly = Vec::new();
+            } else {
+                self.assembly.clear();
+            }
+        }
+        loop {
+            let avail = &self.buf[self.start..self.end];
+            if avail.len() < HEADER {
+                return Ok(None);
+            }
+            let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]);
+            let flags = avail[4];
+            if flags & !FLAG_LAST != 0 {
+                return Err(FrameError::UnknownFlags(flags));
+            }
+            if len as usize > PIECE_MAX {
+                return Err(FrameError::PieceTooLong(len));
+            }
+            let len = len as usize;
+            let last = flags & FLAG_LAST != 0;
+            if !last && len == 0 {
+                return Err(FrameError::EmptyPiece);
+            }
+            let total = self.assembly.len() + len;
+            if total > self.limit {
+                return Err(FrameError::TooLarge {
+                    at_least: total,
+                    limit: self.limit,
+                });
+            }
+            if avail.len() < HEADER + len {
+                return Ok(None);
+            }
+            let piece = self.start + HEADER..self.start + HEADER + len;
+            self.start = piece.end;
+            if last && self.assembly.is_empty() {
+                // The common case: a one-piece message, decoded straight from the buffer.
+                return Ok(Some(&self.buf[piece]));
+            }
+            self.assembly.extend_from_slice(&self.buf[piece]);
+            if last {
+                self.assembly_done = true;
+                return Ok(Some(&self.assembly));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(msg: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut chunks: Vec<&[u8]> = msg.chunks(PIECE_MAX).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let n = chunks.len();
+        for (i, c) in chunks.into_iter().enumerate() {
+            out.extend_from_slice(&header(c.len(), i + 1 == n));
+            out.extend_from_slice(c);
+        }
+        out
+    }
+
+    /// Feeds `bytes` in chunks of `step`, collecting messages.
+    fn feed(
+        reader: &mut FrameReader,
+        bytes: &[u8],
+        step: usize,
+    ) -> Result<Vec<Vec<u8>>, FrameError> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let spare = reader.spare();
+            let n = step.min(spare.len()).min(bytes.len() - pos);
+            spare[..n].copy_from_slice(&bytes[pos..pos + n]);
+            reader.filled(n);
+            pos += n;
+            while let Some(m) = reader.next_message()? {
+                out.push(m.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn reassembles_at_every_split() {
+        let msgs: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![1, 2, 3],
+            (0..PIECE_MAX as u32 * 2 + 17).map(|i| i as u8).collect(),
+            vec![9; PIECE_MAX],
+        ];
+        let stream: Vec<u8> = msgs.iter().flat_map(|m| frames(m)).collect();
+        for step in [1, 2, 5, 7, 4096, 70_000, usize::MAX] {
+            let mut r = FrameReader::new(1 << 20);
+            assert_eq!(feed(&mut r, &stream, step).unwrap(), msgs, "step {step}");
+            assert!(!r.mid_message());
+        }
+    }
+
+    #[test]
+    fn refuses_bad_lengths_before_allocating() {
+        let mut r = FrameReader::new(100);
+        let mut bytes = header(50, false).to_vec();
+        bytes.extend_from_slice(&[0; 50]);
+        bytes.extend_from_slice(&header(51, true));
+        let err = feed(&mut r, &bytes, usize::MAX).unwrap_err();
+        assert_eq!(
+            err,
+            FrameError::TooLarge {
+                at_least: 101,
+                limit: 100
+            }
+        );
+
+        let mut r = FrameReader::new(usize::MAX);
+        let mut huge = u32::MAX.to_le_bytes().to_vec();
+        huge.push(FLAG_LAST);
+        assert_eq!(
+            feed(&mut r, &huge, 1).unwrap_err(),
+            FrameError::PieceTooLong(u32::MAX)
+        );
+
+        let mut r = FrameReader::new(100);
+        assert_eq!(
+            feed(&mut r, &[0, 0, 0, 0, 0x80], 5).unwrap_err(),
+            FrameError::UnknownFlags(0x80)
+        );
+        let mut r = FrameReader::new(100);
+        assert_eq!(
+            feed(&mut r, &header(0, false), 5).unwrap_err(),
+            FrameError::EmptyPiece
+        );
+    }
+
+    #[test]
+    fn partial_message_is_reported() {
+        let mut r = FrameReader::new(1 << 20);
+        let bytes = frames(&[7; 10]);
+        assert!(feed(&mut r, &bytes[..8], 3).unwrap().is_empty());
+        assert!(r.mid_message());
+    }
+}

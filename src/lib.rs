@@ -1,0 +1,126 @@
+//! # conduit
+//!
+//! One typed [`Sender<T>`]/[`Receiver<T>`] for message passing between threads and between
+//! processes. Whether a worker runs as a thread (cheap, shared memory, one crash kills all)
+//! or as a process (isolated, survives a peer's crash) is one string: the address.
+//!
+//! | address | backend | between |
+//! |---|---|---|
+//! | `thread:NAME` | [`Backend::Thread`] | threads; messages moved, never encoded |
+//! | `unix:PATH` | [`Backend::Socket`] | processes on one machine |
+//! | `tcp:HOST:PORT` | [`Backend::Socket`] over TCP | machines |
+//! | `shm:PATH` | [`Backend::Shm`] | not built yet: returns [`Error::Unsupported`] |
+//!
+//! Anonymous pairs come from [`channel`]; [`Backend::Pipe`] and [`Backend::Socket`] pairs can
+//! be handed to a child process ([`Sender::share_with_child`]).
+//!
+//! ## Threads
+//!
+//! ```
+//! use conduit::{Receiver, Sender};
+//! let rx = Receiver::<String>::bind("thread:jobs")?;
+//! let worker = std::thread::spawn(|| {
+//!     let tx = Sender::<String>::connect("thread:jobs").unwrap();
+//!     tx.send("done".to_string()).unwrap();
+//! });
+//! assert_eq!(rx.recv().unwrap(), "done");
+//! worker.join().unwrap();
+//! # Ok::<(), conduit::Error>(())
+//! ```
+//!
+//! ## Unix sockets (processes on one machine)
+//!
+//! The same code across processes: only the address changes. Here both ends are in one
+//! process for brevity; see `examples/workers.rs` for real child processes.
+//!
+//! ```
+//! use conduit::{Receiver, Sender};
+//! let path = std::env::temp_dir().join(format!("conduit-libdoc-{}.sock", std::process::id()));
+//! let addr = format!("unix:{}", path.display());
+//! let rx = Receiver::<(u32, Vec<u8>)>::bind(&addr)?;
+//! let tx = Sender::<(u32, Vec<u8>)>::connect(&addr)?;
+//! tx.send((1, vec![0xAB; 100_000])).unwrap(); // large messages are streamed in pieces
+//! drop(tx);
+//! assert_eq!(rx.recv().unwrap().1.len(), 100_000);
+//! assert!(rx.recv().is_err()); // the only sender is gone: Disconnected
+//! # Ok::<(), conduit::Error>(())
+//! ```
+//!
+//! ## TCP
+//!
+//! ```
+//! use conduit::{Receiver, Sender};
+//! let rx = Receiver::<u64>::bind("tcp:127.0.0.1:0")?;
+//! let tx = Sender::<u64>::connect(&rx.local_addr().unwrap())?;
+//! tx.send(7).unwrap();
+//! assert_eq!(rx.recv().unwrap(), 7);
+//! # Ok::<(), conduit::Error>(())
+//! ```
+//!
+//! ## Pipes
+//!
+//! ```
+//! use conduit::{channel, Backend};
+//! let (tx, rx) = channel::<Vec<String>>(Backend::Pipe)?;
+//! tx.send(vec!["through".into(), "a pipe".into()]).unwrap();
+//! assert_eq!(rx.recv().unwrap().join(" "), "through a pipe");
+//! # Ok::<(), conduit::Error>(())
+//! ```
+//!
+//! ## Shared memory
+//!
+//! Not built yet; asking for it is a clear error, never a silent fallback.
+//!
+//! ```
+//! let err = conduit::channel::<u8>(conduit::Backend::Shm).unwrap_err();
+//! assert!(matches!(err, conduit::Error::Unsupported { .. }));
+//! ```
+//!
+//! ## Guarantees
+//!
+//! - FIFO per sender; every message sent before a sender drops is delivered before
+//!   `Disconnected`. A message is delivered whole or not at all.
+//! - A receiver gone: `send` fails and hands the message back; it never blocks forever.
+//! - A sender process killed at any instant: the receiver drops its partial message and,
+//!   when no sender is left, reports `Disconnected` at once.
+//! - Every connection across processes starts with a handshake (protocol version, message
+//!   type and codec fingerprint); a mismatch is an error at `connect`.
+//! - Messages up to the size limit ([`DEFAULT_MAX_MESSAGE_SIZE`], 64 MiB, see [`Options`])
+//!   cross every backend; a peer that announces more is dropped before anything is allocated.
+//! - No backend raises `SIGPIPE`.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod addr;
+mod channel;
+mod codec;
+mod err;
+mod flavors;
+mod frame;
+mod handshake;
+mod inherit;
+mod options;
+mod sys;
+
+pub use channel::{channel, channel_with, Backend, Receiver, Sender};
+pub use err::{
+    Error, RecvError, RecvTimeoutError, SendError, SendFailure, SendTimeoutError, TryRecvError,
+    TrySendError,
+};
+pub use options::{Options, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_THREAD_CAPACITY};
+
+#[doc(hidden)]
+pub use sys::open_fd_count;
+
+/// Anything that crosses a channel. Blanket-implemented; users never implement it by hand.
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Job { id: u64, payload: Vec<u8> }
+/// fn takes_message<T: conduit::Message>() {}
+/// takes_message::<Job>();
+/// ```
+pub trait Message: serde::Serialize + serde::de::DeserializeOwned + Send + 'static {}
+impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Message for T {}

@@ -1,0 +1,72 @@
+//! Tunables shared by every constructor: buffer capacity and message size limit.
+
+/// The default limit on one encoded message: 64 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
+
+/// The default capacity of a [`Backend::Thread`](crate::Backend::Thread) channel, in messages.
+pub const DEFAULT_THREAD_CAPACITY: usize = 1024;
+
+/// Settings for [`channel_with`](crate::channel_with), [`Receiver::bind_with`](crate::Receiver::bind_with)
+/// and [`Sender::connect_with`](crate::Sender::connect_with).
+///
+/// Capacity is per backend, and so is its unit:
+///
+/// | backend | unit | default |
+/// |---|---|---|
+/// | Thread | messages | [`DEFAULT_THREAD_CAPACITY`] (1024) |
+/// | Socket (`unix:`, socketpair) | bytes of the kernel send buffer (`SO_SNDBUF`) | the kernel's, `net.core.wmem_default` (212,992 bytes on stock Linux) |
+/// | Socket (`tcp:`) | bytes of the kernel send buffer (`SO_SNDBUF`) | autotuned by the kernel |
+/// | Pipe | bytes of the pipe buffer (`F_SETPIPE_SZ`) | the kernel's, 65,536 bytes |
+///
+/// Every backend blocks (or reports `Full`) when its buffer is full. Stream backends also
+/// buffer up to one read (64 KiB) plus one partly received message per connection in the
+/// receiving process.
+///
+/// ```
+/// use conduit::{channel_with, Backend, Options};
+/// let opts = Options::new().capacity(16).max_message_size(1 << 20);
+/// let (tx, rx) = channel_with::<Vec<u8>>(Backend::Thread, &opts)?;
+/// tx.send(vec![1, 2, 3]).unwrap();
+/// assert_eq!(rx.recv().unwrap(), vec![1, 2, 3]);
+/// # Ok::<(), conduit::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub(crate) capacity: Option<usize>,
+    pub(crate) max_message_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options::new()
+    }
+}
+
+impl Options {
+    /// The defaults: the backend's default capacity and a 64 MiB message limit.
+    pub fn new() -> Self {
+        Options {
+            capacity: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+
+    /// Sets the buffer capacity, in the backend's unit (see the table above). Zero is
+    /// raised to one.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = Some(capacity.max(1));
+        self
+    }
+
+    /// Sets the largest encoded message, in bytes, that this side sends or accepts.
+    /// A receiver refuses (and drops the connection of) a peer that sends more.
+    /// The limit cannot exceed 4 GiB − 1.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes.min(u32::MAX as usize);
+        self
+    }
+
+    pub(crate) fn thread_capacity(&self) -> usize {
+        self.capacity.unwrap_or(DEFAULT_THREAD_CAPACITY)
+    }
+}

@@ -1,0 +1,170 @@
+//! Socket set-up: owner-only Unix socket files with stale-file reclaim, connect with clear
+//! errors, peer credentials.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+use crate::Error;
+
+/// A socket file this process created; removed on drop only if it is still the same file.
+#[derive(Debug)]
+pub(crate) struct OwnedSocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for OwnedSocketFile {
+    fn drop(&mut self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if meta.dev() == self.dev && meta.ino() == self.ino {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Binds a listening Unix stream socket at `path`, mode 0600 whatever the umask.
+///
+/// If a socket file is already there: a live listener gives `AddrInUse`; a dead one (connect
+/// refused) owned by this user is removed and the bind retried once. Anything else at the
+/// path (a regular file, a symlink, another user's socket) is left alone and refused.
+pub(crate) fn bind_unix(addr: &str, path: &Path) -> Result<(UnixListener, OwnedSocketFile), Error> {
+    match try_bind(path) {
+        Ok(bound) => Ok(bound),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            reclaim_stale(addr, path)?;
+            try_bind(path).map_err(|e| bind_error(addr, e))
+        }
+        Err(e) => Err(bind_error(addr, e)),
+    }
+}
+
+fn bind_error(addr: &str, e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => Error::AddrInUse {
+            addr: addr.to_string(),
+            reason: "another receiver bound it first".to_string(),
+        },
+        io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+            addr: addr.to_string(),
+            reason: format!("cannot create the socket file: {e}"),
+        },
+        _ => Error::io(format!("binding {addr:?}"), e),
+    }
+}
+
+fn try_bind(path: &Path) -> io::Result<(UnixListener, OwnedSocketFile)> {
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // Linux creates the socket file with the socket inode's mode less the umask, so narrowing
+    // the inode first keeps the file owner-only from its first instant. The chmod after bind
+    // makes it exactly 0600 even under an unusual umask.
+    let _ = rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o600));
+    rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
+    let meta = std::fs::symlink_metadata(path)?;
+    let file = OwnedSocketFile {
+        path: path.to_path_buf(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    rustix::net::listen(&fd, 128)?;
+    Ok((UnixListener::from(fd), file))
+}
+
+fn reclaim_stale(addr: &str, path: &Path) -> Result<(), Error> {
+    let in_use = |reason: &str| Error::AddrInUse {
+        addr: addr.to_string(),
+        reason: reason.to_string(),
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        // Gone since bind failed: the retry will tell.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("inspecting {addr:?}"), e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(in_use(
+            "a file that is not a socket is there; it was left untouched",
+        ));
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(in_use(&format!(
+            "a socket of another user (uid {}) is there; it was left untouched",
+            meta.uid()
+        )));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(in_use("a live receiver listens there")),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            // Nobody listens: the receiver that made it is dead. Remove it.
+            match std::fs::remove_file(path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io(format!("removing the stale socket {addr:?}"), e)),
+            }
+        }
+        Err(e) => Err(Error::io(
+            format!("probing the existing socket {addr:?}"),
+            e,
+        )),
+    }
+}
+
+/// Connects to a Unix stream socket and checks the listener runs as this user.
+pub(crate) fn connect_unix(addr: &str, path: &Path) -> Result<OwnedFd, Error> {
+    let stream = UnixStream::connect(path).map_err(|e| connect_error(addr, e))?;
+    let uid =
+        peer_uid(&stream).map_err(|e| Error::io(format!("reading the peer of {addr:?}"), e))?;
+    let me = rustix::process::geteuid().as_raw();
+    if uid != me {
+        return Err(Error::PermissionDenied {
+            addr: addr.to_string(),
+            reason: format!("the receiver runs as uid {uid}, this process as uid {me}"),
+        });
+    }
+    Ok(OwnedFd::from(stream))
+}
+
+/// Connects to a TCP address, with `TCP_NODELAY`.
+pub(crate) fn connect_tcp(addr: &str, host_port: &str) -> Result<OwnedFd, Error> {
+    let stream = std::net::TcpStream::connect(host_port).map_err(|e| connect_error(addr, e))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| Error::io(format!("setting TCP_NODELAY on {addr:?}"), e))?;
+    Ok(OwnedFd::from(stream))
+}
+
+/// Maps a connect failure to an error a person understands.
+pub(crate) fn connect_error(addr: &str, e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::NotFound {
+            addr: addr.to_string(),
+        },
+        io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        },
+        _ => Error::io(format!("connecting to {addr:?}"), e),
+    }
+}
+
+/// The effective uid of the process at the other end of a Unix socket.
+pub(crate) fn peer_uid(fd: impl AsFd) -> io::Result<u32> {
+    Ok(rustix::net::sockopt::socket_peercred(fd)?.uid.as_raw())
+}
+
+/// This process's effective uid.
+pub(crate) fn my_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
