@@ -124,3 +124,39 @@ pub use sys::open_fd_count;
 /// ```
 pub trait Message: serde::Serialize + serde::de::DeserializeOwned + Send + 'static {}
 impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Message for T {}
+
+/// Wire-level helpers for conduit's own tests and fuzz targets: not part of the API, no
+/// stability promise.
+#[doc(hidden)]
+pub mod __testing {
+    /// The hello a sender of `T` with size limit `limit` sends first on a connection.
+    pub fn hello_for<T>(limit: usize) -> Vec<u8> {
+        crate::handshake::Hello::new(
+            crate::handshake::Status::Ok,
+            crate::codec::fingerprint::<T>(),
+            limit,
+            &crate::codec::describe::<T>(),
+        )
+        .encode()
+    }
+
+    /// Bytes in a stream frame header.
+    pub const FRAME_HEADER: usize = crate::frame::HEADER;
+    /// The largest piece of a stream frame.
+    pub const PIECE_MAX: usize = crate::frame::PIECE_MAX;
+
+    /// A frame header: `len` payload bytes, `last` when the piece ends its message.
+    pub fn frame_header(len: u32, last: bool) -> [u8; 5] {
+        let mut h = [0u8; 5];
+        h[..4].copy_from_slice(&len.to_le_bytes());
+        h[4] = u8::from(last);
+        h
+    }
+
+    /// The encoding of `msg` with the build's codec.
+    pub fn encode<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::codec::encode_into(msg, &mut out).expect("encodable");
+        out
+    }
+}
