@@ -160,3 +160,8 @@ pub mod __testing {
         out
     }
 }
+
+/// Compiles and runs the README's Rust examples as doc tests, so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
