@@ -204,8 +204,11 @@ impl<T: Message> Sender<T> {
 
     /// Sends `msg` if that is possible without waiting for buffer space.
     ///
-    /// On stream backends, once the first byte of a message is written the rest is written
-    /// too (waiting if needed), so a message is never torn.
+    /// On stream backends a message is committed once its first byte is in the kernel's
+    /// buffer: if the rest does not fit, the rest is kept by the sender (at most one message)
+    /// and written before the next message, so a message is never torn and `try_send` never
+    /// waits. While such a rest is pending, the next `try_send` reports `Full` if the rest
+    /// still does not fit.
     pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
         self.send_until(msg, Deadline::Now)
             .map_err(|(m, f)| match f {
@@ -215,7 +218,8 @@ impl<T: Message> Sender<T> {
             })
     }
 
-    /// Sends `msg`, waiting at most `timeout` for buffer space to begin the message.
+    /// Sends `msg`, waiting at most `timeout` for buffer space. As with
+    /// [`Sender::try_send`], a message begun in time is committed and finished later.
     pub fn send_timeout(&self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
         self.send_until(msg, Deadline::after(timeout))
             .map_err(|(m, f)| match f {

@@ -8,6 +8,7 @@ use crate::SendFailure;
 
 pub(crate) mod acceptor;
 pub(crate) mod stream;
+pub(crate) mod stream_send;
 pub(crate) mod thread;
 
 /// How long an operation may wait.

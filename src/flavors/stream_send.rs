@@ -1,0 +1,337 @@
+//! The sending half of the stream flavor: framing a message and writing it whole.
+//!
+//! Clones of a sender share one connection behind a mutex and write each message while
+//! holding it, so pieces of two messages never interleave.
+//!
+//! A message is committed once its first byte is written: taking it back would tear the
+//! stream. So when `try_send` or `send_timeout` runs out of time part-way through a message,
+//! the unwritten tail is kept (at most one message) and the send reports success; the next
+//! send writes the tail first, and reports `Full`/`Timeout` for its own message if the tail
+//! does not fit in time. The last clone's drop hands a remaining tail to a short-lived thread
+//! that finishes it (or gives up when the receiver goes away), so drop never blocks and
+//! nothing accepted is silently lost.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use crate::addr::Address;
+use crate::channel::encode_failure;
+use crate::codec;
+use crate::flavors::{Deadline, SendFail};
+use crate::frame::{self, HEADER, PIECE_MAX};
+use crate::handshake::{self, Hello, Status};
+use crate::sys::{self, sock, StreamKind};
+use crate::{Error, Options, SendFailure};
+
+/// Most slices passed to one `writev`/`sendmsg` (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// The sending half of a stream connection, shared by clones.
+#[derive(Clone)]
+pub(crate) struct StreamSender {
+    conn: Arc<Mutex<SendConn>>,
+}
+
+struct SendConn {
+    fd: OwnedFd,
+    kind: StreamKind,
+    limit: usize,
+    /// Reused encode buffer: `HEADER` bytes of room, then the payload.
+    scratch: Vec<u8>,
+    /// Reused piece headers for messages longer than one piece.
+    headers: Vec<[u8; HEADER]>,
+    /// The unwritten tail of a committed message; written before anything else.
+    tail: Vec<u8>,
+    /// How much of `tail` is already written.
+    tail_done: usize,
+    /// A write failed part-way through a message: the stream can carry nothing more.
+    broken: bool,
+}
+
+impl StreamSender {
+    /// Wraps a connected, handshaken stream.
+    pub(crate) fn from_fd(fd: OwnedFd, kind: StreamKind, opts: &Options) -> Result<Self, Error> {
+        sys::set_nonblocking(&fd).map_err(|e| Error::io("configuring the stream", e))?;
+        if let (Some(cap), StreamKind::Unix | StreamKind::Tcp) = (opts.capacity, kind) {
+            rustix::net::sockopt::set_socket_send_buffer_size(&fd, cap)
+                .map_err(|e| Error::io("setting the socket's send buffer", e))?;
+        }
+        Ok(StreamSender {
+            conn: Arc::new(Mutex::new(SendConn {
+                fd,
+                kind,
+                limit: opts.max_message_size,
+                scratch: Vec::new(),
+                headers: Vec::new(),
+                tail: Vec::new(),
+                tail_done: 0,
+                broken: false,
+            })),
+        })
+    }
+
+    /// Connects to a `unix:` or `tcp:` receiver and performs the handshake for `T`.
+    pub(crate) fn connect<T>(addr: &str, parsed: &Address, opts: &Options) -> Result<Self, Error> {
+        let (fd, kind) = match parsed {
+            Address::Unix(path) => (sock::connect_unix(addr, path)?, StreamKind::Unix),
+            Address::Tcp(host_port) => (sock::connect_tcp(addr, host_port)?, StreamKind::Tcp),
+            _ => unreachable!("only stream addresses reach the stream flavor"),
+        };
+        let mine = Hello::new(
+            Status::Ok,
+            codec::fingerprint::<T>(),
+            opts.max_message_size,
+            &codec::describe::<T>(),
+        );
+        let theirs = handshake::client(addr, fd.as_fd(), kind, &mine)?;
+        // Never send what the receiver would refuse.
+        let limit = opts.max_message_size.min(theirs.limit as usize);
+        StreamSender::from_fd(fd, kind, &opts.clone().max_message_size(limit))
+    }
+
+    /// A close-on-exec duplicate of the connection, for inheritance by a child process.
+    pub(crate) fn duplicate(&self) -> Result<(OwnedFd, StreamKind, usize), Error> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if conn.tail_done < conn.tail.len() {
+            return Err(Error::Unsupported {
+                what: "passing a sender that is part-way through a message".to_string(),
+            });
+        }
+        let fd = conn
+            .fd
+            .try_clone()
+            .map_err(|e| Error::io("duplicating the sender's descriptor", e))?;
+        Ok((fd, conn.kind, conn.limit))
+    }
+
+    /// Encodes one message with `encode` into the connection's buffer and writes it.
+    pub(crate) fn send_with(
+        &self,
+        deadline: Deadline,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<(), SendFail> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if conn.broken {
+            return Err(SendFail::Disconnected);
+        }
+        if conn.kind == StreamKind::Tcp && sys::peer_closed(conn.fd.as_fd()) {
+            // A write to a closed TCP peer can succeed once; the peer never writes after the
+            // handshake, so a readable socket means it is gone.
+            conn.broken = true;
+            return Err(SendFail::Disconnected);
+        }
+        conn.finish_tail(deadline)?;
+        conn.scratch.clear();
+        conn.scratch.resize(HEADER, 0);
+        encode(&mut conn.scratch).map_err(encode_failure)?;
+        let size = conn.scratch.len() - HEADER;
+        if size > conn.limit {
+            let limit = conn.limit;
+            conn.shrink_buffers();
+            return Err(SendFail::Failed(SendFailure::TooLarge { size, limit }));
+        }
+        let result = conn.write_message(deadline);
+        conn.shrink_buffers();
+        result
+    }
+}
+
+impl SendConn {
+    /// Writes what is left of a committed message, waiting no longer than `deadline`.
+    fn finish_tail(&mut self, deadline: Deadline) -> Result<(), SendFail> {
+        if self.tail_done == self.tail.len() {
+            return Ok(());
+        }
+        let mut slices = [IoSlice::new(&self.tail[self.tail_done..])];
+        let mut rest = &mut slices[..];
+        let result = write_all(self.fd.as_fd(), self.kind, &mut rest, deadline);
+        let left = remaining(rest);
+        self.tail_done = self.tail.len() - left;
+        match result {
+            Ok(()) => {
+                self.tail.clear();
+                self.tail_done = 0;
+                Ok(())
+            }
+            Err(fail @ (SendFail::Full | SendFail::Timeout)) => Err(fail),
+            Err(fail) => Err(self.break_stream(fail)),
+        }
+    }
+
+    /// Frames the message in `scratch` and writes it. Waits for room only until `deadline`;
+    /// a message cut short by the deadline keeps its tail for later (see the module docs).
+    fn write_message(&mut self, deadline: Deadline) -> Result<(), SendFail> {
+        let SendConn {
+            fd,
+            kind,
+            scratch,
+            headers,
+            tail,
+            ..
+        } = self;
+        let size = scratch.len() - HEADER;
+        let mut slices: Vec<IoSlice<'_>>;
+        if size <= PIECE_MAX {
+            scratch[..HEADER].copy_from_slice(&frame::header(size, true));
+            slices = vec![IoSlice::new(scratch)];
+        } else {
+            let payload = &scratch[HEADER..];
+            let pieces = payload.len().div_ceil(PIECE_MAX);
+            headers.clear();
+            headers.extend(
+                payload
+                    .chunks(PIECE_MAX)
+                    .enumerate()
+                    .map(|(i, c)| frame::header(c.len(), i + 1 == pieces)),
+            );
+            slices = Vec::with_capacity(2 * pieces);
+            for (h, c) in headers.iter().zip(payload.chunks(PIECE_MAX)) {
+                slices.push(IoSlice::new(h));
+                slices.push(IoSlice::new(c));
+            }
+        }
+        let total = remaining(&slices);
+        let mut rest = &mut slices[..];
+        let result = write_all(fd.as_fd(), *kind, &mut rest, deadline);
+        let left = remaining(rest);
+        let started = left < total;
+        match result {
+            Ok(()) => Ok(()),
+            Err(SendFail::Full | SendFail::Timeout) if started => {
+                // Committed: keep the tail, the message counts as sent.
+                tail.clear();
+                for s in rest.iter() {
+                    tail.extend_from_slice(s);
+                }
+                self.tail_done = 0;
+                Ok(())
+            }
+            Err(fail) if started => Err(self.break_stream(fail)),
+            Err(fail) => Err(fail),
+        }
+    }
+
+    /// A message was cut off for good: nothing more can be sent on this stream. Shutting it
+    /// down makes the receiver drop the partial message at once.
+    fn break_stream(&mut self, fail: SendFail) -> SendFail {
+        self.broken = true;
+        let _ = rustix::net::shutdown(&self.fd, rustix::net::Shutdown::Write);
+        fail
+    }
+
+    fn shrink_buffers(&mut self) {
+        if self.scratch.capacity() > 4 << 20 {
+            self.scratch = Vec::new();
+            self.headers = Vec::new();
+        }
+        if self.tail.is_empty() && self.tail.capacity() > 4 << 20 {
+            self.tail = Vec::new();
+        }
+    }
+}
+
+impl Drop for SendConn {
+    fn drop(&mut self) {
+        if self.broken || self.tail_done == self.tail.len() {
+            return;
+        }
+        // Finish the committed tail on a thread of its own, so drop never blocks; it ends
+        // when the tail is written or the receiver is gone.
+        let tail = std::mem::take(&mut self.tail);
+        let done = self.tail_done;
+        let kind = self.kind;
+        let Ok(fd) = self.fd.try_clone() else {
+            return;
+        };
+        let flush = move || {
+            let mut slices = [IoSlice::new(&tail[done..])];
+            let _ = write_all(fd.as_fd(), kind, &mut &mut slices[..], Deadline::Never);
+        };
+        let _ = std::thread::Builder::new()
+            .name("conduit-flush".to_string())
+            .spawn(flush);
+    }
+}
+
+fn remaining(slices: &[IoSlice<'_>]) -> usize {
+    slices.iter().map(|s| s.len()).sum()
+}
+
+/// Writes `rest` until it is empty, waiting for room until `deadline`. On return `rest` is
+/// what was not written. Fails `Full` (deadline `Now`) or `Timeout` when out of time.
+fn write_all(
+    fd: BorrowedFd<'_>,
+    kind: StreamKind,
+    rest: &mut &mut [IoSlice<'_>],
+    deadline: Deadline,
+) -> Result<(), SendFail> {
+    while !rest.is_empty() {
+        let batch = rest.len().min(IOV_MAX);
+        match sys::write_vectored(fd, kind, &rest[..batch]) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+            Ok(n) => IoSlice::advance_slices(rest, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let wait = deadline.remaining();
+                let ready = match wait {
+                    Some(d) if d.is_zero() => false,
+                    _ => sys::wait_writable(fd, wait)?,
+                };
+                if !ready && deadline.remaining().is_some_and(|d| d.is_zero()) {
+                    return Err(match deadline {
+                        Deadline::Now => SendFail::Full,
+                        _ => SendFail::Timeout,
+                    });
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{channel_with, Backend, Options, TrySendError};
+
+    /// A message that does not fit the buffer is committed by `try_send`, finished later, and
+    /// delivered whole; a message behind it is refused `Full` without waiting; dropping the
+    /// sender with a tail pending still delivers it.
+    #[test]
+    fn try_send_commits_a_started_message_and_drop_finishes_it() {
+        for backend in [Backend::Socket, Backend::Pipe] {
+            let opts = Options::new().capacity(4096);
+            let (tx, rx) = channel_with::<Vec<u8>>(backend, &opts).unwrap();
+            let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+            tx.try_send(big.clone())
+                .expect("a started message is committed");
+            match tx.try_send(vec![1, 2, 3]) {
+                Err(TrySendError::Full(m)) => assert_eq!(m, vec![1, 2, 3]),
+                other => panic!("{backend:?}: expected Full, got {other:?}"),
+            }
+            drop(tx);
+            assert_eq!(rx.recv().unwrap(), big, "{backend:?}");
+            assert!(
+                rx.recv().is_err(),
+                "{backend:?}: Disconnected after the tail"
+            );
+        }
+    }
+
+    /// `send_timeout` behind a pending tail times out, hands its message back, and a later
+    /// `send` delivers both in order.
+    #[test]
+    fn send_after_a_pending_tail_keeps_order() {
+        let (tx, rx) =
+            channel_with::<Vec<u8>>(Backend::Socket, &Options::new().capacity(4096)).unwrap();
+        let big = vec![7u8; 200_000];
+        tx.try_send(big.clone()).unwrap();
+        let err = tx
+            .send_timeout(vec![9], std::time::Duration::from_millis(20))
+            .unwrap_err();
+        assert!(err.is_timeout());
+        let reader = std::thread::spawn(move || (rx.recv().unwrap(), rx.recv().unwrap()));
+        tx.send(vec![9]).unwrap();
+        assert_eq!(reader.join().unwrap(), (big, vec![9]));
+    }
+}
