@@ -17,7 +17,8 @@ use crate::handshake::{self, Hello, HelloError, Status};
 use crate::sys::{self, sock, StreamKind};
 use crate::Error;
 
-/// Connections still in their handshake, at most; more are closed at once.
+/// Connections still in their handshake, at most; past it the one waiting longest is closed,
+/// so idle connections cannot lock real senders out.
 const MAX_PENDING: usize = 256;
 
 /// A running acceptor. Dropping it stops the thread and removes the socket file.
@@ -201,7 +202,8 @@ impl Worker {
                 }
             }
             if self.pending.len() >= MAX_PENDING {
-                continue;
+                // `pending` is in arrival order: the first has waited longest.
+                self.pending.remove(0);
             }
             self.pending.push(Pending {
                 fd,
@@ -227,12 +229,18 @@ impl Worker {
             // protocol violation.
             Ok(Some((request, used))) if used == p.buf.len() => {
                 let (answer, accept) = handshake::answer(&request, &self.mine);
-                if self.reply(&p.fd, &answer).is_ok() && accept {
-                    if self.tx.send(p.fd).is_err() {
+                if accept {
+                    // Hand the connection to the receiver before answering, so that once
+                    // `connect` returns the receiver already counts this sender.
+                    let Ok(dup) = p.fd.try_clone() else {
+                        return None;
+                    };
+                    if self.tx.send(dup).is_err() {
                         return None;
                     }
                     let _ = rustix::io::write(self.wake.as_fd(), &1u64.to_ne_bytes());
                 }
+                let _ = self.reply(&p.fd, &answer);
                 None
             }
             Err(HelloError::Version(_)) => {
