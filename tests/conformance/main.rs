@@ -1,0 +1,76 @@
+//! The conformance suite: one set of scenarios, each run against every backend it applies to.
+//!
+//! Every scenario is a function `fn(Setup)`; the [`conformance!`] macro expands it into one
+//! `#[test]` per backend, named `<scenario>::<Setup>` (for example
+//! `delivery::fifo_per_producer::Tcp`), so a failure names the backend in the test name as
+//! well as in its message.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod capacity;
+mod delivery;
+mod disconnect;
+mod errors;
+mod messages;
+mod setup;
+
+/// Expands `module::scenario` into a module of tests, one per listed setup (every setup
+/// when none are listed).
+macro_rules! conformance {
+    ($module:ident :: $scenario:ident) => {
+        conformance!($module::$scenario => [
+            ThreadAnon, ThreadNamed, SocketAnon, PipeAnon, Unix, Tcp
+        ]);
+    };
+    ($module:ident :: $scenario:ident => [$($setup:ident),+ $(,)?]) => {
+        mod $scenario {
+            $(
+                #[test]
+                #[allow(non_snake_case)]
+                fn $setup() {
+                    crate::$module::$scenario(crate::setup::Setup::$setup);
+                }
+            )+
+        }
+    };
+}
+
+/// Setups with an address that more senders can connect to.
+macro_rules! bound {
+    ($module:ident :: $scenario:ident) => {
+        conformance!($module::$scenario => [ThreadNamed, Unix, Tcp]);
+    };
+}
+
+/// Setups that encode messages into a byte stream (everything but threads).
+macro_rules! stream {
+    ($module:ident :: $scenario:ident) => {
+        conformance!($module::$scenario => [SocketAnon, PipeAnon, Unix, Tcp]);
+    };
+}
+
+// 1, 2, 9: ordering, producers, no interleaving.
+conformance!(delivery::fifo_per_producer);
+conformance!(delivery::many_producers);
+conformance!(delivery::clones_never_interleave);
+
+// 3, 4, 11: disconnection both ways, reconnection.
+conformance!(disconnect::drain_then_disconnected);
+conformance!(disconnect::iterators);
+conformance!(disconnect::send_after_receiver_dropped);
+conformance!(disconnect::blocked_send_fails_when_receiver_drops);
+bound!(disconnect::reconnect_after_disconnect);
+
+// 5, 6: capacity and timeouts.
+conformance!(capacity::try_send_full_then_room);
+conformance!(capacity::recv_timeout_and_try_recv_on_empty);
+
+// 7, 8, 12: message sizes and shapes.
+conformance!(messages::huge_message);
+stream!(messages::over_size_limit);
+conformance!(messages::receiver_size_limit_applies_to_sender => [Unix, Tcp]);
+conformance!(messages::serde_structs);
+
+// 10: constructor errors.
+bound!(errors::connect_errors);
