@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
+pub(crate) mod fdpass;
+pub(crate) mod memfd;
+pub(crate) mod notify;
 pub(crate) mod sigpipe;
 pub(crate) mod sock;
 
