@@ -102,6 +102,9 @@ mod frame;
 mod handshake;
 mod inherit;
 mod options;
+#[allow(dead_code)] // used by the shm flavor, next
+mod ring;
+mod sync;
 mod sys;
 
 pub use channel::{channel, channel_with, Backend, Receiver, Sender};

@@ -1,0 +1,287 @@
+//! Unit tests of the ring core over heap memory. They run under Miri in CI, so they stay
+//! small; the threaded one shrinks under `cfg(miri)`.
+
+use super::core::{Consumer, Pop, Producer, Push, RingError, FLAG_PAD, FRAME_HEADER};
+use super::HeapRing;
+
+const CAP: usize = 4096;
+
+fn pair(ring: &HeapRing, limit: usize) -> (Producer, Consumer) {
+    (
+        Producer::new(ring.ring()).unwrap(),
+        Consumer::new(ring.ring(), limit),
+    )
+}
+
+fn msg(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i * 31 + j) as u8).collect()
+}
+
+/// Pushes a whole message in pieces, popping into `got` whenever the ring is full.
+fn send(p: &mut Producer, c: &mut Consumer, m: &[u8], got: &mut Vec<Vec<u8>>, buf: &mut Vec<u8>) {
+    let max = p.max_piece();
+    let mut pieces: Vec<&[u8]> = m.chunks(max).collect();
+    if pieces.is_empty() {
+        pieces.push(&[]);
+    }
+    let n = pieces.len();
+    for (i, piece) in pieces.into_iter().enumerate() {
+        while p.try_push(piece, i + 1 == n).unwrap() == Push::Full {
+            drain(c, got, buf, 1);
+        }
+    }
+}
+
+/// Pops up to `messages` whole messages.
+fn drain(c: &mut Consumer, got: &mut Vec<Vec<u8>>, buf: &mut Vec<u8>, messages: usize) {
+    let mut done = 0;
+    while done < messages {
+        match c.try_pop(buf).unwrap() {
+            Pop::Piece { last: true, .. } => {
+                got.push(std::mem::take(buf));
+                done += 1;
+            }
+            Pop::Piece { .. } => {}
+            Pop::Empty | Pop::Closed => return,
+        }
+    }
+}
+
+#[test]
+fn order_kept_across_many_wraps() {
+    let ring = HeapRing::new(CAP);
+    let (mut p, mut c) = pair(&ring, usize::MAX);
+    let sent: Vec<Vec<u8>> = (0..300).map(|i| msg(i, (i * 37) % 700)).collect();
+    let (mut got, mut buf) = (Vec::new(), Vec::new());
+    for m in &sent {
+        send(&mut p, &mut c, m, &mut got, &mut buf);
+    }
+    drain(&mut c, &mut got, &mut buf, usize::MAX);
+    assert_eq!(got, sent);
+}
+
+#[test]
+fn full_and_empty_edges() {
+    let ring = HeapRing::new(CAP);
+    let (mut p, mut c) = pair(&ring, usize::MAX);
+    let mut buf = Vec::new();
+    assert_eq!(c.try_pop(&mut buf).unwrap(), Pop::Empty);
+    // 8-byte payloads take 16 bytes each: exactly CAP / 16 fit.
+    for i in 0..CAP / 16 {
+        assert!(matches!(
+            p.try_push(&(i as u64).to_le_bytes(), true).unwrap(),
+            Push::Done { .. }
+        ));
+    }
+    assert_eq!(p.try_push(&[0; 8], true).unwrap(), Push::Full);
+    assert!(matches!(
+        c.try_pop(&mut buf).unwrap(),
+        Pop::Piece { last: true, .. }
+    ));
+    assert_eq!(buf, 0u64.to_le_bytes());
+    assert!(matches!(
+        p.try_push(&[1; 8], true).unwrap(),
+        Push::Done { .. }
+    ));
+    assert_eq!(p.try_push(&[0; 8], true).unwrap(), Push::Full);
+}
+
+#[test]
+fn a_piece_of_the_largest_size_fits_an_empty_ring_at_any_offset() {
+    for start in [0usize, 16, 1000, CAP / 2 - 8, CAP / 2, CAP - 16] {
+        let ring = HeapRing::new(CAP);
+        let (mut p, mut c) = pair(&ring, usize::MAX);
+        let mut buf = Vec::new();
+        // Move both positions to `start` with fillers of at most half the ring each.
+        let mut at = 0;
+        while at < start {
+            let step = (start - at).min(CAP / 2);
+            let filler = vec![0u8; step - FRAME_HEADER];
+            assert!(matches!(
+                p.try_push(&filler, true).unwrap(),
+                Push::Done { .. }
+            ));
+            c.try_pop(&mut buf).unwrap();
+            buf.clear();
+            at += step;
+        }
+        let big = msg(1, p.max_piece());
+        assert!(
+            matches!(p.try_push(&big, true).unwrap(), Push::Done { .. }),
+            "offset {start}"
+        );
+        assert!(matches!(
+            c.try_pop(&mut buf).unwrap(),
+            Pop::Piece { last: true, .. }
+        ));
+        assert_eq!(buf, big);
+    }
+}
+
+#[test]
+fn messages_bigger_than_the_ring_go_in_pieces() {
+    let ring = HeapRing::new(CAP);
+    let (mut p, mut c) = pair(&ring, usize::MAX);
+    let (mut got, mut buf) = (Vec::new(), Vec::new());
+    let sent = vec![msg(1, 3 * CAP + 5), msg(2, 0), msg(3, CAP)];
+    for m in &sent {
+        send(&mut p, &mut c, m, &mut got, &mut buf);
+    }
+    drain(&mut c, &mut got, &mut buf, usize::MAX);
+    assert_eq!(got, sent);
+}
+
+#[test]
+fn closed_only_after_everything_is_taken() {
+    let ring = HeapRing::new(CAP);
+    let (mut p, mut c) = pair(&ring, usize::MAX);
+    p.try_push(b"last words", true).unwrap();
+    p.close();
+    let mut buf = Vec::new();
+    assert!(matches!(
+        c.try_pop(&mut buf).unwrap(),
+        Pop::Piece { last: true, .. }
+    ));
+    assert_eq!(buf, b"last words");
+    assert_eq!(c.try_pop(&mut buf).unwrap(), Pop::Closed);
+    assert!(!c.close() && p.consumer_closed());
+}
+
+#[test]
+fn size_limit_is_checked_before_copying() {
+    let ring = HeapRing::new(CAP);
+    let (mut p, mut c) = pair(&ring, 100);
+    p.try_push(&[0; 64], false).unwrap();
+    p.try_push(&[0; 64], true).unwrap();
+    let mut buf = Vec::new();
+    assert!(matches!(
+        c.try_pop(&mut buf).unwrap(),
+        Pop::Piece { last: false, .. }
+    ));
+    assert_eq!(
+        c.try_pop(&mut buf).unwrap_err(),
+        RingError::TooLarge {
+            at_least: 128,
+            limit: 100
+        }
+    );
+    assert_eq!(buf.len(), 64, "nothing of the refused piece was copied");
+}
+
+/// A hostile producer writes positions and frames directly; the consumer refuses each.
+#[test]
+fn hostile_positions_and_frames_are_refused() {
+    use crate::sync::Ordering::Relaxed;
+    let write = |ring: &HeapRing, off: usize, len: u32, flags: u32| {
+        let mut f = [0u8; 8];
+        f[..4].copy_from_slice(&len.to_le_bytes());
+        f[4..].copy_from_slice(&flags.to_le_bytes());
+        // SAFETY: off + 8 <= CAP in every call below; the test is single-threaded.
+        unsafe { std::ptr::copy_nonoverlapping(f.as_ptr(), ring.data_ptr().add(off), 8) };
+    };
+    type Corrupt = Box<dyn Fn(&HeapRing)>;
+    let cases: Vec<(&str, Corrupt)> = vec![
+        (
+            "head beyond capacity",
+            Box::new(|r| r.header().head.store(CAP as u64 + 8, Relaxed)),
+        ),
+        (
+            "head moved backwards",
+            Box::new(|r| r.header().head.store(u64::MAX - 7, Relaxed)),
+        ),
+        (
+            "partial header",
+            Box::new(|r| r.header().head.store(4, Relaxed)),
+        ),
+        (
+            "length beyond published",
+            Box::new(move |r| {
+                write(r, 0, 64, 1);
+                r.header().head.store(16, Relaxed);
+            }),
+        ),
+        (
+            "length beyond capacity",
+            Box::new(move |r| {
+                write(r, 0, u32::MAX, 1);
+                r.header().head.store(CAP as u64, Relaxed);
+            }),
+        ),
+        (
+            "unknown flags",
+            Box::new(move |r| {
+                write(r, 0, 0, 0x80);
+                r.header().head.store(8, Relaxed);
+            }),
+        ),
+        (
+            "padding not reaching the end",
+            Box::new(move |r| {
+                write(r, 0, 8, FLAG_PAD);
+                r.header().head.store(16, Relaxed);
+            }),
+        ),
+    ];
+    for (what, corrupt) in cases {
+        let ring = HeapRing::new(CAP);
+        let mut c = Consumer::new(ring.ring(), usize::MAX);
+        corrupt(&ring);
+        let mut buf = Vec::new();
+        assert!(
+            matches!(c.try_pop(&mut buf), Err(RingError::Corrupted(_))),
+            "{what}: not refused"
+        );
+        assert!(buf.is_empty(), "{what}: bytes were delivered");
+    }
+    // A consumer that moves tail backwards is refused by the producer.
+    let ring = HeapRing::new(CAP);
+    let mut p = Producer::new(ring.ring()).unwrap();
+    for _ in 0..CAP / 16 {
+        p.try_push(&[0; 8], true).unwrap();
+    }
+    ring.header().tail.store(u64::MAX, Relaxed);
+    assert!(matches!(
+        p.try_push(&[0; 8], true),
+        Err(RingError::Corrupted(_))
+    ));
+}
+
+#[test]
+fn identity_is_validated() {
+    let ring = HeapRing::new(CAP);
+    assert!(ring.ring().validate().is_ok());
+    ring.header().magic.store(0, crate::sync::Ordering::Relaxed);
+    assert!(ring.ring().validate().is_err());
+}
+
+#[test]
+fn two_threads_stream_in_order() {
+    let count: usize = if cfg!(miri) { 200 } else { 20_000 };
+    let ring = std::sync::Arc::new(HeapRing::new(CAP));
+    let (mut p, mut c) = pair(&ring, usize::MAX);
+    let producer = std::thread::spawn(move || {
+        for i in 0..count {
+            let m = msg(i, i % 300);
+            while p.try_push(&m, true).unwrap() == Push::Full {
+                std::thread::yield_now();
+            }
+        }
+        p.close();
+    });
+    let mut buf = Vec::new();
+    let mut i = 0;
+    loop {
+        match c.try_pop(&mut buf).unwrap() {
+            Pop::Piece { .. } => {
+                assert_eq!(buf, msg(i, i % 300), "message {i}");
+                buf.clear();
+                i += 1;
+            }
+            Pop::Empty => std::thread::yield_now(),
+            Pop::Closed => break,
+        }
+    }
+    assert_eq!(i, count);
+    producer.join().unwrap();
+    drop(ring);
+}
