@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::addr::Address;
 use crate::codec;
+use crate::flavors::shm::{self, ShmReceiver, ShmSender};
 use crate::flavors::stream::{StreamReceiver, StreamSender};
 use crate::flavors::thread::{self, ThreadReceiver, ThreadSender};
 use crate::flavors::{Deadline, RecvFail, SendFail};
@@ -19,7 +20,7 @@ use crate::{
 /// | backend | between | carries |
 /// |---|---|---|
 /// | `Thread` | threads of one process | the value itself, moved |
-/// | `Shm` | processes on one machine | encoded bytes through a shared ring (not built yet) |
+/// | `Shm` | processes on one machine | encoded bytes through a shared-memory ring per sender |
 /// | `Socket` | processes, one machine (`unix:`) or many (`tcp:`) | encoded, length-prefixed frames |
 /// | `Pipe` | processes related by fork/spawn | encoded, length-prefixed frames |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,8 +28,7 @@ use crate::{
 pub enum Backend {
     /// In-process channel (crossbeam-channel); messages are moved, never encoded.
     Thread,
-    /// Shared-memory ring between processes. Not built yet: constructors return
-    /// [`Error::Unsupported`].
+    /// A lock-free shared-memory ring per sender, between processes on one machine.
     Shm,
     /// Unix domain stream socket (a socketpair for [`channel`]); TCP through `tcp:` addresses.
     Socket,
@@ -39,11 +39,13 @@ pub enum Backend {
 pub(crate) enum SenderFlavor<T> {
     Thread(ThreadSender<T>),
     Stream(StreamSender),
+    Shm(ShmSender),
 }
 
 pub(crate) enum ReceiverFlavor<T> {
     Thread(ThreadReceiver<T>),
     Stream(StreamReceiver),
+    Shm(ShmReceiver),
 }
 
 /// The sending half of a channel. `Clone + Send + Sync`; clones are independent producers
@@ -121,17 +123,12 @@ pub fn channel_with<T: Message>(
             let (tx, rx) = crate::flavors::stream::pair(backend == Backend::Pipe, opts)?;
             (SenderFlavor::Stream(tx), ReceiverFlavor::Stream(rx))
         }
-        Backend::Shm => return Err(shm_not_built()),
+        Backend::Shm => {
+            let (tx, rx) = shm::pair(opts)?;
+            (SenderFlavor::Shm(tx), ReceiverFlavor::Shm(rx))
+        }
     };
     Ok((Sender { flavor: tx }, Receiver::new(rx)))
-}
-
-pub(crate) fn shm_not_built() -> Error {
-    Error::Unsupported {
-        what: "the shared-memory backend (Backend::Shm, shm: addresses) is not built yet; \
-               use Backend::Socket or unix: addresses meanwhile"
-            .to_string(),
-    }
 }
 
 impl<T> Clone for Sender<T> {
@@ -139,6 +136,7 @@ impl<T> Clone for Sender<T> {
         let flavor = match &self.flavor {
             SenderFlavor::Thread(s) => SenderFlavor::Thread(s.clone()),
             SenderFlavor::Stream(s) => SenderFlavor::Stream(s.clone()),
+            SenderFlavor::Shm(s) => SenderFlavor::Shm(s.clone()),
         };
         Sender { flavor }
     }
@@ -182,7 +180,9 @@ impl<T: Message> Sender<T> {
     pub fn connect_with(addr: &str, opts: &Options) -> Result<Self, Error> {
         let flavor = match Address::parse(addr)? {
             Address::Thread(name) => SenderFlavor::Thread(ThreadSender::connect(&name)?),
-            Address::Shm(_) => return Err(shm_not_built()),
+            parsed @ Address::Shm(_) => {
+                SenderFlavor::Shm(ShmSender::connect::<T>(addr, &parsed, opts)?)
+            }
             parsed @ (Address::Unix(_) | Address::Tcp(_)) => {
                 SenderFlavor::Stream(StreamSender::connect::<T>(addr, &parsed, opts)?)
             }
@@ -232,12 +232,12 @@ impl<T: Message> Sender<T> {
     fn send_until(&self, msg: T, deadline: Deadline) -> Result<(), (T, SendFail)> {
         match &self.flavor {
             SenderFlavor::Thread(s) => s.send(msg, deadline),
-            SenderFlavor::Stream(s) => {
-                match s.send_with(deadline, |buf| codec::encode_into(&msg, buf)) {
-                    Ok(()) => Ok(()),
-                    Err(f) => Err((msg, f)),
-                }
-            }
+            SenderFlavor::Stream(s) => s
+                .send_with(deadline, |buf| codec::encode_into(&msg, buf))
+                .map_err(|f| (msg, f)),
+            SenderFlavor::Shm(s) => s
+                .send_with(deadline, |buf| codec::encode_into(&msg, buf))
+                .map_err(|f| (msg, f)),
         }
     }
 }
@@ -279,7 +279,9 @@ impl<T: Message> Receiver<T> {
     pub fn bind_with(addr: &str, opts: &Options) -> Result<Self, Error> {
         let flavor = match Address::parse(addr)? {
             Address::Thread(name) => ReceiverFlavor::Thread(ThreadReceiver::bind(&name, opts)?),
-            Address::Shm(_) => return Err(shm_not_built()),
+            parsed @ Address::Shm(_) => {
+                ReceiverFlavor::Shm(ShmReceiver::bind::<T>(addr, &parsed, opts)?)
+            }
             parsed @ (Address::Unix(_) | Address::Tcp(_)) => {
                 ReceiverFlavor::Stream(StreamReceiver::bind::<T>(addr, &parsed, opts)?)
             }
@@ -293,6 +295,7 @@ impl<T: Message> Receiver<T> {
         match &self.flavor {
             ReceiverFlavor::Thread(_) => None,
             ReceiverFlavor::Stream(s) => s.local_addr(),
+            ReceiverFlavor::Shm(s) => s.local_addr(),
         }
     }
 
@@ -346,6 +349,7 @@ impl<T: Message> Receiver<T> {
         match &self.flavor {
             ReceiverFlavor::Thread(r) => r.recv(deadline),
             ReceiverFlavor::Stream(r) => r.recv_with(deadline, codec::decode::<T>),
+            ReceiverFlavor::Shm(r) => r.recv_with(deadline, codec::decode::<T>),
         }
     }
 }

@@ -12,7 +12,7 @@
 //! versions can always tell each other apart.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::sys::{self, StreamKind};
@@ -160,13 +160,16 @@ impl Hello {
 }
 
 /// The connecting side: sends `mine`, waits for the answer, and turns a refusal into an
-/// [`Error`] a person understands. Returns the receiver's hello (its size limit).
+/// [`Error`] a person understands. Returns the receiver's hello (its size limit) and the
+/// descriptors that came with it: at most `max_fds` are accepted (shared-memory senders
+/// receive their ring this way); more, or any where none are expected, is a protocol error.
 pub(crate) fn client(
     addr: &str,
     fd: BorrowedFd<'_>,
     kind: StreamKind,
     mine: &Hello,
-) -> Result<Hello, Error> {
+    max_fds: usize,
+) -> Result<(Hello, Vec<OwnedFd>), Error> {
     let deadline = Instant::now() + TIMEOUT;
     let timed_out = || {
         Error::protocol(
@@ -197,6 +200,7 @@ pub(crate) fn client(
     }
     let mut buf = [0u8; MAX_LEN];
     let mut got = 0;
+    let mut fds = Vec::new();
     let theirs = loop {
         match Hello::parse(&buf[..got]) {
             Ok(Some((hello, _))) => break hello,
@@ -214,7 +218,15 @@ pub(crate) fn client(
         if !sys::wait_readable(fd, Some(left)).map_err(io_err)? {
             return Err(timed_out());
         }
-        match sys::read(fd.as_fd(), &mut buf[got..]) {
+        let received = if kind == StreamKind::Unix {
+            sys::fdpass::recv_with_fds(fd, &mut buf[got..], max_fds).map(|(n, more)| {
+                fds.extend(more);
+                n
+            })
+        } else {
+            sys::read(fd.as_fd(), &mut buf[got..])
+        };
+        match received {
             Ok(0) => {
                 return Err(Error::protocol(
                     addr,
@@ -226,8 +238,14 @@ pub(crate) fn client(
             Err(e) => return Err(io_err(e)),
         }
     };
+    if fds.len() > max_fds {
+        return Err(Error::protocol(
+            addr,
+            "the receiver sent unexpected descriptors",
+        ));
+    }
     match theirs.status {
-        Status::Ok if theirs.fingerprint == mine.fingerprint => Ok(theirs),
+        Status::Ok if theirs.fingerprint == mine.fingerprint => Ok((theirs, fds)),
         Status::Ok | Status::TypeMismatch => Err(Error::TypeMismatch {
             addr: addr.to_string(),
             local: mine.name.clone(),

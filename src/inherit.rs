@@ -173,6 +173,14 @@ fn thread_cannot_cross() -> Error {
     }
 }
 
+fn shm_not_inheritable() -> Error {
+    Error::Unsupported {
+        what: "passing a Backend::Shm channel end to a child by inheritance (bind a shm: \
+               address and connect from the child instead)"
+            .to_string(),
+    }
+}
+
 impl<T: Message> Sender<T> {
     /// Prepares `cmd` so the child it spawns inherits this sender as `name`; the child calls
     /// [`Sender::from_parent`] with the same name. Drop `cmd` after spawning, and drop this
@@ -199,6 +207,7 @@ impl<T: Message> Sender<T> {
         check_name(name)?;
         match &self.flavor {
             SenderFlavor::Thread(_) => Err(thread_cannot_cross()),
+            SenderFlavor::Shm(_) => Err(shm_not_inheritable()),
             SenderFlavor::Stream(s) => {
                 let (fd, kind, limit) = s.duplicate()?;
                 pass(
@@ -250,6 +259,7 @@ impl<T: Message> Receiver<T> {
         check_name(name)?;
         match &self.flavor {
             ReceiverFlavor::Thread(_) => Err(thread_cannot_cross()),
+            ReceiverFlavor::Shm(_) => Err(shm_not_inheritable()),
             ReceiverFlavor::Stream(r) => {
                 let (fd, kind, limit) = r.duplicate()?;
                 pass(

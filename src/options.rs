@@ -6,6 +6,10 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
 /// The default capacity of a [`Backend::Thread`](crate::Backend::Thread) channel, in messages.
 pub const DEFAULT_THREAD_CAPACITY: usize = 1024;
 
+/// The default ring size of a [`Backend::Shm`](crate::Backend::Shm) connection, in bytes
+/// of message data: 1 MiB per connected sender.
+pub const DEFAULT_SHM_CAPACITY: usize = 1 << 20;
+
 /// Settings for [`channel_with`](crate::channel_with), [`Receiver::bind_with`](crate::Receiver::bind_with)
 /// and [`Sender::connect_with`](crate::Sender::connect_with).
 ///
@@ -17,6 +21,7 @@ pub const DEFAULT_THREAD_CAPACITY: usize = 1024;
 /// | Socket (`unix:`, socketpair) | bytes of the kernel send buffer (`SO_SNDBUF`) | the kernel's, `net.core.wmem_default` (212,992 bytes on stock Linux) |
 /// | Socket (`tcp:`) | bytes of the kernel send buffer (`SO_SNDBUF`) | autotuned by the kernel |
 /// | Pipe | bytes of the pipe buffer (`F_SETPIPE_SZ`) | the kernel's, 65,536 bytes |
+/// | Shm | bytes of each sender's ring (rounded up to a power of two, 4 KiB to 1 GiB); set by the receiver | [`DEFAULT_SHM_CAPACITY`] (1 MiB) |
 ///
 /// Every backend blocks (or reports `Full`) when its buffer is full. Stream backends also
 /// buffer up to one read (64 KiB) plus one partly received message per connection in the

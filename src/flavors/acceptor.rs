@@ -4,7 +4,8 @@
 //! thread is busy elsewhere.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -13,7 +14,9 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::net::SocketFlags;
 
 use crate::addr::Address;
+use crate::flavors::shm::RingParts;
 use crate::handshake::{self, Hello, HelloError, Status};
+use crate::sys::notify::Notifier;
 use crate::sys::{self, sock, StreamKind};
 use crate::Error;
 
@@ -21,9 +24,28 @@ use crate::Error;
 /// so idle connections cannot lock real senders out.
 const MAX_PENDING: usize = 256;
 
+/// What the acceptor does for each sender beyond the handshake.
+pub(crate) enum Mode {
+    /// Stream backends: the connection carries the frames.
+    Stream,
+    /// Shared memory: each sender gets a fresh ring of `capacity` bytes and the receiver's
+    /// wake-up eventfd, passed with the answer; the connection only watches liveness.
+    Shm {
+        capacity: usize,
+        data_wake: Arc<Notifier>,
+    },
+}
+
+/// A connection that passed the handshake.
+pub(crate) struct Accepted {
+    pub(crate) fd: OwnedFd,
+    /// The sender's ring, for `Mode::Shm`.
+    pub(crate) ring: Option<RingParts>,
+}
+
 /// A running acceptor. Dropping it stops the thread and removes the socket file.
 pub(crate) struct Acceptor {
-    incoming: cb::Receiver<OwnedFd>,
+    incoming: cb::Receiver<Accepted>,
     /// Signalled by the thread after each accepted connection; the receiver polls it.
     wake: std::sync::Arc<OwnedFd>,
     /// Signalled by drop to stop the thread.
@@ -36,9 +58,14 @@ pub(crate) struct Acceptor {
 
 impl Acceptor {
     /// Binds `parsed` and starts the thread; `mine` is the receiver's hello.
-    pub(crate) fn bind(addr: &str, parsed: &Address, mine: Hello) -> Result<Self, Error> {
+    pub(crate) fn bind(
+        addr: &str,
+        parsed: &Address,
+        mine: Hello,
+        mode: Mode,
+    ) -> Result<Self, Error> {
         let (listener, kind, file, local_addr): (OwnedFd, _, _, _) = match parsed {
-            Address::Unix(path) => {
+            Address::Unix(path) | Address::Shm(path) => {
                 let (l, f) = sock::bind_unix(addr, path)?;
                 (l.into(), StreamKind::Unix, Some(f), addr.to_string())
             }
@@ -58,7 +85,7 @@ impl Acceptor {
                     .map_err(|e| Error::io(format!("reading the address of {addr:?}"), e))?;
                 (l.into(), StreamKind::Tcp, None, format!("tcp:{local}"))
             }
-            _ => unreachable!("only stream addresses reach the acceptor"),
+            Address::Thread(_) => unreachable!("thread addresses never reach the acceptor"),
         };
         sys::set_nonblocking(&listener).map_err(|e| Error::io("configuring the listener", e))?;
         let eventfd = || {
@@ -72,6 +99,7 @@ impl Acceptor {
             listener,
             kind,
             mine,
+            mode,
             wake: wake.clone(),
             stop: stop.clone(),
             tx,
@@ -92,7 +120,7 @@ impl Acceptor {
     }
 
     /// A connection that passed the handshake, if one is waiting.
-    pub(crate) fn take(&self) -> Option<OwnedFd> {
+    pub(crate) fn take(&self) -> Option<Accepted> {
         self.incoming.try_recv().ok()
     }
 
@@ -130,9 +158,10 @@ struct Worker {
     listener: OwnedFd,
     kind: StreamKind,
     mine: Hello,
+    mode: Mode,
     wake: std::sync::Arc<OwnedFd>,
     stop: std::sync::Arc<OwnedFd>,
-    tx: cb::Sender<OwnedFd>,
+    tx: cb::Sender<Accepted>,
     pending: Vec<Pending>,
 }
 
@@ -196,7 +225,7 @@ impl Worker {
                     Ok(uid) if uid == sock::my_uid() => {}
                     _ => {
                         let refusal = Hello::new(Status::Refused, 0, 0, "");
-                        let _ = self.reply(&fd, &refusal);
+                        let _ = self.reply(&fd, &refusal, &[]);
                         continue;
                     }
                 }
@@ -229,34 +258,73 @@ impl Worker {
             // protocol violation.
             Ok(Some((request, used))) if used == p.buf.len() => {
                 let (answer, accept) = handshake::answer(&request, &self.mine);
-                if accept {
-                    // Hand the connection to the receiver before answering, so that once
-                    // `connect` returns the receiver already counts this sender.
-                    let Ok(dup) = p.fd.try_clone() else {
-                        return None;
-                    };
-                    if self.tx.send(dup).is_err() {
-                        return None;
-                    }
-                    let _ = rustix::io::write(self.wake.as_fd(), &1u64.to_ne_bytes());
+                if !accept {
+                    let _ = self.reply(&p.fd, &answer, &[]);
+                    return None;
                 }
-                let _ = self.reply(&p.fd, &answer);
+                // Hand the connection to the receiver before answering, so that once
+                // `connect` returns the receiver already counts this sender.
+                let (accepted, passed) = match self.prepare(&p.fd) {
+                    Ok(prepared) => prepared,
+                    Err(_) => return None,
+                };
+                if self.tx.send(accepted).is_err() {
+                    return None;
+                }
+                let _ = rustix::io::write(self.wake.as_fd(), &1u64.to_ne_bytes());
+                let passed: Vec<BorrowedFd<'_>> = passed.iter().map(|f| f.as_fd()).collect();
+                let _ = self.reply(&p.fd, &answer, &passed);
                 None
             }
             Err(HelloError::Version(_)) => {
                 let mut answer = self.mine.clone();
                 answer.status = Status::VersionMismatch;
-                let _ = self.reply(&p.fd, &answer);
+                let _ = self.reply(&p.fd, &answer, &[]);
                 None
             }
             _ => None,
         }
     }
 
-    /// Writes a whole (small) hello, waiting briefly for room if needed.
-    fn reply(&self, fd: &OwnedFd, hello: &Hello) -> io::Result<()> {
+    /// What the receiver gets for an accepted connection, and the descriptors the sender
+    /// gets with the answer (duplicates, closed after sending).
+    fn prepare(&self, fd: &OwnedFd) -> io::Result<(Accepted, Vec<OwnedFd>)> {
+        let dup = fd.try_clone()?;
+        match &self.mode {
+            Mode::Stream => Ok((
+                Accepted {
+                    fd: dup,
+                    ring: None,
+                },
+                Vec::new(),
+            )),
+            Mode::Shm {
+                capacity,
+                data_wake,
+            } => {
+                let parts = RingParts::create(*capacity)?;
+                let passed = vec![
+                    parts.map.fd().try_clone_to_owned()?,
+                    data_wake.fd().try_clone_to_owned()?,
+                    parts.space.fd().try_clone_to_owned()?,
+                ];
+                let accepted = Accepted {
+                    fd: dup,
+                    ring: Some(parts),
+                };
+                Ok((accepted, passed))
+            }
+        }
+    }
+
+    /// Writes a whole (small) hello, with `fds` attached to its first byte, waiting briefly
+    /// for room if needed.
+    fn reply(&self, fd: &OwnedFd, hello: &Hello, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let bytes = hello.encode();
         let mut sent = 0;
+        if !fds.is_empty() {
+            sent = sys::fdpass::send_with_fds(fd.as_fd(), &bytes, fds)?;
+        }
         while sent < bytes.len() {
             match sys::write_vectored(fd.as_fd(), self.kind, &[io::IoSlice::new(&bytes[sent..])]) {
                 Ok(n) => sent += n,

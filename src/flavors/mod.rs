@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use crate::SendFailure;
 
 pub(crate) mod acceptor;
+pub(crate) mod shm;
+pub(crate) mod shm_send;
 pub(crate) mod stream;
 pub(crate) mod stream_send;
 pub(crate) mod thread;

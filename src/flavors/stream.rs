@@ -14,7 +14,7 @@ use rustix::event::{PollFd, PollFlags};
 
 use crate::addr::Address;
 use crate::codec;
-use crate::flavors::acceptor::Acceptor;
+use crate::flavors::acceptor::{Acceptor, Mode};
 pub(crate) use crate::flavors::stream_send::StreamSender;
 use crate::flavors::{Deadline, RecvFail};
 use crate::frame::FrameReader;
@@ -139,7 +139,7 @@ impl StreamReceiver {
             opts.max_message_size,
             &codec::describe::<T>(),
         );
-        let acceptor = Acceptor::bind(addr, parsed, mine)?;
+        let acceptor = Acceptor::bind(addr, parsed, mine, Mode::Stream)?;
         Ok(StreamReceiver {
             state: Mutex::new(RecvState {
                 conns: Vec::new(),
@@ -166,9 +166,9 @@ impl StreamReceiver {
         let mut polled = false;
         loop {
             if let Some(acceptor) = &self.acceptor {
-                while let Some(fd) = acceptor.take() {
+                while let Some(accepted) = acceptor.take() {
                     let limit = state.limit;
-                    state.conns.push(RecvConn::new(fd, limit));
+                    state.conns.push(RecvConn::new(accepted.fd, limit));
                     state.ever_connected = true;
                 }
             }

@@ -84,7 +84,7 @@ impl StreamSender {
             opts.max_message_size,
             &codec::describe::<T>(),
         );
-        let theirs = handshake::client(addr, fd.as_fd(), kind, &mine)?;
+        let (theirs, _) = handshake::client(addr, fd.as_fd(), kind, &mine, 0)?;
         // Never send what the receiver would refuse.
         let limit = opts.max_message_size.min(theirs.limit as usize);
         StreamSender::from_fd(fd, kind, &opts.clone().max_message_size(limit))

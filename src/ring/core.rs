@@ -135,11 +135,6 @@ impl Ring {
         Ok(())
     }
 
-    /// The data region's size in bytes.
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     fn offset(&self, pos: u64) -> usize {
         (pos & (self.capacity as u64 - 1)) as usize
     }
@@ -262,6 +257,12 @@ impl Producer {
         let contiguous = self.ring.capacity - self.ring.offset(self.head);
         let pad = if contiguous >= need { 0 } else { contiguous };
         (pad, need)
+    }
+
+    /// Whether a piece of `len` bytes fits now.
+    pub(crate) fn has_room_for(&mut self, len: usize) -> Result<bool, RingError> {
+        let (pad, need) = self.space_for(len);
+        self.has_room(pad + need)
     }
 
     /// Whether `bytes` fit now, reloading `tail` only when the cached value says no.

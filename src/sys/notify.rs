@@ -23,6 +23,12 @@ pub(crate) struct Notifier {
     fd: OwnedFd,
 }
 
+impl std::os::fd::AsFd for Notifier {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl Notifier {
     /// A new eventfd with its counter at zero.
     pub(crate) fn new() -> io::Result<Notifier> {

@@ -113,32 +113,6 @@ fn bad_addresses() {
     }
 }
 
-#[test]
-fn shm_is_unsupported() {
-    match channel::<u64>(Backend::Shm) {
-        Err(e @ Error::Unsupported { .. }) => assert_sentence("channel(Shm)", &e),
-        other => panic!("channel(Backend::Shm): {other:?}"),
-    }
-    match conduit::channel_with::<u64>(Backend::Shm, &conduit::Options::new()) {
-        Err(Error::Unsupported { .. }) => {}
-        other => panic!("channel_with(Backend::Shm): {other:?}"),
-    }
-    let path = crate::common::temp_dir().join("shm.sock");
-    let addr = format!("shm:{}", path.display());
-    match Receiver::<u64>::bind(&addr) {
-        Err(e @ Error::Unsupported { .. }) => assert_sentence("bind shm:", &e),
-        other => panic!("bind {addr}: {other:?}"),
-    }
-    match Sender::<u64>::connect(&addr) {
-        Err(e @ Error::Unsupported { .. }) => assert_sentence("connect shm:", &e),
-        other => panic!("connect {addr}: {other:?}"),
-    }
-    assert!(
-        !path.exists(),
-        "an unsupported bind left a file at {path:?}"
-    );
-}
-
 /// The errors of channel operations read as sentences too.
 #[test]
 fn channel_errors_are_sentences() {

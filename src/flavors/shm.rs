@@ -1,0 +1,335 @@
+//! Shared-memory flavor: one SPSC ring (`crate::ring`) per connected sender, in a sealed
+//! memfd mapping the receiver creates and passes with `SCM_RIGHTS`; eventfds for wake-ups;
+//! the rendezvous connection kept open to notice a peer's death. This file holds the ring
+//! set-up, anonymous pairs and the receiving half; the sending half is in `shm_send.rs`.
+//!
+//! The receiver spins briefly, then announces its sleep in every ring it serves and polls its
+//! wake-up eventfd together with every sender's connection: a sender's publish wakes it, and
+//! so does a sender's death (its connection hangs up). Every sleep is also bounded.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags};
+
+use crate::addr::Address;
+use crate::codec;
+use crate::flavors::acceptor::{Acceptor, Mode};
+pub(crate) use crate::flavors::shm_send::ShmSender;
+use crate::flavors::{Deadline, RecvFail};
+use crate::handshake::{Hello, Status};
+use crate::ring::core::{Consumer, Pop, Ring};
+use crate::ring::header::{self, HEADER_SIZE};
+use crate::sys::memfd::SharedMap;
+use crate::sys::notify::Notifier;
+use crate::sys::{self};
+use crate::{Error, Options, DEFAULT_SHM_CAPACITY};
+
+/// How many times the receiver re-checks its rings before it sleeps.
+const RECV_SPINS: u32 = 2000;
+/// The longest single sleep: a bound on how long a lost wake-up could ever cost.
+pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// A fresh ring and the eventfd that wakes its producer.
+pub(crate) struct RingParts {
+    pub(crate) map: SharedMap,
+    pub(crate) space: Notifier,
+}
+
+impl RingParts {
+    /// Creates, sizes, seals, maps and initialises a ring of at least `capacity` bytes.
+    pub(crate) fn create(capacity: usize) -> io::Result<RingParts> {
+        let capacity = header::capacity_for(capacity);
+        let map = SharedMap::create("conduit-ring", HEADER_SIZE + capacity)?;
+        ring_over(&map)?.init();
+        Ok(RingParts {
+            map,
+            space: Notifier::new()?,
+        })
+    }
+}
+
+/// A `Ring` view of a mapping. The caller keeps the mapping alive as long as the view.
+pub(crate) fn ring_over(map: &SharedMap) -> io::Result<Ring> {
+    let base = NonNull::new(map.as_ptr())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "null mapping"))?;
+    // SAFETY: the mapping is page-aligned, `map.len()` bytes long and readable and writable;
+    // every caller stores the Ring (inside a Producer or Consumer) next to an Arc of the
+    // mapping, declared before it so that it is dropped first.
+    unsafe { Ring::from_mapping(base, map.len()) }
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// Creates an anonymous pair: one ring, a socketpair to watch liveness, two eventfds.
+pub(crate) fn pair(opts: &Options) -> Result<(ShmSender, ShmReceiver), Error> {
+    let io_err = |e| Error::io("creating a shared-memory channel", e);
+    let (a, b) = std::os::unix::net::UnixStream::pair().map_err(io_err)?;
+    let parts = RingParts::create(opts.capacity.unwrap_or(DEFAULT_SHM_CAPACITY)).map_err(io_err)?;
+    let map = Arc::new(parts.map);
+    let space = Arc::new(parts.space);
+    let data_wake = Arc::new(Notifier::new().map_err(io_err)?);
+    let tx = ShmSender::from_parts(
+        map.clone(),
+        OwnedFd::from(a),
+        data_wake.clone(),
+        space.clone(),
+        opts.max_message_size,
+    )?;
+    let rx = ShmReceiver::new(data_wake, None, opts.max_message_size);
+    rx.add(OwnedFd::from(b), map, space)?;
+    Ok((tx, rx))
+}
+
+/// The receiving half: the rings of every connected sender.
+pub(crate) struct ShmReceiver {
+    state: Mutex<RecvState>,
+    data_wake: Arc<Notifier>,
+    acceptor: Option<Acceptor>,
+    limit: usize,
+}
+
+struct RecvState {
+    conns: Vec<Conn>,
+    next: usize,
+    ever_connected: bool,
+}
+
+/// One sender's ring, as the receiver sees it.
+struct Conn {
+    consumer: Consumer,
+    /// Declared after `consumer`, so the mapping outlives the view.
+    _map: Arc<SharedMap>,
+    /// The rendezvous connection: readable or hung up means the sender is gone.
+    sock: OwnedFd,
+    /// Wakes the sender when it sleeps on a full ring.
+    space: Arc<Notifier>,
+    /// Pieces of the message being received.
+    assembling: Vec<u8>,
+    /// The sender's connection hung up: take what it published, then drop it.
+    hup: bool,
+    dead: bool,
+}
+
+impl ShmReceiver {
+    fn new(data_wake: Arc<Notifier>, acceptor: Option<Acceptor>, limit: usize) -> Self {
+        ShmReceiver {
+            state: Mutex::new(RecvState {
+                conns: Vec::new(),
+                next: 0,
+                ever_connected: false,
+            }),
+            data_wake,
+            acceptor,
+            limit,
+        }
+    }
+
+    /// Serves one more sender's ring.
+    fn add(&self, sock: OwnedFd, map: Arc<SharedMap>, space: Arc<Notifier>) -> Result<(), Error> {
+        let ring = ring_over(&map).map_err(|e| Error::io("mapping a ring", e))?;
+        let conn = Conn {
+            consumer: Consumer::new(ring, self.limit),
+            _map: map,
+            sock,
+            space,
+            assembling: Vec::new(),
+            hup: false,
+            dead: false,
+        };
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.conns.push(conn);
+        state.ever_connected = true;
+        Ok(())
+    }
+
+    /// Binds `shm:PATH` and starts accepting senders of `T`.
+    pub(crate) fn bind<T>(addr: &str, parsed: &Address, opts: &Options) -> Result<Self, Error> {
+        let mine = Hello::new(
+            Status::Ok,
+            codec::fingerprint::<T>(),
+            opts.max_message_size,
+            &codec::describe::<T>(),
+        );
+        let data_wake = Arc::new(Notifier::new().map_err(|e| Error::io("creating an eventfd", e))?);
+        let mode = Mode::Shm {
+            capacity: opts.capacity.unwrap_or(DEFAULT_SHM_CAPACITY),
+            data_wake: data_wake.clone(),
+        };
+        let acceptor = Acceptor::bind(addr, parsed, mine, mode)?;
+        Ok(ShmReceiver::new(
+            data_wake,
+            Some(acceptor),
+            opts.max_message_size,
+        ))
+    }
+
+    pub(crate) fn local_addr(&self) -> Option<String> {
+        self.acceptor.as_ref().map(|a| a.local_addr().to_string())
+    }
+
+    /// Receives one message, decoded by `decode`, waiting until `deadline`.
+    pub(crate) fn recv_with<T>(
+        &self,
+        deadline: Deadline,
+        decode: impl Fn(&[u8]) -> Result<T, String>,
+    ) -> Result<T, RecvFail> {
+        let mut polled = false;
+        loop {
+            if let Some(acceptor) = &self.acceptor {
+                while let Some(accepted) = acceptor.take() {
+                    if let Some(parts) = accepted.ring {
+                        let added =
+                            self.add(accepted.fd, Arc::new(parts.map), Arc::new(parts.space));
+                        added.map_err(|e| RecvFail::Io(io::Error::other(e.to_string())))?;
+                    }
+                }
+            }
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let spins = if matches!(deadline, Deadline::Now) {
+                1
+            } else {
+                RECV_SPINS
+            };
+            for _ in 0..spins {
+                if let Some(value) = state.take(&decode) {
+                    return Ok(value);
+                }
+                if state.conns.is_empty() {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            if state.conns.is_empty() && state.ever_connected {
+                return Err(RecvFail::Disconnected);
+            }
+            let timeout = deadline.remaining();
+            if polled && timeout.is_some_and(|t| t.is_zero()) {
+                return Err(match deadline {
+                    Deadline::Now => RecvFail::Empty,
+                    _ => RecvFail::Timeout,
+                });
+            }
+            state
+                .sleep(&self.data_wake, self.acceptor.as_ref(), timeout)
+                .map_err(RecvFail::Io)?;
+            polled = true;
+        }
+    }
+}
+
+impl RecvState {
+    /// A complete message from the rings, taken in turn; drops broken or finished rings.
+    fn take<T>(&mut self, decode: &impl Fn(&[u8]) -> Result<T, String>) -> Option<T> {
+        let n = self.conns.len();
+        let mut found = None;
+        'conns: for k in 0..n {
+            let i = (self.next + k) % n;
+            let conn = &mut self.conns[i];
+            loop {
+                match conn.consumer.try_pop(&mut conn.assembling) {
+                    Ok(Pop::Piece { last, wake }) => {
+                        if wake {
+                            conn.space.notify();
+                        }
+                        if !last {
+                            continue;
+                        }
+                        let decoded = decode(&conn.assembling);
+                        conn.assembling.clear();
+                        if conn.assembling.capacity() > 1 << 20 {
+                            conn.assembling = Vec::new();
+                        }
+                        match decoded {
+                            Ok(value) => {
+                                self.next = i + 1;
+                                found = Some(value);
+                                break 'conns;
+                            }
+                            // Well framed but not a `T`: the peer is broken or hostile.
+                            Err(_) => conn.dead = true,
+                        }
+                    }
+                    // A dead sender's half-written message is never delivered.
+                    Ok(Pop::Empty) => conn.dead |= conn.hup,
+                    Ok(Pop::Closed) | Err(_) => conn.dead = true,
+                }
+                break;
+            }
+        }
+        if self.conns.iter().any(|c| c.dead) {
+            for conn in self.conns.iter().filter(|c| c.dead) {
+                // Let a sender sleeping on a full ring see that we are gone.
+                if conn.consumer.close() {
+                    conn.space.notify();
+                }
+            }
+            self.conns.retain(|c| !c.dead);
+        }
+        if self.next >= self.conns.len() {
+            self.next = 0;
+        }
+        found
+    }
+
+    /// Announces a sleep in every ring and waits for a publish, a new sender, a sender's
+    /// death, or the timeout (at most `MAX_SLEEP`).
+    fn sleep(
+        &mut self,
+        data_wake: &Notifier,
+        acceptor: Option<&Acceptor>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        let mut idle = true;
+        for conn in &mut self.conns {
+            match conn.consumer.prepare_wait() {
+                Ok(true) => {}
+                Ok(false) => idle = false,
+                Err(_) => conn.dead = true,
+            }
+        }
+        let timeout = timeout.map_or(MAX_SLEEP, |t| t.min(MAX_SLEEP));
+        let wait = if idle && !self.conns.iter().any(|c| c.dead) {
+            timeout
+        } else {
+            Duration::ZERO
+        };
+        let mut fds: Vec<PollFd<'_>> = vec![PollFd::new(data_wake, PollFlags::IN)];
+        if let Some(a) = acceptor {
+            fds.push(PollFd::new(a.wake_fd(), PollFlags::IN));
+        }
+        let first_sock = fds.len();
+        fds.extend(
+            self.conns
+                .iter()
+                .map(|c| PollFd::new(&c.sock, PollFlags::IN)),
+        );
+        let result = sys::poll(&mut fds, Some(wait));
+        let ready: Vec<bool> = fds.iter().map(|p| !p.revents().is_empty()).collect();
+        drop(fds);
+        for (conn, ready) in self.conns.iter_mut().zip(&ready[first_sock..]) {
+            conn.consumer.end_wait();
+            conn.hup |= *ready;
+        }
+        if ready[0] {
+            data_wake.drain();
+        }
+        if let (Some(a), true) = (acceptor, first_sock == 2 && ready[1]) {
+            a.clear_wake();
+        }
+        result.map(|_| ())
+    }
+}
+
+impl Drop for ShmReceiver {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        for conn in &state.conns {
+            if conn.consumer.close() {
+                conn.space.notify();
+            }
+        }
+    }
+}

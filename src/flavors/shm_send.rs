@@ -1,0 +1,310 @@
+//! The sending half of the shared-memory flavor: encode, then push the message into the ring
+//! in pieces of at most half the ring.
+//!
+//! Clones share one producer behind a mutex (the ring has exactly one producer). As on
+//! streams, a message is committed once its first piece is published: when `try_send` or
+//! `send_timeout` runs out of time part-way, the rest is kept and pushed before the next
+//! message, and the last clone's drop finishes it on a short-lived thread.
+//!
+//! A full ring: spin briefly, then announce the sleep in the ring and poll the ring's space
+//! eventfd together with the rendezvous connection, so a receiver that dies wakes us too.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use rustix::event::{PollFd, PollFlags};
+
+use crate::addr::Address;
+use crate::channel::encode_failure;
+use crate::codec;
+use crate::flavors::shm::{ring_over, MAX_SLEEP};
+use crate::flavors::{Deadline, SendFail};
+use crate::handshake::{self, Hello, Status};
+use crate::ring::core::{Producer, Push};
+use crate::ring::header::{self, HEADER_SIZE};
+use crate::sys::memfd::SharedMap;
+use crate::sys::notify::Notifier;
+use crate::sys::{self, sock, StreamKind};
+use crate::{Error, Options, SendFailure};
+
+/// How many times a sender re-checks a full ring before it sleeps.
+const SEND_SPINS: u32 = 2000;
+/// Check the receiver's liveness through the socket once per this many sends (a crashed
+/// receiver cannot set its "closed" flag; a full ring is noticed at once anyway).
+const LIVENESS_EVERY: u32 = 256;
+
+/// The sending half, shared by clones.
+#[derive(Clone)]
+pub(crate) struct ShmSender {
+    conn: Arc<Holder>,
+}
+
+/// Owns the connection; its drop finishes a pending tail without blocking the caller.
+struct Holder(Mutex<Option<SendConn>>);
+
+struct SendConn {
+    producer: Producer,
+    /// Declared after `producer`, so the mapping outlives the view.
+    _map: Arc<SharedMap>,
+    /// The rendezvous connection: readable or hung up means the receiver is gone.
+    sock: OwnedFd,
+    /// Wakes the receiver.
+    data_wake: Arc<Notifier>,
+    /// Wakes us when the receiver frees space.
+    space: Arc<Notifier>,
+    limit: usize,
+    scratch: Vec<u8>,
+    /// The unpublished rest of a committed message.
+    tail: Vec<u8>,
+    tail_done: usize,
+    sends: u32,
+    broken: bool,
+}
+
+impl ShmSender {
+    pub(crate) fn from_parts(
+        map: Arc<SharedMap>,
+        sock: OwnedFd,
+        data_wake: Arc<Notifier>,
+        space: Arc<Notifier>,
+        limit: usize,
+    ) -> Result<Self, Error> {
+        let ring = ring_over(&map).map_err(|e| Error::io("mapping the ring", e))?;
+        ring.validate()
+            .map_err(|e| Error::io("checking the ring", io::Error::other(e.to_string())))?;
+        let producer = Producer::new(ring)
+            .map_err(|e| Error::io("attaching to the ring", io::Error::other(e.to_string())))?;
+        Ok(ShmSender {
+            conn: Arc::new(Holder(Mutex::new(Some(SendConn {
+                producer,
+                _map: map,
+                sock,
+                data_wake,
+                space,
+                limit,
+                scratch: Vec::new(),
+                tail: Vec::new(),
+                tail_done: 0,
+                sends: 0,
+                broken: false,
+            })))),
+        })
+    }
+
+    /// Connects to `shm:PATH`: handshake, then receive and check the ring and the eventfds.
+    pub(crate) fn connect<T>(addr: &str, parsed: &Address, opts: &Options) -> Result<Self, Error> {
+        let Address::Shm(path) = parsed else {
+            unreachable!("only shm addresses reach the shm flavor")
+        };
+        let sock = sock::connect_unix(addr, path)?;
+        let mine = Hello::new(
+            Status::Ok,
+            codec::fingerprint::<T>(),
+            opts.max_message_size,
+            &codec::describe::<T>(),
+        );
+        let (theirs, fds) = handshake::client(addr, sock.as_fd(), StreamKind::Unix, &mine, 3)?;
+        let bad = |what: String| Error::protocol(addr, what);
+        let [memfd, data, space]: [OwnedFd; 3] = fds
+            .try_into()
+            .map_err(|_| bad("the receiver did not send a ring and two eventfds".into()))?;
+        let size = rustix::fs::fstat(&memfd)
+            .map_err(|e| bad(format!("cannot inspect the ring: {e}")))?
+            .st_size as usize;
+        if size < HEADER_SIZE || !header::valid_capacity(size - HEADER_SIZE) {
+            return Err(bad(format!("the ring's size {size} is not valid")));
+        }
+        let map =
+            SharedMap::open(memfd, size).map_err(|e| bad(format!("refused the ring: {e}")))?;
+        let data = Notifier::from_peer(data).map_err(|e| bad(e.to_string()))?;
+        let space = Notifier::from_peer(space).map_err(|e| bad(e.to_string()))?;
+        sys::set_nonblocking(&sock).map_err(|e| Error::io("configuring the connection", e))?;
+        let limit = opts.max_message_size.min(theirs.limit as usize);
+        ShmSender::from_parts(Arc::new(map), sock, Arc::new(data), Arc::new(space), limit)
+            .map_err(|e| bad(e.to_string()))
+    }
+
+    /// Encodes one message with `encode` and pushes it into the ring.
+    pub(crate) fn send_with(
+        &self,
+        deadline: Deadline,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<(), SendFail> {
+        let mut guard = self.conn.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(conn) = guard.as_mut() else {
+            return Err(SendFail::Disconnected);
+        };
+        if conn.broken || conn.producer.consumer_closed() {
+            conn.broken = true;
+            return Err(SendFail::Disconnected);
+        }
+        conn.sends = conn.sends.wrapping_add(1);
+        if conn.sends % LIVENESS_EVERY == 0 && sys::peer_closed(conn.sock.as_fd()) {
+            conn.broken = true;
+            return Err(SendFail::Disconnected);
+        }
+        conn.finish_tail(deadline)?;
+        conn.scratch.clear();
+        encode(&mut conn.scratch).map_err(encode_failure)?;
+        let size = conn.scratch.len();
+        if size > conn.limit {
+            return Err(SendFail::Failed(SendFailure::TooLarge {
+                size,
+                limit: conn.limit,
+            }));
+        }
+        let message = std::mem::take(&mut conn.scratch);
+        let result = match conn.push(&message, deadline) {
+            Ok(()) => Ok(()),
+            Err((fail @ (SendFail::Full | SendFail::Timeout), 0)) => Err(fail),
+            // Committed: keep the rest for the next send (or the drop).
+            Err((SendFail::Full | SendFail::Timeout, done)) => {
+                conn.tail.clear();
+                conn.tail.extend_from_slice(&message[done..]);
+                conn.tail_done = 0;
+                Ok(())
+            }
+            Err((fail, _)) => {
+                conn.broken = true;
+                Err(fail)
+            }
+        };
+        conn.scratch = message;
+        if conn.scratch.capacity() > 4 << 20 {
+            conn.scratch = Vec::new();
+        }
+        result
+    }
+}
+
+impl SendConn {
+    /// Pushes what is left of a committed message, waiting no longer than `deadline`.
+    fn finish_tail(&mut self, deadline: Deadline) -> Result<(), SendFail> {
+        if self.tail_done == self.tail.len() {
+            return Ok(());
+        }
+        let tail = std::mem::take(&mut self.tail);
+        let result = self.push(&tail[self.tail_done..], deadline);
+        self.tail = tail;
+        match result {
+            Ok(()) => {
+                self.tail.clear();
+                self.tail_done = 0;
+                Ok(())
+            }
+            Err((fail, done)) => {
+                self.tail_done += done;
+                if !matches!(fail, SendFail::Full | SendFail::Timeout) {
+                    self.broken = true;
+                }
+                Err(fail)
+            }
+        }
+    }
+
+    /// Publishes `bytes` (the rest of one message) in pieces. On failure, also returns how
+    /// many bytes were published.
+    fn push(&mut self, bytes: &[u8], deadline: Deadline) -> Result<(), (SendFail, usize)> {
+        let max = self.producer.max_piece();
+        let mut done = 0;
+        loop {
+            let end = bytes.len().min(done + max);
+            let piece = &bytes[done..end];
+            let last = end == bytes.len();
+            match self.producer.try_push(piece, last) {
+                Ok(Push::Done { wake }) => {
+                    if wake {
+                        self.data_wake.notify();
+                    }
+                    done = end;
+                    if last {
+                        return Ok(());
+                    }
+                }
+                Ok(Push::Full) => self
+                    .wait_for_space(piece.len(), deadline)
+                    .map_err(|f| (f, done))?,
+                Err(_) => return Err((SendFail::Disconnected, done)),
+            }
+        }
+    }
+
+    /// Waits until a piece of `len` bytes may fit, the deadline passes, or the receiver goes.
+    fn wait_for_space(&mut self, len: usize, deadline: Deadline) -> Result<(), SendFail> {
+        if !matches!(deadline, Deadline::Now) {
+            for _ in 0..SEND_SPINS {
+                std::hint::spin_loop();
+                if self
+                    .producer
+                    .has_room_for(len)
+                    .map_err(|_| SendFail::Disconnected)?
+                {
+                    return Ok(());
+                }
+            }
+        }
+        let remaining = deadline.remaining();
+        if remaining.is_some_and(|d| d.is_zero()) {
+            return Err(match deadline {
+                Deadline::Now => SendFail::Full,
+                _ => SendFail::Timeout,
+            });
+        }
+        if self.producer.consumer_closed() {
+            return Err(SendFail::Disconnected);
+        }
+        let sleep = self
+            .producer
+            .prepare_wait(len)
+            .map_err(|_| SendFail::Disconnected)?;
+        if sleep {
+            let wait = remaining.map_or(MAX_SLEEP, |d| d.min(MAX_SLEEP));
+            let mut fds = [
+                PollFd::new(&*self.space, PollFlags::IN),
+                PollFd::new(&self.sock, PollFlags::IN),
+            ];
+            let polled = sys::poll(&mut fds, Some(wait));
+            let receiver_gone = !fds[1].revents().is_empty();
+            let woken = !fds[0].revents().is_empty();
+            self.producer.end_wait();
+            if woken {
+                self.space.drain();
+            }
+            polled.map_err(|e| SendFail::Failed(SendFailure::Io(e)))?;
+            if receiver_gone {
+                return Err(SendFail::Disconnected);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes a pending tail to the end (waiting as long as the receiver lives), then tells
+    /// the receiver nothing more comes.
+    fn finish_and_close(mut self) {
+        if !self.broken && self.finish_tail(Deadline::Never).is_err() {
+            return;
+        }
+        if self.producer.close() {
+            self.data_wake.notify();
+        }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let slot = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
+        let Some(conn) = slot.take() else {
+            return;
+        };
+        if conn.tail_done == conn.tail.len() || conn.broken {
+            conn.finish_and_close();
+            return;
+        }
+        // A committed message is still being pushed: finish it off the caller's thread.
+        let spawned = std::thread::Builder::new()
+            .name("conduit-flush".to_string())
+            .spawn(move || conn.finish_and_close());
+        drop(spawned);
+    }
+}
