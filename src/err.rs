@@ -23,6 +23,9 @@ pub enum SendFailure {
     Encode(String),
     /// An operating-system error other than the peer going away.
     Io(io::Error),
+    /// This shared-memory sender was handed to a child process
+    /// ([`Sender::share_with_child`](crate::Sender::share_with_child)); send from the child.
+    Moved,
 }
 
 impl fmt::Display for SendFailure {
@@ -34,6 +37,9 @@ impl fmt::Display for SendFailure {
             ),
             SendFailure::Encode(reason) => write!(f, "the message could not be encoded: {reason}"),
             SendFailure::Io(e) => write!(f, "the channel failed with an I/O error: {e}"),
+            SendFailure::Moved => f.write_str(
+                "this sender was handed to a child process and can no longer be used here",
+            ),
         }
     }
 }

@@ -1,9 +1,17 @@
 //! Passing an anonymous channel's end to a spawned child process by inheritance.
 //!
-//! The parent duplicates the end's file descriptor, and a `pre_exec` hook clears its
+//! The parent duplicates the end's file descriptors, and a `pre_exec` hook clears their
 //! close-on-exec flag in the child only, so no other child the program spawns meanwhile
-//! inherits it. The child finds the descriptor number, the message type's fingerprint and the
-//! size limit in one environment variable, `CONDUIT_FD_<NAME>`, and refuses a type mismatch.
+//! inherits them. The child finds the descriptor numbers, the message type's fingerprint and
+//! the size limit in one environment variable, `CONDUIT_FD_<NAME>`
+//! (`v1;ROLE;KIND;FD[,FD…];FINGERPRINT;LIMIT`), and refuses a type mismatch.
+//!
+//! Stream ends are duplicated: the parent's handle keeps working (but two processes writing
+//! one stream may interleave large messages, so hand a sender to one process at a time). A
+//! shared-memory end is *moved*: its ring has exactly one producer and one consumer, so the
+//! parent's handle stops working (sends fail with `SendFailure::Moved`, receives report
+//! `Disconnected`). Its descriptors are the liveness socket, the ring's memfd, the receiver's
+//! wake-up eventfd and the ring's space eventfd.
 
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -12,6 +20,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 use crate::channel::{ReceiverFlavor, SenderFlavor};
+use crate::flavors::shm::{ShmReceiver, ShmSender};
 use crate::flavors::stream::{StreamReceiver, StreamSender};
 use crate::sys::StreamKind;
 use crate::{codec, Error, Message, Options, Receiver, Sender};
@@ -32,35 +41,63 @@ fn env_name(name: &str) -> String {
     format!("{PREFIX}{name}")
 }
 
-fn kind_str(kind: StreamKind) -> &'static str {
-    match kind {
-        StreamKind::Unix => "unix",
-        StreamKind::Tcp => "tcp",
-        StreamKind::Pipe => "pipe",
+/// What an inherited end is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Stream(StreamKind),
+    Shm,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Stream(StreamKind::Unix) => "unix",
+            Kind::Stream(StreamKind::Tcp) => "tcp",
+            Kind::Stream(StreamKind::Pipe) => "pipe",
+            Kind::Shm => "shm",
+        }
+    }
+
+    /// The file types of the descriptors, in order.
+    fn file_types(self) -> &'static [rustix::fs::FileType] {
+        use rustix::fs::FileType::{Fifo, RegularFile, Socket, Unknown};
+        match self {
+            Kind::Stream(StreamKind::Pipe) => &[Fifo],
+            Kind::Stream(_) => &[Socket],
+            // Socket, memfd, and two eventfds (anonymous inodes report no file type).
+            Kind::Shm => &[Socket, RegularFile, Unknown, Unknown],
+        }
     }
 }
 
-/// Arranges for `fd` (a close-on-exec duplicate owned by the hook) to reach the child.
+/// Arranges for `fds` (close-on-exec duplicates owned by the hook) to reach the child.
 fn pass(
     cmd: &mut Command,
     name: &str,
     role: &str,
-    kind: StreamKind,
-    fd: OwnedFd,
+    kind: Kind,
+    fds: Vec<OwnedFd>,
     limit: usize,
     fp: u64,
 ) {
-    let raw = fd.as_raw_fd();
+    let raws: Vec<String> = fds.iter().map(|fd| fd.as_raw_fd().to_string()).collect();
     cmd.env(
         env_name(name),
-        format!("v1;{role};{};{raw};{fp:016x};{limit}", kind_str(kind)),
+        format!(
+            "v1;{role};{};{};{fp:016x};{limit}",
+            kind.as_str(),
+            raws.join(",")
+        ),
     );
     let hook = move || {
-        // Runs in the child between fork and exec: only async-signal-safe calls.
-        // SAFETY: fcntl is async-signal-safe; `fd` is owned by this closure, so it is open.
-        let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) };
-        if rc == -1 {
-            return Err(std::io::Error::last_os_error());
+        // Runs in the child between fork and exec: only async-signal-safe calls, no
+        // allocation.
+        for fd in &fds {
+            // SAFETY: fcntl is async-signal-safe; `fd` is owned by this closure, so it is open.
+            let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) };
+            if rc == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
         Ok(())
     };
@@ -72,8 +109,8 @@ fn pass(
 
 struct Token {
     role: String,
-    kind: StreamKind,
-    fd: RawFd,
+    kind: Kind,
+    fds: Vec<RawFd>,
     fingerprint: u64,
     limit: usize,
 }
@@ -91,22 +128,30 @@ fn parse(name: &str, value: &str) -> Result<Token, Error> {
         return Err(bad());
     }
     let kind = match kind {
-        "unix" => StreamKind::Unix,
-        "tcp" => StreamKind::Tcp,
-        "pipe" => StreamKind::Pipe,
+        "unix" => Kind::Stream(StreamKind::Unix),
+        "tcp" => Kind::Stream(StreamKind::Tcp),
+        "pipe" => Kind::Stream(StreamKind::Pipe),
+        "shm" => Kind::Shm,
         _ => return Err(bad()),
     };
+    let fds = fd
+        .split(',')
+        .map(|n| n.parse::<RawFd>().map_err(|_| bad()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if fds.len() != kind.file_types().len() || fds.iter().any(|&n| n < 0) {
+        return Err(bad());
+    }
     Ok(Token {
         role: role.to_string(),
         kind,
-        fd: fd.parse().map_err(|_| bad())?,
+        fds,
         fingerprint: u64::from_str_radix(fp, 16).map_err(|_| bad())?,
         limit: limit.parse().map_err(|_| bad())?,
     })
 }
 
-/// Finds, checks and claims the inherited descriptor `name` (once per process).
-fn claim<T>(name: &str, role: &str) -> Result<(OwnedFd, Token), Error> {
+/// Finds, checks and claims the inherited descriptors of `name` (once per process).
+fn claim<T>(name: &str, role: &str) -> Result<(Vec<OwnedFd>, Token), Error> {
     check_name(name)?;
     let value = std::env::var(env_name(name)).map_err(|_| Error::NotFound {
         addr: env_name(name),
@@ -130,53 +175,48 @@ fn claim<T>(name: &str, role: &str) -> Result<(OwnedFd, Token), Error> {
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    if !claimed.insert(name.to_string()) {
+    if claimed.contains(name) {
         return Err(Error::AddrInUse {
             addr: env_name(name),
             reason: "this process already took that inherited channel end".to_string(),
         });
     }
-    let stat = rustix::fs::fstat(
-        // SAFETY: only used for this fstat call while `raw` is open in this process; if the
-        // number is not open, fstat fails with EBADF and we return an error.
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(token.fd) },
-    )
-    .map_err(|e| Error::io(format!("finding inherited descriptor {}", token.fd), e))?;
-    let file_type = rustix::fs::FileType::from_raw_mode(stat.st_mode);
-    let expected = match token.kind {
-        StreamKind::Pipe => rustix::fs::FileType::Fifo,
-        _ => rustix::fs::FileType::Socket,
-    };
-    if file_type != expected {
-        return Err(Error::BadAddress {
-            addr: env_name(name),
-            reason: format!(
-                "descriptor {} is not the expected {}",
-                token.fd,
-                kind_str(token.kind)
-            ),
-        });
+    for (&raw, &expected) in token.fds.iter().zip(token.kind.file_types()) {
+        // SAFETY: only used for this fstat call; if the number is not open, fstat fails with
+        // EBADF and we return an error.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+        let stat = rustix::fs::fstat(borrowed)
+            .map_err(|e| Error::io(format!("finding inherited descriptor {raw}"), e))?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != expected {
+            return Err(Error::BadAddress {
+                addr: env_name(name),
+                reason: format!(
+                    "descriptor {raw} is not what a {} end holds",
+                    token.kind.as_str()
+                ),
+            });
+        }
     }
-    // SAFETY: the descriptor was inherited from the parent for this channel end (checked open
-    // and of the right type above), and the CLAIMED set guarantees only one OwnedFd is ever
-    // made for it in this process.
-    let fd = unsafe { OwnedFd::from_raw_fd(token.fd) };
-    // Keep it from leaking into this child's own children.
-    let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
-    Ok((fd, token))
+    claimed.insert(name.to_string());
+    let fds = token
+        .fds
+        .iter()
+        .map(|&raw| {
+            // SAFETY: the descriptor was inherited from the parent for this channel end
+            // (checked open and of the right type above), and the CLAIMED set guarantees only
+            // one OwnedFd is ever made for it in this process.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            // Keep it from leaking into this child's own children.
+            let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
+            fd
+        })
+        .collect();
+    Ok((fds, token))
 }
 
 fn thread_cannot_cross() -> Error {
     Error::Unsupported {
         what: "passing a Backend::Thread channel to another process (use Socket or Pipe)"
-            .to_string(),
-    }
-}
-
-fn shm_not_inheritable() -> Error {
-    Error::Unsupported {
-        what: "passing a Backend::Shm channel end to a child by inheritance (bind a shm: \
-               address and connect from the child instead)"
             .to_string(),
     }
 }
@@ -207,15 +247,20 @@ impl<T: Message> Sender<T> {
         check_name(name)?;
         match &self.flavor {
             SenderFlavor::Thread(_) => Err(thread_cannot_cross()),
-            SenderFlavor::Shm(_) => Err(shm_not_inheritable()),
             SenderFlavor::Stream(s) => {
                 let (fd, kind, limit) = s.duplicate()?;
+                let fp = codec::fingerprint::<T>();
+                pass(cmd, name, "sender", Kind::Stream(kind), vec![fd], limit, fp);
+                Ok(())
+            }
+            SenderFlavor::Shm(s) => {
+                let (fds, limit) = s.hand_off()?;
                 pass(
                     cmd,
                     name,
                     "sender",
-                    kind,
-                    fd,
+                    Kind::Shm,
+                    fds,
                     limit,
                     codec::fingerprint::<T>(),
                 );
@@ -228,12 +273,16 @@ impl<T: Message> Sender<T> {
     /// Fails with [`Error::TypeMismatch`] if the parent's channel carries another type, and
     /// with [`Error::NotFound`] if nothing was shared under `name`.
     pub fn from_parent(name: &str) -> Result<Self, Error> {
-        let (fd, token) = claim::<T>(name, "sender")?;
+        let (fds, token) = claim::<T>(name, "sender")?;
         let opts = Options::new().max_message_size(token.limit);
-        let sender = StreamSender::from_fd(fd, token.kind, &opts)?;
-        Ok(Sender {
-            flavor: SenderFlavor::Stream(sender),
-        })
+        let flavor = match token.kind {
+            Kind::Stream(kind) => {
+                let [fd]: [OwnedFd; 1] = fds.try_into().map_err(|_| bad_fds(name))?;
+                SenderFlavor::Stream(StreamSender::from_fd(fd, kind, &opts)?)
+            }
+            Kind::Shm => SenderFlavor::Shm(ShmSender::from_inherited(fds, token.limit)?),
+        };
+        Ok(Sender { flavor })
     }
 }
 
@@ -259,18 +308,24 @@ impl<T: Message> Receiver<T> {
         check_name(name)?;
         match &self.flavor {
             ReceiverFlavor::Thread(_) => Err(thread_cannot_cross()),
-            ReceiverFlavor::Shm(_) => Err(shm_not_inheritable()),
             ReceiverFlavor::Stream(r) => {
                 let (fd, kind, limit) = r.duplicate()?;
+                let fp = codec::fingerprint::<T>();
                 pass(
                     cmd,
                     name,
                     "receiver",
-                    kind,
-                    fd,
+                    Kind::Stream(kind),
+                    vec![fd],
                     limit,
-                    codec::fingerprint::<T>(),
+                    fp,
                 );
+                Ok(())
+            }
+            ReceiverFlavor::Shm(r) => {
+                let (fds, limit) = r.hand_off()?;
+                let fp = codec::fingerprint::<T>();
+                pass(cmd, name, "receiver", Kind::Shm, fds, limit, fp);
                 Ok(())
             }
         }
@@ -278,10 +333,23 @@ impl<T: Message> Receiver<T> {
 
     /// In a child spawned after [`Receiver::share_with_child`], takes the inherited receiver.
     pub fn from_parent(name: &str) -> Result<Self, Error> {
-        let (fd, token) = claim::<T>(name, "receiver")?;
+        let (fds, token) = claim::<T>(name, "receiver")?;
         let opts = Options::new().max_message_size(token.limit);
-        let receiver = StreamReceiver::from_fd(fd, token.kind, &opts)?;
-        Ok(Receiver::new(ReceiverFlavor::Stream(receiver)))
+        let flavor = match token.kind {
+            Kind::Stream(kind) => {
+                let [fd]: [OwnedFd; 1] = fds.try_into().map_err(|_| bad_fds(name))?;
+                ReceiverFlavor::Stream(StreamReceiver::from_fd(fd, kind, &opts)?)
+            }
+            Kind::Shm => ReceiverFlavor::Shm(ShmReceiver::from_inherited(fds, token.limit)?),
+        };
+        Ok(Receiver::new(flavor))
+    }
+}
+
+fn bad_fds(name: &str) -> Error {
+    Error::BadAddress {
+        addr: env_name(name),
+        reason: "the inherited descriptors do not match the channel kind".to_string(),
     }
 }
 
@@ -292,13 +360,21 @@ mod tests {
     #[test]
     fn tokens_parse_and_refuse_garbage() {
         let t = parse("X", "v1;sender;pipe;7;00000000000000ff;1024").unwrap();
-        assert_eq!((t.fd, t.fingerprint, t.limit), (7, 255, 1024));
-        assert_eq!(t.kind, StreamKind::Pipe);
+        assert_eq!(
+            (t.fds.clone(), t.fingerprint, t.limit),
+            (vec![7], 255, 1024)
+        );
+        assert_eq!(t.kind, Kind::Stream(StreamKind::Pipe));
+        let t = parse("X", "v1;receiver;shm;3,4,5,6;ff;9").unwrap();
+        assert_eq!((t.kind, t.fds), (Kind::Shm, vec![3, 4, 5, 6]));
         for bad in [
             "",
             "v2;sender;pipe;7;ff;1",
             "v1;sender;fifo;7;ff;1",
             "v1;sender;pipe;x;ff;1",
+            "v1;sender;pipe;7,8;ff;1",
+            "v1;sender;shm;3,4;ff;1",
+            "v1;sender;pipe;-1;ff;1",
         ] {
             assert!(parse("X", bad).is_err(), "{bad}");
         }

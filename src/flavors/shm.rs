@@ -8,7 +8,7 @@
 //! so does a sender's death (its connection hangs up). Every sleep is also bounded.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +19,7 @@ use crate::addr::Address;
 use crate::codec;
 use crate::flavors::acceptor::{Acceptor, Mode};
 pub(crate) use crate::flavors::shm_send::ShmSender;
+use crate::flavors::shm_send::{dup, open_peer_parts};
 use crate::flavors::{Deadline, RecvFail};
 use crate::handshake::{Hello, Status};
 use crate::ring::core::{Consumer, Pop, Ring};
@@ -127,9 +128,57 @@ impl ShmReceiver {
         }
     }
 
+    /// Rebuilds an anonymous receiver from descriptors inherited from the parent (see
+    /// `inherit.rs`): `[socket, memfd, data eventfd, space eventfd]`.
+    pub(crate) fn from_inherited(fds: Vec<OwnedFd>, limit: usize) -> Result<Self, Error> {
+        let bad = |what: String| Error::Protocol {
+            addr: "inherited shm receiver".to_string(),
+            reason: what,
+        };
+        let [sock, memfd, data, space]: [OwnedFd; 4] = fds
+            .try_into()
+            .map_err(|_| bad("expected four descriptors".into()))?;
+        let (map, data, space) = open_peer_parts(memfd, data, space).map_err(bad)?;
+        let rx = ShmReceiver::new(data, None, limit);
+        rx.add(sock, map, space)?;
+        Ok(rx)
+    }
+
+    /// Moves an anonymous receiver's ring to a child process: returns duplicates of
+    /// `[socket, memfd, data eventfd, space eventfd]` and the size limit. This handle then
+    /// reports `Disconnected`; the ring is not closed.
+    pub(crate) fn hand_off(&self) -> Result<(Vec<OwnedFd>, usize), Error> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let ([conn], None) = (&state.conns[..], &self.acceptor) else {
+            return Err(Error::Unsupported {
+                what: "passing a bound or already handed-off shared-memory receiver to a \
+                       child (bind in the child instead)"
+                    .to_string(),
+            });
+        };
+        if !conn.assembling.is_empty() {
+            return Err(Error::Unsupported {
+                what: "passing a receiver that is part-way through a message".to_string(),
+            });
+        }
+        let fds = vec![
+            dup(conn.sock.as_fd())?,
+            dup(conn._map.fd())?,
+            dup(self.data_wake.fd())?,
+            dup(conn.space.fd())?,
+        ];
+        // Forgotten without `close`: the ring lives on in the child.
+        state.conns.clear();
+        Ok((fds, self.limit))
+    }
+
     /// Serves one more sender's ring.
     fn add(&self, sock: OwnedFd, map: Arc<SharedMap>, space: Arc<Notifier>) -> Result<(), Error> {
         let ring = ring_over(&map).map_err(|e| Error::io("mapping a ring", e))?;
+        ring.validate()
+            .map_err(|e| Error::io("checking a ring", io::Error::other(e.to_string())))?;
+        sys::set_nonblocking(&sock).map_err(|e| Error::io("configuring the connection", e))?;
+
         let conn = Conn {
             consumer: Consumer::new(ring, self.limit),
             _map: map,

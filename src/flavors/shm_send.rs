@@ -41,7 +41,13 @@ pub(crate) struct ShmSender {
 }
 
 /// Owns the connection; its drop finishes a pending tail without blocking the caller.
-struct Holder(Mutex<Option<SendConn>>);
+struct Holder(Mutex<Slot>);
+
+enum Slot {
+    Live(SendConn),
+    /// Handed to a child process.
+    Moved,
+}
 
 struct SendConn {
     producer: Producer,
@@ -76,7 +82,7 @@ impl ShmSender {
         let producer = Producer::new(ring)
             .map_err(|e| Error::io("attaching to the ring", io::Error::other(e.to_string())))?;
         Ok(ShmSender {
-            conn: Arc::new(Holder(Mutex::new(Some(SendConn {
+            conn: Arc::new(Holder(Mutex::new(Slot::Live(SendConn {
                 producer,
                 _map: map,
                 sock,
@@ -109,20 +115,54 @@ impl ShmSender {
         let [memfd, data, space]: [OwnedFd; 3] = fds
             .try_into()
             .map_err(|_| bad("the receiver did not send a ring and two eventfds".into()))?;
-        let size = rustix::fs::fstat(&memfd)
-            .map_err(|e| bad(format!("cannot inspect the ring: {e}")))?
-            .st_size as usize;
-        if size < HEADER_SIZE || !header::valid_capacity(size - HEADER_SIZE) {
-            return Err(bad(format!("the ring's size {size} is not valid")));
-        }
-        let map =
-            SharedMap::open(memfd, size).map_err(|e| bad(format!("refused the ring: {e}")))?;
-        let data = Notifier::from_peer(data).map_err(|e| bad(e.to_string()))?;
-        let space = Notifier::from_peer(space).map_err(|e| bad(e.to_string()))?;
+        let (map, data, space) = open_peer_parts(memfd, data, space).map_err(bad)?;
         sys::set_nonblocking(&sock).map_err(|e| Error::io("configuring the connection", e))?;
         let limit = opts.max_message_size.min(theirs.limit as usize);
-        ShmSender::from_parts(Arc::new(map), sock, Arc::new(data), Arc::new(space), limit)
-            .map_err(|e| bad(e.to_string()))
+        ShmSender::from_parts(map, sock, data, space, limit).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Rebuilds a sender from descriptors inherited from the parent (see `inherit.rs`):
+    /// `[socket, memfd, data eventfd, space eventfd]`.
+    pub(crate) fn from_inherited(fds: Vec<OwnedFd>, limit: usize) -> Result<Self, Error> {
+        let bad = |what: String| Error::Protocol {
+            addr: "inherited shm sender".to_string(),
+            reason: what,
+        };
+        let [sock, memfd, data, space]: [OwnedFd; 4] = fds
+            .try_into()
+            .map_err(|_| bad("expected four descriptors".into()))?;
+        let (map, data, space) = open_peer_parts(memfd, data, space).map_err(bad)?;
+        sys::set_nonblocking(&sock).map_err(|e| Error::io("configuring the connection", e))?;
+        ShmSender::from_parts(map, sock, data, space, limit)
+    }
+
+    /// Moves this sender's ring to a child process: returns duplicates of
+    /// `[socket, memfd, data eventfd, space eventfd]` and the size limit, and leaves this
+    /// handle (and its clones) unusable, without closing the ring.
+    pub(crate) fn hand_off(&self) -> Result<(Vec<OwnedFd>, usize), Error> {
+        let mut guard = self.conn.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Slot::Live(conn) = &*guard else {
+            return Err(Error::Unsupported {
+                what: "handing a shared-memory sender to a second child (it has one ring)"
+                    .to_string(),
+            });
+        };
+        if conn.tail_done < conn.tail.len() || conn.broken {
+            return Err(Error::Unsupported {
+                what: "handing over a sender that is part-way through a message or broken"
+                    .to_string(),
+            });
+        }
+        let fds = vec![
+            dup(conn.sock.as_fd())?,
+            dup(conn._map.fd())?,
+            dup(conn.data_wake.fd())?,
+            dup(conn.space.fd())?,
+        ];
+        let limit = conn.limit;
+        // Dropped without `close`: the ring lives on in the child.
+        *guard = Slot::Moved;
+        Ok((fds, limit))
     }
 
     /// Encodes one message with `encode` and pushes it into the ring.
@@ -132,8 +172,9 @@ impl ShmSender {
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<(), SendFail> {
         let mut guard = self.conn.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(conn) = guard.as_mut() else {
-            return Err(SendFail::Disconnected);
+        let conn = match &mut *guard {
+            Slot::Live(conn) => conn,
+            Slot::Moved => return Err(SendFail::Failed(SendFailure::Moved)),
         };
         if conn.broken || conn.producer.consumer_closed() {
             conn.broken = true;
@@ -176,6 +217,31 @@ impl ShmSender {
         }
         result
     }
+}
+
+/// A duplicate of `fd` for a child process.
+pub(crate) fn dup(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, Error> {
+    fd.try_clone_to_owned()
+        .map_err(|e| Error::io("duplicating a descriptor for the child", e))
+}
+
+/// Checks and maps a ring received from a peer, and wraps its eventfds.
+pub(crate) fn open_peer_parts(
+    memfd: OwnedFd,
+    data: OwnedFd,
+    space: OwnedFd,
+) -> Result<(Arc<SharedMap>, Arc<Notifier>, Arc<Notifier>), String> {
+    let size = rustix::fs::fstat(&memfd)
+        .map_err(|e| format!("cannot inspect the ring: {e}"))?
+        .st_size;
+    let size = usize::try_from(size).map_err(|_| "the ring's size is negative".to_string())?;
+    if size < HEADER_SIZE || !header::valid_capacity(size - HEADER_SIZE) {
+        return Err(format!("the ring's size {size} is not valid"));
+    }
+    let map = SharedMap::open(memfd, size).map_err(|e| format!("refused the ring: {e}"))?;
+    let data = Notifier::from_peer(data).map_err(|e| e.to_string())?;
+    let space = Notifier::from_peer(space).map_err(|e| e.to_string())?;
+    Ok((Arc::new(map), Arc::new(data), Arc::new(space)))
 }
 
 impl SendConn {
@@ -294,7 +360,7 @@ impl SendConn {
 impl Drop for Holder {
     fn drop(&mut self) {
         let slot = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
-        let Some(conn) = slot.take() else {
+        let Slot::Live(conn) = std::mem::replace(slot, Slot::Moved) else {
             return;
         };
         if conn.tail_done == conn.tail.len() || conn.broken {
