@@ -225,12 +225,15 @@ pub(crate) fn dup(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, Error> {
         .map_err(|e| Error::io("duplicating a descriptor for the child", e))
 }
 
+/// A ring mapping with its two wake-up eventfds (data, space).
+pub(crate) type PeerParts = (Arc<SharedMap>, Arc<Notifier>, Arc<Notifier>);
+
 /// Checks and maps a ring received from a peer, and wraps its eventfds.
 pub(crate) fn open_peer_parts(
     memfd: OwnedFd,
     data: OwnedFd,
     space: OwnedFd,
-) -> Result<(Arc<SharedMap>, Arc<Notifier>, Arc<Notifier>), String> {
+) -> Result<PeerParts, String> {
     let size = rustix::fs::fstat(&memfd)
         .map_err(|e| format!("cannot inspect the ring: {e}"))?
         .st_size;
