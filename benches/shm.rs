@@ -1,0 +1,523 @@
+//! Cross-process latency and throughput of the `shm:` backend, against the `unix:` backend
+//! and against the hardware's own floor, all in one run.
+//!
+//! ```text
+//! cargo bench --bench shm                                # full run, about 1.5 minutes
+//! cargo bench --bench shm -- --quick                     # smoke run, well under 30 s
+//! CONDUIT_BENCH_QUICK=1 cargo bench --bench shm          # the same, by environment
+//! cargo bench --bench shm -- rtt_64B                     # one group (criterion filter)
+//! ```
+//!
+//! Groups:
+//!
+//! - `rtt_64B/{floor,shm,unix}`: a ping-pong round trip with a 64-byte message between this
+//!   process and a child process. `floor` is two processes spinning on a shared `MAP_SHARED`
+//!   memfd page: the parent stores a counter on one cache line, the child sees it and stores
+//!   it back on another line, the parent waits for it. Raw atomics, no system call, no
+//!   encoding: the machine's own cost of one cross-process (cross-core) round trip.
+//! - `oneway_{8B,4KiB,1MiB}/{shm,unix}`: one-way throughput from a child to this process.
+//!   The child streams N+1 messages on command; the clock starts when the first one arrives
+//!   and stops when the last one does, so a measurement is the steady-state receive rate of
+//!   N messages, sender and receiver running in parallel.
+//!
+//! Messages:
+//!
+//! - 64-byte ping: [`Msg64`], two `[u8; 32]` (serde derives arrays only up to 32 elements).
+//!   postcard and bincode write a `u8` as one raw byte and a fixed array without a length,
+//!   so it is exactly 64 bytes on the wire with either codec. (A `[u64; 8]` would be varints
+//!   of 1 to 10 bytes each; a `Vec<u8>` gets a length prefix.)
+//! - 8-byte messages: a `u64` (the sequence number), as users send it. postcard writes it as
+//!   a varint of 1 to 4 bytes here; in the shm ring every frame of up to 8 payload bytes
+//!   takes 16 bytes (8-byte header, payload padded to 8), so the ring traffic is the same as
+//!   for a fixed 8-byte payload.
+//! - 4 KiB and 1 MiB messages: [`Blob`], bytes serialized with `serialize_bytes` (a length
+//!   and one copy) rather than `Vec<u8>`'s element-by-element sequence, which would measure
+//!   serde's per-byte loop instead of the transport. The sender's blob is an `Arc<[u8]>`,
+//!   so the child does not copy a megabyte before each send; the receiver builds a fresh
+//!   blob for each message, as a user's receiver would.
+//!
+//! Rings and buffers are the defaults (1 MiB shm ring; the kernel's socket buffer), so a
+//! 1 MiB message crosses the shm ring in three pieces.
+//!
+//! Children are this binary re-run with `CONDUIT_BENCH_ROLE` set (see `main`). They die
+//! with us (`PR_SET_PDEATHSIG`), leave on their own when their channel disconnects, and are
+//! reaped (killed if need be) when their benchmark ends; socket files live in a private
+//! temporary directory removed at the end.
+
+use std::fs::File;
+use std::hint::black_box;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conduit::{Message, Receiver, Sender};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput};
+use memmap2::MmapMut;
+use serde::{Deserialize, Serialize};
+
+/// Which child role this process plays; unset in the parent.
+const ROLE: &str = "CONDUIT_BENCH_ROLE";
+/// Child arguments: addresses, a descriptor number, a message size.
+const ARG_A: &str = "CONDUIT_BENCH_A";
+const ARG_B: &str = "CONDUIT_BENCH_B";
+const ARG_SIZE: &str = "CONDUIT_BENCH_SIZE";
+/// Set (to anything) for a short smoke run; `--quick` does the same.
+const QUICK: &str = "CONDUIT_BENCH_QUICK";
+
+/// The longest wait for a child to start or to leave.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The floor's shared page: the parent's counter, and the child's echo two lines further
+/// (past the adjacent-line prefetcher's pair), so each line has one writer.
+const FLOOR_PING: usize = 0;
+const FLOOR_PONG: usize = 128;
+const FLOOR_LEN: usize = 4096;
+/// The floor counter value that tells the child to leave.
+const FLOOR_STOP: u64 = u64::MAX;
+
+const SIZES: [(&str, usize); 3] = [("8B", 8), ("4KiB", 4 << 10), ("1MiB", 1 << 20)];
+
+/// 64 bytes on the wire with postcard and bincode alike (see the module docs).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+struct Msg64 {
+    a: [u8; 32],
+    b: [u8; 32],
+}
+
+impl Msg64 {
+    fn new(seq: u64) -> Self {
+        let mut a = [0xA5; 32];
+        a[..8].copy_from_slice(&seq.to_le_bytes());
+        Msg64 { a, b: [0x5A; 32] }
+    }
+}
+
+/// Bytes serialized as one byte string; cheap to clone on the sending side.
+#[derive(Clone)]
+struct Blob(Arc<[u8]>);
+
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl serde::de::Visitor<'_> for Bytes {
+            type Value = Blob;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob, E> {
+                Ok(Blob(Arc::from(v)))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Blob, E> {
+                Ok(Blob(Arc::from(v)))
+            }
+        }
+        d.deserialize_bytes(Bytes)
+    }
+}
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE) {
+        child::run(&role);
+        return;
+    }
+    let quick = std::env::var_os(QUICK).is_some() || std::env::args().any(|a| a == "--quick");
+    let plan = Plan::new(quick);
+    let dir = TempDir::new();
+    let mut c = Criterion::default()
+        .nresamples(plan.resamples)
+        .configure_from_args();
+    rtt(&mut c, &plan, &dir.0);
+    oneway(&mut c, &plan, &dir.0);
+    c.final_summary();
+}
+
+/// Time budgets: the full run stays around a minute and a half, the quick one under 30 s.
+struct Plan {
+    warm_up: Duration,
+    rtt_time: Duration,
+    rtt_samples: usize,
+    oneway_time: Duration,
+    oneway_samples: usize,
+    resamples: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                warm_up: Duration::from_millis(300),
+                rtt_time: Duration::from_secs(1),
+                rtt_samples: 10,
+                oneway_time: Duration::from_secs(1),
+                oneway_samples: 10,
+                resamples: 10_000,
+            }
+        } else {
+            Plan {
+                warm_up: Duration::from_secs(1),
+                rtt_time: Duration::from_secs(5),
+                rtt_samples: 50,
+                oneway_time: Duration::from_secs(4),
+                oneway_samples: 20,
+                resamples: 100_000,
+            }
+        }
+    }
+
+    fn apply(&self, g: &mut BenchmarkGroup<'_, WallTime>, time: Duration, samples: usize) {
+        g.warm_up_time(self.warm_up)
+            .measurement_time(time)
+            .sample_size(samples);
+    }
+}
+
+/// A private directory for socket files, removed with everything in it at the end.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(format!("conduit-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating the socket directory");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn addr(scheme: &str, dir: &Path, name: &str) -> String {
+    format!("{scheme}:{}", dir.join(name).display())
+}
+
+/// A child process, reaped on drop: given a few seconds to leave by itself (its channels
+/// are gone by then), then killed.
+struct ChildGuard(Child);
+
+impl ChildGuard {
+    fn spawn(role: &str, args: &[(&str, String)]) -> ChildGuard {
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut cmd = Command::new(exe);
+        cmd.env(ROLE, role)
+            .env("CONDUIT_BENCH_PARENT", std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (k, v) in args {
+            cmd.env(k, v);
+        }
+        ChildGuard(cmd.spawn().expect("spawning a child"))
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            match self.0.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The floor's shared page and the child spinning on it.
+struct Floor {
+    map: MmapMut,
+    seq: u64,
+    _child: ChildGuard,
+}
+
+/// The atomic at byte `off` of a shared page.
+fn slot(map: &MmapMut, off: usize) -> &AtomicU64 {
+    assert!(off + 8 <= map.len() && off % 8 == 0);
+    // SAFETY: in bounds and 8-aligned (a page-aligned mapping, offset a multiple of 8); the
+    // page is only ever accessed through atomics, by both processes, while `map` lives.
+    unsafe { AtomicU64::from_ptr(map.as_ptr().add(off).cast::<u64>().cast_mut()) }
+}
+
+impl Floor {
+    fn start() -> Floor {
+        // No MFD_CLOEXEC: the child inherits the descriptor; we close ours right after.
+        // SAFETY: a valid NUL-terminated name; no other argument is a pointer.
+        let fd = unsafe { libc::memfd_create(c"conduit-bench-floor".as_ptr(), 0) };
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(FLOOR_LEN as u64)
+            .expect("sizing the floor page");
+        // SAFETY: a memfd only this benchmark and its child use, never truncated while mapped.
+        let map = unsafe { MmapMut::map_mut(&file) }.expect("mapping the floor page");
+        let child = ChildGuard::spawn("floor", &[(ARG_A, file.as_raw_fd().to_string())]);
+        drop(file);
+        Floor {
+            map,
+            seq: 0,
+            _child: child,
+        }
+    }
+
+    fn round_trips(&mut self, iters: u64) -> Duration {
+        let ping = slot(&self.map, FLOOR_PING);
+        let pong = slot(&self.map, FLOOR_PONG);
+        let start = Instant::now();
+        for _ in 0..iters {
+            self.seq += 1;
+            ping.store(self.seq, Ordering::Release);
+            while pong.load(Ordering::Acquire) != self.seq {
+                std::hint::spin_loop();
+            }
+        }
+        start.elapsed()
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        slot(&self.map, FLOOR_PING).store(FLOOR_STOP, Ordering::Release);
+    }
+}
+
+/// Ping-pong over two channels of one backend: we send on `fwd` to the child's receiver,
+/// the child echoes on `back` to ours.
+struct PingPong {
+    fwd: Sender<Msg64>,
+    back: Receiver<Msg64>,
+    seq: u64,
+    /// Last, so the channels are gone (and the child leaves) before it is reaped.
+    _child: ChildGuard,
+}
+
+impl PingPong {
+    fn start(scheme: &str, dir: &Path) -> PingPong {
+        let fwd_addr = addr(scheme, dir, &format!("pp-{scheme}-fwd.sock"));
+        let back_addr = addr(scheme, dir, &format!("pp-{scheme}-back.sock"));
+        let back = Receiver::<Msg64>::bind(&back_addr).expect("binding the echo receiver");
+        let child = ChildGuard::spawn("echo", &[(ARG_A, fwd_addr.clone()), (ARG_B, back_addr)]);
+        // The child binds its receiver before it says hello.
+        let hello = back.recv_timeout(PATIENCE).expect("the echo child's hello");
+        assert_eq!(hello, Msg64::new(0));
+        let fwd = Sender::<Msg64>::connect(&fwd_addr).expect("connecting to the echo child");
+        PingPong {
+            fwd,
+            back,
+            seq: 0,
+            _child: child,
+        }
+    }
+
+    fn round_trips(&mut self, iters: u64) -> Duration {
+        let start = Instant::now();
+        for _ in 0..iters {
+            self.seq += 1;
+            self.fwd.send(Msg64::new(self.seq)).expect("ping");
+            let pong = self.back.recv().expect("pong");
+            debug_assert_eq!(pong, Msg64::new(self.seq));
+            black_box(pong);
+        }
+        start.elapsed()
+    }
+}
+
+fn rtt(c: &mut Criterion, plan: &Plan, dir: &Path) {
+    let mut g = c.benchmark_group("rtt_64B");
+    plan.apply(&mut g, plan.rtt_time, plan.rtt_samples);
+    // Peers start on first use, so a filtered-out benchmark spawns nothing, and stop (are
+    // dropped) right after their benchmark, so no spinning child disturbs the next one.
+    let mut floor: Option<Floor> = None;
+    g.bench_function("floor", |b| {
+        let floor = floor.get_or_insert_with(Floor::start);
+        b.iter_custom(|iters| floor.round_trips(iters));
+    });
+    drop(floor);
+    for scheme in ["shm", "unix"] {
+        let mut peer: Option<PingPong> = None;
+        g.bench_function(scheme, |b| {
+            let peer = peer.get_or_insert_with(|| PingPong::start(scheme, dir));
+            b.iter_custom(|iters| peer.round_trips(iters));
+        });
+        drop(peer);
+    }
+    g.finish();
+}
+
+/// A child streaming messages of one size to our `data` receiver on command.
+struct Stream<T> {
+    cmd: Sender<u64>,
+    data: Receiver<T>,
+    _child: ChildGuard,
+}
+
+impl<T: Message> Stream<T> {
+    fn start(scheme: &str, size: usize, dir: &Path) -> Stream<T> {
+        let data_addr = addr(scheme, dir, &format!("ow-{scheme}-{size}.sock"));
+        // Commands always go over a socket: they are not timed.
+        let cmd_addr = addr("unix", dir, &format!("cmd-{scheme}-{size}.sock"));
+        let data = Receiver::<T>::bind(&data_addr).expect("binding the data receiver");
+        let child = ChildGuard::spawn(
+            "stream",
+            &[
+                (ARG_A, data_addr),
+                (ARG_B, cmd_addr.clone()),
+                (ARG_SIZE, size.to_string()),
+            ],
+        );
+        // The child binds its command receiver before it sends this first message.
+        black_box(
+            data.recv_timeout(PATIENCE)
+                .expect("the stream child's hello"),
+        );
+        let cmd = Sender::<u64>::connect(&cmd_addr).expect("connecting to the stream child");
+        Stream {
+            cmd,
+            data,
+            _child: child,
+        }
+    }
+
+    /// Has the child send `iters + 1` messages; times the last `iters` of them.
+    fn receive(&self, iters: u64) -> Duration {
+        self.cmd.send(iters + 1).expect("command");
+        black_box(self.data.recv().expect("first message"));
+        let start = Instant::now();
+        for _ in 0..iters {
+            black_box(self.data.recv().expect("message"));
+        }
+        start.elapsed()
+    }
+}
+
+fn oneway(c: &mut Criterion, plan: &Plan, dir: &Path) {
+    for (label, size) in SIZES {
+        let mut g = c.benchmark_group(format!("oneway_{label}"));
+        plan.apply(&mut g, plan.oneway_time, plan.oneway_samples);
+        if size <= 8 {
+            g.throughput(Throughput::Elements(1));
+        } else {
+            g.throughput(Throughput::Bytes(size as u64));
+        }
+        for scheme in ["shm", "unix"] {
+            if size <= 8 {
+                bench_stream::<u64>(&mut g, scheme, size, dir);
+            } else {
+                bench_stream::<Blob>(&mut g, scheme, size, dir);
+            }
+        }
+        g.finish();
+    }
+}
+
+fn bench_stream<T: Message>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    scheme: &str,
+    size: usize,
+    dir: &Path,
+) {
+    let mut peer: Option<Stream<T>> = None;
+    g.bench_function(scheme, |b| {
+        let peer = peer.get_or_insert_with(|| Stream::start(scheme, size, dir));
+        b.iter_custom(|iters| peer.receive(iters));
+    });
+}
+
+/// The child roles. Each reads its arguments from the environment and leaves when its
+/// channel disconnects, its parent dies, or (floor) it is told to.
+mod child {
+    use super::*;
+
+    pub(super) fn run(role: &str) {
+        die_with_parent();
+        let arg = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} unset"));
+        match role {
+            "floor" => floor(arg(ARG_A).parse().expect("a descriptor number")),
+            "echo" => echo(&arg(ARG_A), &arg(ARG_B)),
+            "stream" => {
+                let size: usize = arg(ARG_SIZE).parse().expect("a message size");
+                if size <= 8 {
+                    stream(&arg(ARG_A), &arg(ARG_B), |i| i);
+                } else {
+                    let blob = Blob(vec![0xC3; size].into());
+                    stream(&arg(ARG_A), &arg(ARG_B), move |_| blob.clone());
+                }
+            }
+            other => panic!("unknown child role {other:?}"),
+        }
+    }
+
+    /// SIGKILL when the parent dies, so no child outlives an interrupted run.
+    fn die_with_parent() {
+        // SAFETY: PR_SET_PDEATHSIG takes a signal number; no pointer is passed.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        // The parent may have died before the prctl.
+        let parent = std::env::var("CONDUIT_BENCH_PARENT").ok();
+        // SAFETY: getppid has no preconditions.
+        let ppid = unsafe { libc::getppid() };
+        if parent.is_some_and(|p| p != ppid.to_string()) {
+            std::process::exit(1);
+        }
+    }
+
+    /// Echoes the parent's counter from one line to another until told to stop.
+    fn floor(fd: i32) {
+        // SAFETY: the descriptor was inherited from the parent for us alone.
+        let file = unsafe { File::from_raw_fd(fd) };
+        // SAFETY: the parent sized the memfd and never truncates it.
+        let map = unsafe { MmapMut::map_mut(&file) }.expect("mapping the floor page");
+        let ping = slot(&map, FLOOR_PING);
+        let pong = slot(&map, FLOOR_PONG);
+        let mut last = 0;
+        loop {
+            let seen = ping.load(Ordering::Acquire);
+            if seen == last {
+                std::hint::spin_loop();
+                continue;
+            }
+            if seen == FLOOR_STOP {
+                return;
+            }
+            pong.store(seen, Ordering::Release);
+            last = seen;
+        }
+    }
+
+    /// Binds `fwd`, connects to `back`, says hello, then echoes every message.
+    fn echo(fwd: &str, back: &str) {
+        let rx = Receiver::<Msg64>::bind(fwd).expect("binding the echo receiver");
+        let tx = Sender::<Msg64>::connect(back).expect("connecting the echo sender");
+        tx.send(Msg64::new(0)).expect("hello");
+        for msg in rx.iter() {
+            if tx.send(msg).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Binds `cmd`, connects to `data`, sends a hello, then streams as many messages as
+    /// each command asks for.
+    fn stream<T: Message>(data: &str, cmd: &str, make: impl Fn(u64) -> T) {
+        let commands = Receiver::<u64>::bind(cmd).expect("binding the command receiver");
+        let tx = Sender::<T>::connect(data).expect("connecting the data sender");
+        tx.send(make(0)).expect("hello");
+        for n in commands.iter() {
+            for i in 0..n {
+                if tx.send(make(i)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
