@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use conduit::{Options, RecvTimeoutError, SendTimeoutError, TryRecvError, TrySendError};
 
-use crate::setup::{join, Setup, PATIENCE};
+use crate::messages::{big_pattern, Bytes};
+use crate::setup::{join, within, Setup, PATIENCE};
 
 type Msg = (u32, Vec<u8>);
 
@@ -17,9 +18,28 @@ fn msg(i: u32) -> Msg {
 /// The most messages a filler may send before the buffer must report `Full`: about 10 MiB,
 /// beyond any kernel buffer involved (TCP's receive buffer does not grow while nobody reads).
 const FILL_LIMIT: u32 = 100_000;
-/// The capacity asked for: messages for threads, bytes of kernel buffer for streams.
+/// The capacity asked for: messages for threads, bytes of kernel buffer for streams, bytes
+/// of ring for shared memory (4096 is the smallest ring).
 const THREAD_CAPACITY: usize = 4;
 const STREAM_CAPACITY: usize = 4096;
+
+/// Shared memory: how many of `msg(0)`, `msg(1)`, … an empty ring of `capacity` bytes holds.
+/// Each takes a frame of an 8-byte header and its encoding padded to 8 bytes; the ring
+/// starts at offset 0, so the first lap needs no wrap padding.
+fn shm_fits(capacity: usize) -> u32 {
+    let mut used = 0;
+    let mut n = 0;
+    loop {
+        let frame = 8 + conduit::__testing::encode(&msg(n))
+            .len()
+            .next_multiple_of(8);
+        if used + frame > capacity {
+            return n;
+        }
+        used += frame;
+        n += 1;
+    }
+}
 
 enum Report {
     /// `try_send` reported `Full` after this many messages.
@@ -124,6 +144,15 @@ pub fn try_send_full_then_room(setup: Setup) {
             "{setup:?}: capacity in messages"
         );
     }
+    // Shared memory: the capacity is the ring's bytes, and nothing else buffers, so the
+    // count is exact (unlike kernel buffers, whose accounting is the kernel's).
+    if setup.is_shm() {
+        assert_eq!(
+            n,
+            shm_fits(STREAM_CAPACITY),
+            "{setup:?}: messages of 8-byte header + padded payload in a {STREAM_CAPACITY}-byte ring"
+        );
+    }
     let taken = (n / 2).max(1);
     for i in 0..taken {
         assert!(
@@ -140,7 +169,8 @@ pub fn try_send_full_then_room(setup: Setup) {
             unreachable!("the filler panicked")
         }
     };
-    if !setup.is_stream() {
+    // Threads and shared memory free room synchronously as the receiver takes messages.
+    if !setup.is_stream() || setup.is_shm() {
         assert_eq!(attempts, 1, "{setup:?}: room must be there at once");
     }
     join(filler);
@@ -215,4 +245,63 @@ pub fn recv_timeout_and_try_recv_on_empty(setup: Setup) {
         matches!(pair.rx.try_recv(), Err(TryRecvError::Empty)),
         "{setup:?}: a clone is alive (the original sender): Empty"
     );
+}
+
+/// Scenario 5 (cont.): `try_send` of a message larger than the whole buffer. Once its first
+/// piece is in, it is committed: `try_send` reports `Ok` and the rest follows later (with
+/// the next send, or in the background after the last clone drops); a later `try_send` that
+/// cannot get the rest out reports `Full` for its own message. Whatever was accepted arrives
+/// whole and in order, then `Disconnected`; nothing refused ever arrives.
+pub fn try_send_larger_than_the_buffer(setup: Setup) {
+    const BIG: usize = 100 << 10;
+    const MAX_TRIES: u32 = 200;
+    type Big = (u32, Bytes);
+    let body = |i: u32| {
+        let len = if i % 2 == 0 { BIG } else { 100 };
+        big_pattern(u64::from(i), len)
+    };
+    let pair = setup.pair_with::<Big>(&Options::new().capacity(STREAM_CAPACITY));
+    let tx = pair.tx;
+    let accepted = within(PATIENCE, &format!("{setup:?}: try_send (never waits)"), {
+        move || {
+            let mut accepted = Vec::new();
+            for i in 0..MAX_TRIES {
+                match tx.try_send((i, Bytes(body(i)))) {
+                    Ok(()) => accepted.push(i),
+                    Err(TrySendError::Full((j, Bytes(back)))) => {
+                        assert!(j == i && back == body(i), "{setup:?}: Full handed back");
+                        break;
+                    }
+                    Err(e) => panic!("{setup:?}: try_send {i}: {e:?}"),
+                }
+            }
+            accepted
+        }
+    });
+    assert!(
+        !accepted.is_empty(),
+        "{setup:?}: an empty buffer took nothing"
+    );
+    // Shared memory: the first 100 KiB message fills the 4 KiB ring with its first pieces
+    // and is committed; the next `try_send` finds no room for the rest: `Full`.
+    if setup.is_shm() {
+        assert_eq!(accepted, [0], "{setup:?}: committed, then Full");
+    }
+    let rx = pair.rx;
+    within(PATIENCE * 2, &format!("{setup:?}: draining"), move || {
+        for &i in &accepted {
+            match rx.recv() {
+                Ok((j, Bytes(got))) => {
+                    assert_eq!(j, i, "{setup:?}: accepted messages in order");
+                    assert!(got == body(i), "{setup:?}: message {i} damaged");
+                }
+                Err(e) => panic!("{setup:?}: accepted message {i} lost: {e:?}"),
+            }
+        }
+        match rx.recv() {
+            Err(conduit::RecvError::Disconnected) => {}
+            Ok((j, _)) => panic!("{setup:?}: message {j} arrived though it was refused"),
+            Err(e) => panic!("{setup:?}: after the accepted messages: {e:?}"),
+        }
+    });
 }

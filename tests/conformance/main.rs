@@ -20,7 +20,7 @@ mod setup;
 macro_rules! conformance {
     ($module:ident :: $scenario:ident) => {
         conformance!($module::$scenario => [
-            ThreadAnon, ThreadNamed, SocketAnon, PipeAnon, Unix, Tcp
+            ThreadAnon, ThreadNamed, SocketAnon, PipeAnon, Unix, Tcp, ShmAnon, ShmBound
         ]);
     };
     ($module:ident :: $scenario:ident => [$($setup:ident),+ $(,)?]) => {
@@ -39,14 +39,14 @@ macro_rules! conformance {
 /// Setups with an address that more senders can connect to.
 macro_rules! bound {
     ($module:ident :: $scenario:ident) => {
-        conformance!($module::$scenario => [ThreadNamed, Unix, Tcp]);
+        conformance!($module::$scenario => [ThreadNamed, Unix, Tcp, ShmBound]);
     };
 }
 
-/// Setups that encode messages into a byte stream (everything but threads).
+/// Setups that encode messages into bytes: streams and shared-memory rings (all but threads).
 macro_rules! stream {
     ($module:ident :: $scenario:ident) => {
-        conformance!($module::$scenario => [SocketAnon, PipeAnon, Unix, Tcp]);
+        conformance!($module::$scenario => [SocketAnon, PipeAnon, Unix, Tcp, ShmAnon, ShmBound]);
     };
 }
 
@@ -65,12 +65,14 @@ bound!(disconnect::reconnect_after_disconnect);
 // 5, 6: capacity and timeouts.
 conformance!(capacity::try_send_full_then_room);
 conformance!(capacity::recv_timeout_and_try_recv_on_empty);
+stream!(capacity::try_send_larger_than_the_buffer);
 
 // 7, 8, 12: message sizes and shapes.
 conformance!(messages::huge_message);
 stream!(messages::over_size_limit);
-conformance!(messages::receiver_size_limit_applies_to_sender => [Unix, Tcp]);
+conformance!(messages::receiver_size_limit_applies_to_sender => [Unix, Tcp, ShmBound]);
 conformance!(messages::serde_structs);
+conformance!(messages::larger_than_the_buffer);
 
 // 10: constructor errors.
 bound!(errors::connect_errors);

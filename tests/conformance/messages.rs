@@ -243,3 +243,31 @@ pub fn serde_structs(setup: Setup) {
         assert_eq!(pair.recv_ok(), (kind, ()), "{setup:?}: enum message");
     }
 }
+
+/// Scenario 7 (cont.): Through the smallest buffer a setup offers (a 4096-byte ring for
+/// shared memory, whose pieces carry at most 2040 bytes; 4096 bytes of kernel buffer for
+/// streams; 4 messages for threads), messages of sizes around the piece and buffer
+/// boundaries arrive whole and in order.
+pub fn larger_than_the_buffer(setup: Setup) {
+    const SIZES: [usize; 19] = [
+        0, 1, 7, 8, 9, 2_031, 2_032, 2_039, 2_040, 2_041, 2_048, 4_088, 4_096, 4_097, 10_000,
+        65_535, 65_536, 65_537, 200_000,
+    ];
+    let capacity = if setup.is_stream() { 4096 } else { 4 };
+    let pair = setup.pair_with::<(u32, Bytes)>(&Options::new().capacity(capacity));
+    let expected = |i: u32| payload(u64::from(i), SIZES[i as usize % SIZES.len()]);
+    let n = 3 * SIZES.len() as u32;
+    let tx = pair.tx.clone();
+    let sender = std::thread::spawn(move || {
+        for i in 0..n {
+            tx.send((i, Bytes(expected(i))))
+                .unwrap_or_else(|e| panic!("{setup:?}: send {i}: {e}"));
+        }
+    });
+    for i in 0..n {
+        let (j, Bytes(got)) = pair.recv_ok();
+        assert_eq!(j, i, "{setup:?}: out of order");
+        assert_intact(setup, &format!("message {i}"), &got, &expected(i));
+    }
+    join(sender);
+}

@@ -26,6 +26,10 @@ pub enum Setup {
     Unix,
     /// `Receiver::bind("tcp:127.0.0.1:0")` + `Sender::connect(local_addr)`.
     Tcp,
+    /// `channel(Backend::Shm)`: one ring, in-process.
+    ShmAnon,
+    /// `Receiver::bind("shm:PATH")` + `Sender::connect`: a ring per connected sender.
+    ShmBound,
 }
 
 /// A connected pair and, for bound setups, the address more senders can connect to.
@@ -49,10 +53,18 @@ pub fn thread_addr() -> String {
 impl Setup {
     /// True for setups with an address (more senders can `connect`).
     pub fn is_bound(self) -> bool {
-        matches!(self, Setup::ThreadNamed | Setup::Unix | Setup::Tcp)
+        matches!(
+            self,
+            Setup::ThreadNamed | Setup::Unix | Setup::Tcp | Setup::ShmBound
+        )
     }
 
-    /// True for setups that encode messages into a byte stream.
+    /// True for the shared-memory setups: capacity is the ring's size in bytes.
+    pub fn is_shm(self) -> bool {
+        matches!(self, Setup::ShmAnon | Setup::ShmBound)
+    }
+
+    /// True for setups that encode messages into bytes (streams and shared memory).
     pub fn is_stream(self) -> bool {
         !matches!(self, Setup::ThreadAnon | Setup::ThreadNamed)
     }
@@ -63,6 +75,10 @@ impl Setup {
             Setup::ThreadNamed => Some(thread_addr()),
             Setup::Unix => Some(crate::common::unix_addr()),
             Setup::Tcp => Some("tcp:127.0.0.1:0".to_string()),
+            Setup::ShmBound => Some(format!(
+                "shm:{}",
+                crate::common::temp_dir().join("r.sock").display()
+            )),
             _ => None,
         }
     }
@@ -91,7 +107,11 @@ impl Setup {
                 let (tx, rx) = anon(Backend::Pipe);
                 (tx, rx, None)
             }
-            Setup::ThreadNamed | Setup::Unix | Setup::Tcp => {
+            Setup::ShmAnon => {
+                let (tx, rx) = anon(Backend::Shm);
+                (tx, rx, None)
+            }
+            Setup::ThreadNamed | Setup::Unix | Setup::Tcp | Setup::ShmBound => {
                 let bind_addr = self.fresh_addr().expect("bound setups have an address");
                 let rx = Receiver::<T>::bind_with(&bind_addr, opts)
                     .unwrap_or_else(|e| panic!("{self:?}: bind {bind_addr} failed: {e}"));

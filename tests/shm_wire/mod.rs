@@ -1,0 +1,395 @@
+//! Hand-driven `shm:` peers for the hostile-peer tests. `Raw` is a sender that does the
+//! handshake by hand on a std `UnixStream` (hello out; the answer with the ring memfd and two
+//! eventfds in by `SCM_RIGHTS`), maps the ring with memmap2 and writes it word by word.
+//! `fake_receiver` plays the other side: a listener that hands a real `Sender` a ring of its
+//! own making.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{ErrorKind, IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::ops::Deref;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conduit::__testing::{encode, hello_for};
+use conduit::{Options, Receiver, Sender};
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+use crate::common;
+
+pub type Job = (u32, Vec<u8>);
+
+pub fn job(id: u32, len: usize) -> Job {
+    (id, common::payload(u64::from(id), len))
+}
+
+/// Ring layout (src/ring/header.rs, core.rs): data after a 512-byte header; `head` and
+/// `tail` are u64 byte counters on their own cache lines; frames are `len u32 | flags u32 |
+/// payload` padded to 8.
+pub const HEADER: usize = 512;
+pub const HEAD: usize = 64;
+pub const TAIL: usize = 128;
+pub const PRODUCER_CLOSED: usize = 320;
+pub const CONSUMER_CLOSED: usize = 324;
+pub const LAST: u32 = 1;
+pub const PAD: u32 = 2;
+/// How long a hostile connection may live after its offence.
+pub const DROP_WITHIN: Duration = Duration::from_secs(3);
+/// Ids of the hostile peer's own well-formed messages (real senders use smaller ones).
+pub const HOSTILE: u32 = 1_000_000;
+
+/// A mapped ring and the receiver's wake-up eventfd; cheap to clone into a thread.
+#[derive(Clone)]
+pub struct Ring {
+    pub map: Arc<MmapRaw>,
+    pub wake: Arc<OwnedFd>,
+    pub cap: usize,
+}
+
+impl Ring {
+    pub fn over(file: &File, wake: OwnedFd) -> Ring {
+        let len = file.metadata().unwrap().len() as usize;
+        let map = MmapOptions::new().map_raw(file).expect("map the ring");
+        Ring {
+            map: Arc::new(map),
+            wake: Arc::new(wake),
+            cap: len - HEADER,
+        }
+    }
+
+    pub fn u64_at(&self, off: usize) -> &AtomicU64 {
+        assert!(off % 8 == 0 && off + 8 <= self.map.len());
+        // SAFETY: aligned (page-aligned mapping, offset a multiple of 8), in bounds, and the
+        // mapping lives as long as `self`; every access to these words is atomic.
+        unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(off).cast()) }
+    }
+
+    pub fn u32_at(&self, off: usize) -> &AtomicU32 {
+        assert!(off % 4 == 0 && off + 4 <= self.map.len());
+        // SAFETY: as in `u64_at`.
+        unsafe { AtomicU32::from_ptr(self.map.as_mut_ptr().add(off).cast()) }
+    }
+
+    pub fn tail(&self) -> u64 {
+        self.u64_at(TAIL).load(Ordering::Acquire)
+    }
+
+    /// Writes a frame header and payload at ring position `pos` (`pos` need not be aligned
+    /// to 8: the header is then written byte by byte), publishing nothing.
+    pub fn frame(&self, pos: u64, len: u32, flags: u32, payload: &[u8]) {
+        let off = HEADER + (pos as usize & (self.cap - 1));
+        let mut bytes = len.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&flags.to_le_bytes());
+        bytes.extend_from_slice(payload);
+        assert!(off + bytes.len() <= self.map.len());
+        // SAFETY: in bounds (checked); this space lies beyond what was published, so the
+        // receiver does not read it meanwhile.
+        unsafe {
+            let dst = self.map.as_mut_ptr().add(off);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
+        }
+    }
+
+    pub fn set_head(&self, head: u64) {
+        self.u64_at(HEAD).store(head, Ordering::Release);
+        self.notify();
+    }
+
+    pub fn notify(&self) {
+        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+    }
+
+    pub fn consumer_closed(&self) -> bool {
+        self.u32_at(CONSUMER_CLOSED).load(Ordering::Acquire) != 0
+    }
+}
+
+/// A hand-driven shm sender: the rendezvous socket, the ring, the memfd behind it.
+pub struct Raw {
+    pub sock: UnixStream,
+    pub file: File,
+    pub ring: Ring,
+    _space: OwnedFd,
+    /// Where the next frame goes.
+    pub head: u64,
+}
+
+impl Deref for Raw {
+    type Target = Ring;
+    fn deref(&self) -> &Ring {
+        &self.ring
+    }
+}
+
+/// `recvmsg` with room for three descriptors: the bytes and the descriptors that came.
+pub fn recv_fds(sock: &UnixStream, buf: &mut [u8]) -> (usize, Vec<OwnedFd>) {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = rustix::net::recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
+        .expect("recvmsg");
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
+    }
+    (msg.bytes, fds)
+}
+
+/// Reads the rest of a hello whose first `got` bytes are in `buf`.
+pub fn finish_hello(sock: &mut UnixStream, mut reply: Vec<u8>) -> Vec<u8> {
+    while reply.len() < 22
+        || reply.len() < 22 + usize::from(u16::from_le_bytes([reply[20], reply[21]]))
+    {
+        let mut more = [0u8; 600];
+        let n = sock.read(&mut more).expect("the rest of the hello");
+        assert!(n > 0, "the peer closed during the handshake");
+        reply.extend_from_slice(&more[..n]);
+    }
+    reply
+}
+
+impl Raw {
+    pub fn connect(addr: &str) -> Raw {
+        let path = addr.strip_prefix("shm:").expect("an shm: address");
+        let mut sock = UnixStream::connect(path).expect("raw connect");
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        sock.write_all(&hello_for::<Job>(1 << 20)).expect("hello");
+        let mut buf = [0u8; 600];
+        let (n, fds) = recv_fds(&sock, &mut buf);
+        let reply = finish_hello(&mut sock, buf[..n].to_vec());
+        assert_eq!((&reply[..4], reply[6]), (&b"CNDT"[..], 0), "accepted");
+        let [memfd, wake, space]: [OwnedFd; 3] = fds.try_into().expect("three descriptors");
+        let file = File::from(memfd);
+        let ring = Ring::over(&file, wake);
+        let magic = ring.u64_at(0).load(Ordering::Acquire).to_le_bytes();
+        assert_eq!(&magic, b"CDTRING1", "ring magic");
+        Raw {
+            sock,
+            file,
+            ring,
+            _space: space,
+            head: 0,
+        }
+    }
+
+    /// Publishes one frame at `head` (no wrap: the tests stay within the first lap).
+    pub fn publish(&mut self, payload: &[u8], flags: u32) {
+        self.ring
+            .frame(self.head, payload.len() as u32, flags, payload);
+        self.head += 8 + payload.len().next_multiple_of(8) as u64;
+        assert!(self.head <= self.cap as u64, "stay within the first lap");
+        self.ring.set_head(self.head);
+    }
+
+    pub fn send_job(&mut self, j: &Job) {
+        self.publish(&encode(j), LAST);
+    }
+
+    /// Whether the receiver closed the rendezvous socket (EOF or reset).
+    pub fn hung_up(&mut self) -> bool {
+        self.sock.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 16];
+        let r = self.sock.read(&mut b);
+        self.sock.set_nonblocking(false).unwrap();
+        match r {
+            Ok(0) => true,
+            Ok(_) => panic!("the receiver wrote after the handshake"),
+            Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+        }
+    }
+}
+
+/// A receiver at a fresh `shm:` address with a well-behaved sender beside it.
+pub fn setup(opts: &Options) -> (Receiver<Job>, Sender<Job>, String) {
+    let addr = format!("shm:{}", common::temp_dir().join("r.sock").display());
+    let rx = Receiver::<Job>::bind_with(&addr, opts).expect("bind");
+    let real = Sender::<Job>::connect(&addr).expect("real sender");
+    (rx, real, addr)
+}
+
+/// Drives `rx` (collecting what it yields) until it hung up on `raw` and marked its ring
+/// closed. Panics after `DROP_WITHIN`, or if one `recv_timeout(2 ms)` took over a second.
+pub fn wait_dropped(rx: &Receiver<Job>, raw: &mut Raw, what: &str, got: &mut Vec<Job>) {
+    let start = Instant::now();
+    loop {
+        let call = Instant::now();
+        if let Ok(j) = rx.recv_timeout(Duration::from_millis(2)) {
+            got.push(j);
+        }
+        let took = call.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "{what}: recv_timeout(2 ms) returned after {took:?}"
+        );
+        if raw.hung_up() {
+            break;
+        }
+        assert!(
+            start.elapsed() < DROP_WITHIN,
+            "{what}: the receiver kept the hostile connection for {DROP_WITHIN:?}"
+        );
+    }
+    assert!(
+        raw.consumer_closed(),
+        "{what}: dropped without closing its side of the ring"
+    );
+}
+
+/// Receives until the real jobs `want` arrived (in order: one real sender), and checks any
+/// hostile message is one of `allowed` (well-formed ones the hostile peer published), once.
+pub fn expect_real(rx: &Receiver<Job>, mut got: Vec<Job>, want: &[Job], allowed: &[Job]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.iter().filter(|j| j.0 < HOSTILE).count() < want.len() && Instant::now() < deadline {
+        if let Ok(j) = rx.recv_timeout(Duration::from_millis(20)) {
+            got.push(j);
+        }
+    }
+    let (real, hostile): (Vec<Job>, Vec<Job>) = got.into_iter().partition(|j| j.0 < HOSTILE);
+    let ids: Vec<u32> = real.iter().map(|j| j.0).collect();
+    assert!(
+        real == want,
+        "the real sender's jobs, in order: got {ids:?}"
+    );
+    for h in &hostile {
+        assert!(
+            allowed.contains(h),
+            "hostile message {} was never whole",
+            h.0
+        );
+        let n = hostile.iter().filter(|x| x.0 == h.0).count();
+        assert_eq!(n, 1, "hostile message {} delivered {n} times", h.0);
+    }
+}
+
+/// Publishes hostile job `HOSTILE + id` and drives `rx` until it took it.
+pub fn consumed(r: &mut Raw, rx: &Receiver<Job>, got: &mut Vec<Job>, id: u32) {
+    r.send_job(&job(HOSTILE + id, 40));
+    let start = Instant::now();
+    while r.tail() != r.head {
+        if let Ok(j) = rx.recv_timeout(Duration::from_millis(2)) {
+            got.push(j);
+        }
+        assert!(
+            start.elapsed() < DROP_WITHIN,
+            "a well-formed frame was not taken"
+        );
+    }
+}
+
+/// Runs `body` on a thread and fails if it has not finished within 30 s.
+pub fn watchdog(what: &'static str, body: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        body();
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(Duration::from_secs(30)) {
+        Ok(()) => runner.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(runner.join().unwrap_err())
+        }
+        Err(_) => panic!("{what}: still running after 30 s; something blocked"),
+    }
+}
+
+/// Plays the receiver for one `Sender::<Job>::connect` at the returned `shm:` address: the
+/// handshake, then a sealed ring of `4096` bytes that `prepare` may tamper with. Returns the
+/// address and a handle giving the ring (and the connection, kept open).
+pub fn fake_receiver(
+    prepare: impl FnOnce(&Ring) + Send + 'static,
+) -> (String, std::thread::JoinHandle<(Ring, UnixStream)>) {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let path = common::temp_dir().join("fake.sock");
+    let listener = UnixListener::bind(&path).expect("bind the fake receiver");
+    let handle = std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().expect("accept");
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 600];
+        let n = sock.read(&mut buf).expect("the sender's hello");
+        finish_hello(&mut sock, buf[..n].to_vec());
+        let memfd =
+            rustix::fs::memfd_create("fake-ring", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+                .unwrap();
+        rustix::fs::ftruncate(&memfd, (HEADER + 4096) as u64).unwrap();
+        let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+        rustix::fs::fcntl_add_seals(&memfd, seals).unwrap();
+        let eventfd = || {
+            rustix::event::eventfd(
+                0,
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+            )
+            .unwrap()
+        };
+        let (data, space) = (eventfd(), eventfd());
+        let file = File::from(memfd);
+        let ring = Ring::over(&file, data.try_clone().unwrap());
+        ring.u64_at(0)
+            .store(u64::from_le_bytes(*b"CDTRING1"), Ordering::Relaxed);
+        ring.u32_at(8).store(1, Ordering::Relaxed);
+        ring.u32_at(12).store(4096, Ordering::Relaxed);
+        prepare(&ring);
+        let fds = [file.as_fd(), data.as_fd(), space.as_fd()];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        let reply = hello_for::<Job>(1 << 20);
+        let iov = [IoSlice::new(&reply)];
+        let n = rustix::net::sendmsg(&sock, &iov, &mut control, SendFlags::NOSIGNAL).unwrap();
+        sock.write_all(&reply[n..]).unwrap();
+        (ring, sock)
+    });
+    (format!("shm:{}", path.display()), handle)
+}
+
+/// A thread publishing frames of `len` payload bytes with `flags` (`8 + len` must divide the
+/// capacity, so no wrap padding is needed) as fast as the ring takes them, until stopped or
+/// `limit`.
+pub struct Flood {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+impl Flood {
+    pub fn start(raw: &Raw, len: usize, flags: u32, limit: Duration) -> Flood {
+        let frame = 8 + len as u64;
+        assert!(len % 8 == 0 && raw.cap as u64 % frame == 0);
+        let (ring, stop) = (raw.ring.clone(), Arc::new(AtomicBool::new(false)));
+        let halt = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (cap, start) = (ring.cap as u64, Instant::now());
+            let mut head = ring.u64_at(HEAD).load(Ordering::Relaxed);
+            let mut pieces = 0;
+            while !halt.load(Ordering::Relaxed) && start.elapsed() < limit {
+                if head + frame - ring.tail() > cap {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                ring.frame(head, len as u32, flags, &[]);
+                head += frame;
+                pieces += 1;
+                ring.u64_at(HEAD).store(head, Ordering::Release);
+                if pieces % 64 == 1 {
+                    ring.notify();
+                }
+            }
+            pieces
+        });
+        Flood { stop, handle }
+    }
+
+    /// Stops the flood; returns how many pieces it published.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("the flood thread")
+    }
+}
