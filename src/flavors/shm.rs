@@ -179,8 +179,21 @@ impl ShmReceiver {
             .map_err(|e| Error::io("checking a ring", io::Error::other(e.to_string())))?;
         sys::set_nonblocking(&sock).map_err(|e| Error::io("configuring the connection", e))?;
 
+        let consumer = match Consumer::new(ring, self.limit) {
+            Ok(consumer) => consumer,
+            Err(e) => {
+                // Tell the peer we will not read it (it wrote positions before we attached).
+                if let Ok(ring) = ring_over(&map) {
+                    ring.close_as_consumer();
+                }
+                return Err(Error::io(
+                    "attaching to a ring",
+                    io::Error::other(e.to_string()),
+                ));
+            }
+        };
         let conn = Conn {
-            consumer: Consumer::new(ring, self.limit),
+            consumer,
             _map: map,
             sock,
             space,
@@ -230,9 +243,9 @@ impl ShmReceiver {
             if let Some(acceptor) = &self.acceptor {
                 while let Some(accepted) = acceptor.take() {
                     if let Some(parts) = accepted.ring {
-                        let added =
-                            self.add(accepted.fd, Arc::new(parts.map), Arc::new(parts.space));
-                        added.map_err(|e| RecvFail::Io(io::Error::other(e.to_string())))?;
+                        // A sender whose ring cannot be attached (its peer tampered with it)
+                        // is dropped alone; the receiver goes on serving the others.
+                        let _ = self.add(accepted.fd, Arc::new(parts.map), Arc::new(parts.space));
                     }
                 }
             }

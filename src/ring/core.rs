@@ -135,6 +135,12 @@ impl Ring {
         Ok(())
     }
 
+    /// Marks the consumer side closed without a `Consumer` (one that could not attach).
+    pub(crate) fn close_as_consumer(&self) {
+        // SYNC POINT: Release pairs with the Acquire in `Producer::consumer_closed`.
+        self.header().consumer_closed.store(1, Ordering::Release);
+    }
+
     fn offset(&self, pos: u64) -> usize {
         (pos & (self.capacity as u64 - 1)) as usize
     }
@@ -196,6 +202,11 @@ impl Producer {
             return Err(RingError::Corrupted(
                 "head and tail are further apart than the capacity",
             ));
+        }
+        // Frames start at multiples of 8; a misaligned head would put a header across the
+        // end of the data region.
+        if head % 8 != 0 || tail % 8 != 0 {
+            return Err(RingError::Corrupted("positions are not multiples of 8"));
         }
         Ok(Producer {
             ring,
@@ -360,15 +371,20 @@ pub(crate) struct Consumer {
 }
 
 impl Consumer {
-    /// Takes the consumer side of `ring`, accepting messages up to `limit` bytes.
-    pub(crate) fn new(ring: Ring, limit: usize) -> Consumer {
+    /// Takes the consumer side of `ring`, accepting messages up to `limit` bytes. The
+    /// starting position is read once and must be a multiple of 8 (a peer may have written
+    /// it before we attached); from then on only our own copy of `tail` is used.
+    pub(crate) fn new(ring: Ring, limit: usize) -> Result<Consumer, RingError> {
         let tail = ring.header().tail.load(Ordering::Relaxed);
-        Consumer {
+        if tail % 8 != 0 {
+            return Err(RingError::Corrupted("tail is not a multiple of 8"));
+        }
+        Ok(Consumer {
             ring,
             tail,
             cached_head: tail,
             limit,
-        }
+        })
     }
 
     /// Reads `head` once and checks it against our `tail`.
@@ -410,16 +426,20 @@ impl Consumer {
             let (len, flags) = unsafe { self.ring.read_frame_header(off) };
             let len = len as usize;
             if flags == FLAG_PAD {
-                if len + FRAME_HEADER != contiguous || avail < contiguous {
-                    return Err(RingError::Corrupted(
-                        "padding does not end at the region's end",
-                    ));
+                // A producer pads only when a frame does not fit before the end, which never
+                // happens at offset 0.
+                if len + FRAME_HEADER != contiguous || avail < contiguous || off == 0 {
+                    return Err(RingError::Corrupted("padding that a producer never writes"));
                 }
                 wake |= self.release(contiguous);
                 continue;
             }
             if flags & !FLAG_LAST != 0 {
                 return Err(RingError::Corrupted("unknown frame flags"));
+            }
+            if len == 0 && flags & FLAG_LAST == 0 {
+                // It would let a peer keep us busy forever without nearing the size limit.
+                return Err(RingError::Corrupted("an empty piece that is not the last"));
             }
             let need = FRAME_HEADER + align8(len);
             if len > self.ring.capacity / 2 || need > contiguous || need > avail {

@@ -70,7 +70,7 @@ fn produce(s: &Shared, messages: &[Vec<u8>], close: bool) {
 
 /// Receives whole messages until `Closed` (or `count` messages), sleeping when empty.
 fn consume(s: &Shared, count: usize) -> Vec<Vec<u8>> {
-    let mut c = Consumer::new(s.ring.ring(), usize::MAX);
+    let mut c = Consumer::new(s.ring.ring(), usize::MAX).unwrap();
     let mut got = Vec::new();
     let mut buf = Vec::new();
     while got.len() < count {
@@ -197,7 +197,7 @@ fn loom_disconnect_while_the_producer_sleeps() {
                 }
             }
         });
-        let c = Consumer::new(s.ring.ring(), usize::MAX);
+        let c = Consumer::new(s.ring.ring(), usize::MAX).unwrap();
         if c.close() {
             s.space.notify();
         }

@@ -9,7 +9,7 @@ const CAP: usize = 4096;
 fn pair(ring: &HeapRing, limit: usize) -> (Producer, Consumer) {
     (
         Producer::new(ring.ring()).unwrap(),
-        Consumer::new(ring.ring(), limit),
+        Consumer::new(ring.ring(), limit).unwrap(),
     )
 }
 
@@ -221,10 +221,24 @@ fn hostile_positions_and_frames_are_refused() {
                 r.header().head.store(16, Relaxed);
             }),
         ),
+        (
+            "padding over the whole ring",
+            Box::new(move |r| {
+                write(r, 0, (CAP - 8) as u32, FLAG_PAD);
+                r.header().head.store(CAP as u64, Relaxed);
+            }),
+        ),
+        (
+            "an empty piece that is not the last",
+            Box::new(move |r| {
+                write(r, 0, 0, 0);
+                r.header().head.store(8, Relaxed);
+            }),
+        ),
     ];
     for (what, corrupt) in cases {
         let ring = HeapRing::new(CAP);
-        let mut c = Consumer::new(ring.ring(), usize::MAX);
+        let mut c = Consumer::new(ring.ring(), usize::MAX).unwrap();
         corrupt(&ring);
         let mut buf = Vec::new();
         assert!(
@@ -242,6 +256,22 @@ fn hostile_positions_and_frames_are_refused() {
     ring.header().tail.store(u64::MAX, Relaxed);
     assert!(matches!(
         p.try_push(&[0; 8], true),
+        Err(RingError::Corrupted(_))
+    ));
+}
+
+#[test]
+fn misaligned_positions_are_refused_at_attach() {
+    use crate::sync::Ordering::Relaxed;
+    let ring = HeapRing::new(CAP);
+    ring.header().head.store(CAP as u64 - 4, Relaxed);
+    ring.header().tail.store(CAP as u64 - 4, Relaxed);
+    assert!(matches!(
+        Producer::new(ring.ring()),
+        Err(RingError::Corrupted(_))
+    ));
+    assert!(matches!(
+        Consumer::new(ring.ring(), 1),
         Err(RingError::Corrupted(_))
     ));
 }
