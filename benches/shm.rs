@@ -2,7 +2,7 @@
 //! and against the hardware's own floor, all in one run.
 //!
 //! ```text
-//! cargo bench --bench shm                                # full run, about 1.5 minutes
+//! cargo bench --bench shm                                # full run, about 1.5 to 2 minutes
 //! cargo bench --bench shm -- --quick                     # smoke run, well under 30 s
 //! CONDUIT_BENCH_QUICK=1 cargo bench --bench shm          # the same, by environment
 //! cargo bench --bench shm -- rtt_64B                     # one group (criterion filter)
@@ -10,8 +10,8 @@
 //!
 //! Groups:
 //!
-//! - `rtt_64B/{floor,shm,unix}`: a ping-pong round trip with a 64-byte message between this
-//!   process and a child process. `floor` is two processes spinning on a shared `MAP_SHARED`
+//! - `rtt_64B/{floor,shm,unix,shm_bytes,unix_bytes}`: a ping-pong round trip with a 64-byte
+//!   message between this process and a child process. `floor` is two processes spinning on a shared `MAP_SHARED`
 //!   memfd page: the parent stores a counter on one cache line, the child sees it and stores
 //!   it back on another line, the parent waits for it. Raw atomics, no system call, no
 //!   encoding: the machine's own cost of one cross-process (cross-core) round trip.
@@ -22,10 +22,16 @@
 //!
 //! Messages:
 //!
-//! - 64-byte ping: [`Msg64`], two `[u8; 32]` (serde derives arrays only up to 32 elements).
-//!   postcard and bincode write a `u8` as one raw byte and a fixed array without a length,
-//!   so it is exactly 64 bytes on the wire with either codec. (A `[u64; 8]` would be varints
-//!   of 1 to 10 bytes each; a `Vec<u8>` gets a length prefix.)
+//! - 64-byte ping (`shm`, `unix`): [`Msg64`], a derived struct of two `[u8; 32]` (serde
+//!   derives arrays only up to 32 elements). postcard and bincode write a `u8` as one raw
+//!   byte and a fixed array without a length, so it is exactly 64 bytes on the wire with
+//!   either codec. (A `[u64; 8]` would be varints of 1 to 10 bytes each; a `Vec<u8>` gets a
+//!   length prefix.) serde walks such arrays element by element, so encoding and decoding
+//!   cost several hundred instructions per message: a typical user struct, but the codec's
+//!   share of the round trip, not the transport's.
+//! - 64-byte ping as one byte string (`shm_bytes`, `unix_bytes`): [`Raw64`], `[u8; 64]`
+//!   serialized with `serialize_bytes` (a one-byte length, then one copy: 65 bytes on the
+//!   wire). Comparing the two shows how much of the round trip is serde's per-element work.
 //! - 8-byte messages: a `u64` (the sequence number), as users send it. postcard writes it as
 //!   a varint of 1 to 4 bytes here; in the shm ring every frame of up to 8 payload bytes
 //!   takes 16 bytes (8-byte header, payload padded to 8), so the ring traffic is the same as
@@ -93,6 +99,54 @@ impl Msg64 {
         let mut a = [0xA5; 32];
         a[..8].copy_from_slice(&seq.to_le_bytes());
         Msg64 { a, b: [0x5A; 32] }
+    }
+}
+
+/// 64 bytes serialized as one byte string (a length, then one copy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Raw64([u8; 64]);
+
+impl Serialize for Raw64 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Raw64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl serde::de::Visitor<'_> for Bytes {
+            type Value = Raw64;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("64 bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Raw64, E> {
+                let array = v
+                    .try_into()
+                    .map_err(|_| E::invalid_length(v.len(), &self))?;
+                Ok(Raw64(array))
+            }
+        }
+        d.deserialize_bytes(Bytes)
+    }
+}
+
+/// A ping-pong message type: how to make the `seq`-th ping.
+trait Ping: Message + PartialEq + std::fmt::Debug {
+    fn ping(seq: u64) -> Self;
+}
+
+impl Ping for Msg64 {
+    fn ping(seq: u64) -> Self {
+        Msg64::new(seq)
+    }
+}
+
+impl Ping for Raw64 {
+    fn ping(seq: u64) -> Self {
+        let mut raw = [0xA5; 64];
+        raw[..8].copy_from_slice(&seq.to_le_bytes());
+        Raw64(raw)
     }
 }
 
@@ -294,24 +348,32 @@ impl Drop for Floor {
 
 /// Ping-pong over two channels of one backend: we send on `fwd` to the child's receiver,
 /// the child echoes on `back` to ours.
-struct PingPong {
-    fwd: Sender<Msg64>,
-    back: Receiver<Msg64>,
+struct PingPong<T> {
+    fwd: Sender<T>,
+    back: Receiver<T>,
     seq: u64,
     /// Last, so the channels are gone (and the child leaves) before it is reaped.
     _child: ChildGuard,
 }
 
-impl PingPong {
-    fn start(scheme: &str, dir: &Path) -> PingPong {
-        let fwd_addr = addr(scheme, dir, &format!("pp-{scheme}-fwd.sock"));
-        let back_addr = addr(scheme, dir, &format!("pp-{scheme}-back.sock"));
-        let back = Receiver::<Msg64>::bind(&back_addr).expect("binding the echo receiver");
-        let child = ChildGuard::spawn("echo", &[(ARG_A, fwd_addr.clone()), (ARG_B, back_addr)]);
+impl<T: Ping> PingPong<T> {
+    /// `kind` names `T` for the child: "struct" ([`Msg64`]) or "bytes" ([`Raw64`]).
+    fn start(scheme: &str, kind: &str, dir: &Path) -> PingPong<T> {
+        let fwd_addr = addr(scheme, dir, &format!("pp-{scheme}-{kind}-fwd.sock"));
+        let back_addr = addr(scheme, dir, &format!("pp-{scheme}-{kind}-back.sock"));
+        let back = Receiver::<T>::bind(&back_addr).expect("binding the echo receiver");
+        let child = ChildGuard::spawn(
+            "echo",
+            &[
+                (ARG_A, fwd_addr.clone()),
+                (ARG_B, back_addr),
+                (ARG_SIZE, kind.to_string()),
+            ],
+        );
         // The child binds its receiver before it says hello.
         let hello = back.recv_timeout(PATIENCE).expect("the echo child's hello");
-        assert_eq!(hello, Msg64::new(0));
-        let fwd = Sender::<Msg64>::connect(&fwd_addr).expect("connecting to the echo child");
+        assert_eq!(hello, T::ping(0));
+        let fwd = Sender::<T>::connect(&fwd_addr).expect("connecting to the echo child");
         PingPong {
             fwd,
             back,
@@ -324,9 +386,9 @@ impl PingPong {
         let start = Instant::now();
         for _ in 0..iters {
             self.seq += 1;
-            self.fwd.send(Msg64::new(self.seq)).expect("ping");
+            self.fwd.send(T::ping(self.seq)).expect("ping");
             let pong = self.back.recv().expect("pong");
-            debug_assert_eq!(pong, Msg64::new(self.seq));
+            debug_assert_eq!(pong, T::ping(self.seq));
             black_box(pong);
         }
         start.elapsed()
@@ -345,14 +407,26 @@ fn rtt(c: &mut Criterion, plan: &Plan, dir: &Path) {
     });
     drop(floor);
     for scheme in ["shm", "unix"] {
-        let mut peer: Option<PingPong> = None;
-        g.bench_function(scheme, |b| {
-            let peer = peer.get_or_insert_with(|| PingPong::start(scheme, dir));
-            b.iter_custom(|iters| peer.round_trips(iters));
-        });
-        drop(peer);
+        bench_ping::<Msg64>(&mut g, scheme, "struct", scheme.to_string(), dir);
+    }
+    for scheme in ["shm", "unix"] {
+        bench_ping::<Raw64>(&mut g, scheme, "bytes", format!("{scheme}_bytes"), dir);
     }
     g.finish();
+}
+
+fn bench_ping<T: Ping>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    scheme: &str,
+    kind: &str,
+    id: String,
+    dir: &Path,
+) {
+    let mut peer: Option<PingPong<T>> = None;
+    g.bench_function(id, |b| {
+        let peer = peer.get_or_insert_with(|| PingPong::start(scheme, kind, dir));
+        b.iter_custom(|iters| peer.round_trips(iters));
+    });
 }
 
 /// A child streaming messages of one size to our `data` receiver on command.
@@ -444,7 +518,11 @@ mod child {
         let arg = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} unset"));
         match role {
             "floor" => floor(arg(ARG_A).parse().expect("a descriptor number")),
-            "echo" => echo(&arg(ARG_A), &arg(ARG_B)),
+            "echo" => match arg(ARG_SIZE).as_str() {
+                "struct" => echo::<Msg64>(&arg(ARG_A), &arg(ARG_B)),
+                "bytes" => echo::<Raw64>(&arg(ARG_A), &arg(ARG_B)),
+                other => panic!("unknown ping kind {other:?}"),
+            },
             "stream" => {
                 let size: usize = arg(ARG_SIZE).parse().expect("a message size");
                 if size <= 8 {
@@ -495,10 +573,10 @@ mod child {
     }
 
     /// Binds `fwd`, connects to `back`, says hello, then echoes every message.
-    fn echo(fwd: &str, back: &str) {
-        let rx = Receiver::<Msg64>::bind(fwd).expect("binding the echo receiver");
-        let tx = Sender::<Msg64>::connect(back).expect("connecting the echo sender");
-        tx.send(Msg64::new(0)).expect("hello");
+    fn echo<T: Ping>(fwd: &str, back: &str) {
+        let rx = Receiver::<T>::bind(fwd).expect("binding the echo receiver");
+        let tx = Sender::<T>::connect(back).expect("connecting the echo sender");
+        tx.send(T::ping(0)).expect("hello");
         for msg in rx.iter() {
             if tx.send(msg).is_err() {
                 return;
