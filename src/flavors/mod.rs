@@ -42,6 +42,38 @@ impl Deadline {
     }
 }
 
+/// Busy-waits for about `SPIN_FOR` before a shared-memory side goes to sleep: long enough
+/// for a peer on the other core to answer a ping, short enough not to burn a core. The
+/// clock is first read after 64 turns (a message that comes quickly costs no clock read)
+/// and then every 64 turns only.
+pub(crate) struct Spin {
+    start: Option<Instant>,
+    turns: u32,
+}
+
+/// How long a shared-memory side spins before it sleeps.
+pub(crate) const SPIN_FOR: Duration = Duration::from_micros(50);
+
+impl Spin {
+    pub(crate) fn new() -> Spin {
+        Spin {
+            start: None,
+            turns: 0,
+        }
+    }
+
+    /// One more turn; false once the budget is spent.
+    pub(crate) fn again(&mut self) -> bool {
+        std::hint::spin_loop();
+        self.turns += 1;
+        if self.turns % 64 != 0 {
+            return true;
+        }
+        let start = *self.start.get_or_insert_with(Instant::now);
+        start.elapsed() < SPIN_FOR
+    }
+}
+
 /// Why a flavor's send failed, before the message is attached.
 #[derive(Debug)]
 pub(crate) enum SendFail {

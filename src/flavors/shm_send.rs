@@ -19,7 +19,7 @@ use crate::addr::Address;
 use crate::channel::encode_failure;
 use crate::codec;
 use crate::flavors::shm::{ring_over, MAX_SLEEP};
-use crate::flavors::{Deadline, SendFail};
+use crate::flavors::{Deadline, SendFail, Spin};
 use crate::handshake::{self, Hello, Status};
 use crate::ring::core::{Producer, Push};
 use crate::ring::header::{self, HEADER_SIZE};
@@ -28,8 +28,6 @@ use crate::sys::notify::Notifier;
 use crate::sys::{self, sock, StreamKind};
 use crate::{Error, Options, SendFailure};
 
-/// How many times a sender re-checks a full ring before it sleeps.
-const SEND_SPINS: u32 = 2000;
 /// Check the receiver's liveness through the socket once per this many sends (a crashed
 /// receiver cannot set its "closed" flag; a full ring is noticed at once anyway).
 const LIVENESS_EVERY: u32 = 256;
@@ -302,13 +300,10 @@ impl SendConn {
     /// Waits until a piece of `len` bytes may fit, the deadline passes, or the receiver goes.
     fn wait_for_space(&mut self, len: usize, deadline: Deadline) -> Result<(), SendFail> {
         if !matches!(deadline, Deadline::Now) {
-            for _ in 0..SEND_SPINS {
-                std::hint::spin_loop();
-                if self
-                    .producer
-                    .has_room_for(len)
-                    .map_err(|_| SendFail::Disconnected)?
-                {
+            let mut spin = Spin::new();
+            while spin.again() {
+                let room = self.producer.has_room_for(len);
+                if room.map_err(|_| SendFail::Disconnected)? {
                     return Ok(());
                 }
             }
