@@ -358,3 +358,16 @@ impl<T: Message> Receiver<T> {
 pub(crate) fn encode_failure(reason: String) -> SendFail {
     SendFail::Failed(SendFailure::Encode(reason))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both halves cross threads and can be shared by reference (crossbeam's guarantees).
+    #[test]
+    fn halves_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Sender<String>>();
+        send_sync::<Receiver<String>>();
+    }
+}
