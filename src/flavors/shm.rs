@@ -92,6 +92,8 @@ pub(crate) struct ShmReceiver {
     data_wake: Arc<Notifier>,
     acceptor: Option<Acceptor>,
     limit: usize,
+    /// `sys::forks::generation()` when made: after a fork, drop leaves the rings' flags alone.
+    fork_gen: u64,
 }
 
 struct RecvState {
@@ -127,6 +129,7 @@ impl ShmReceiver {
             data_wake,
             acceptor,
             limit,
+            fork_gen: sys::forks::generation(),
         }
     }
 
@@ -392,6 +395,10 @@ impl RecvState {
 
 impl Drop for ShmReceiver {
     fn drop(&mut self) {
+        if sys::forks::generation() != self.fork_gen {
+            // Another process may still be receiving from these rings (see `sys/forks.rs`).
+            return;
+        }
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         for conn in &state.conns {
             if conn.consumer.close() {

@@ -64,6 +64,8 @@ struct SendConn {
     tail_done: usize,
     sends: u32,
     broken: bool,
+    /// `sys::forks::generation()` when made: after a fork, drop leaves the ring's flag alone.
+    fork_gen: u64,
 }
 
 impl ShmSender {
@@ -92,6 +94,7 @@ impl ShmSender {
                 tail_done: 0,
                 sends: 0,
                 broken: false,
+                fork_gen: sys::forks::generation(),
             })))),
         })
     }
@@ -349,7 +352,9 @@ impl SendConn {
         if !self.broken && self.finish_tail(Deadline::Never).is_err() {
             return;
         }
-        if self.producer.close() {
+        // After a fork another process may still be sending through this ring: then only the
+        // socket's hang-up (when the last copy closes) tells the receiver we are done.
+        if sys::forks::generation() == self.fork_gen && self.producer.close() {
             self.data_wake.notify();
         }
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 pub(crate) mod fdpass;
+pub(crate) mod forks;
 pub(crate) mod memfd;
 pub(crate) mod notify;
 pub(crate) mod sigpipe;
