@@ -30,13 +30,13 @@
 //!   cost several hundred instructions per message: a typical user struct, but the codec's
 //!   share of the round trip, not the transport's.
 //! - 64-byte ping as one byte string (`shm_bytes`, `unix_bytes`): [`Raw64`], `[u8; 64]`
-//!   serialized with `serialize_bytes` (a one-byte length, then one copy: 65 bytes on the
+//!   serialized with `serde_bytes` (a one-byte length, then one copy: 65 bytes on the
 //!   wire). Comparing the two shows how much of the round trip is serde's per-element work.
 //! - 8-byte messages: a `u64` (the sequence number), as users send it. postcard writes it as
 //!   a varint of 1 to 4 bytes here; in the shm ring every frame of up to 8 payload bytes
 //!   takes 16 bytes (8-byte header, payload padded to 8), so the ring traffic is the same as
 //!   for a fixed 8-byte payload.
-//! - 4 KiB and 1 MiB messages: [`Blob`], bytes serialized with `serialize_bytes` (a length
+//! - 4 KiB and 1 MiB messages: [`Blob`], bytes serialized with `serde_bytes` (a length
 //!   and one copy) rather than `Vec<u8>`'s element-by-element sequence, which would measure
 //!   serde's per-byte loop instead of the transport. The sender's blob is an `Arc<[u8]>`,
 //!   so the child does not copy a megabyte before each send; the receiver builds a fresh
@@ -102,34 +102,10 @@ impl Msg64 {
     }
 }
 
-/// 64 bytes serialized as one byte string (a length, then one copy).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Raw64([u8; 64]);
-
-impl Serialize for Raw64 {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Raw64 {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Bytes;
-        impl serde::de::Visitor<'_> for Bytes {
-            type Value = Raw64;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("64 bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Raw64, E> {
-                let array = v
-                    .try_into()
-                    .map_err(|_| E::invalid_length(v.len(), &self))?;
-                Ok(Raw64(array))
-            }
-        }
-        d.deserialize_bytes(Bytes)
-    }
-}
+/// 64 bytes serialized as one byte string by `serde_bytes` (a length, then one copy).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+struct Raw64(#[serde(with = "serde_bytes")] [u8; 64]);
 
 /// A ping-pong message type: how to make the `seq`-th ping.
 trait Ping: Message + PartialEq + std::fmt::Debug {
@@ -150,32 +126,25 @@ impl Ping for Raw64 {
     }
 }
 
-/// Bytes serialized as one byte string; cheap to clone on the sending side.
-#[derive(Clone)]
-struct Blob(Arc<[u8]>);
+/// Bytes serialized as one byte string by `serde_bytes`; cheap to clone on the sending side.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+struct Blob(#[serde(with = "arc_bytes")] Arc<[u8]>);
 
-impl Serialize for Blob {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
+/// `serde_bytes` for an `Arc<[u8]>`, which it has no impl for: written from the shared slice
+/// (no copy), read into a fresh `Arc` with one copy (borrowed from the input when the codec
+/// can, as postcard does).
+mod arc_bytes {
+    use std::borrow::Cow;
+    use std::sync::Arc;
+
+    pub fn serialize<S: serde::Serializer>(bytes: &Arc<[u8]>, s: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::serialize(&bytes[..], s)
     }
-}
 
-impl<'de> Deserialize<'de> for Blob {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Bytes;
-        impl serde::de::Visitor<'_> for Bytes {
-            type Value = Blob;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob, E> {
-                Ok(Blob(Arc::from(v)))
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Blob, E> {
-                Ok(Blob(Arc::from(v)))
-            }
-        }
-        d.deserialize_bytes(Bytes)
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<[u8]>, D::Error> {
+        let bytes: Cow<'de, [u8]> = serde_bytes::deserialize(d)?;
+        Ok(Arc::from(&*bytes))
     }
 }
 

@@ -20,35 +20,11 @@ const EACH: u64 = 1_500;
 /// The large-message test's size.
 const HUGE: usize = 32 << 20;
 
-/// Bytes serialized as one byte string (`serialize_bytes`), not a sequence of `u8`s: the
+/// Bytes serialized as one byte string (`serde_bytes`), not a sequence of `u8`s: the
 /// tests run unoptimized, where element-by-element encoding of megabytes takes seconds.
-#[derive(PartialEq, Eq)]
-struct Blob(Vec<u8>);
-
-impl serde::Serialize for Blob {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Blob {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Bytes;
-        impl serde::de::Visitor<'_> for Bytes {
-            type Value = Blob;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob, E> {
-                Ok(Blob(v.to_vec()))
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Blob, E> {
-                Ok(Blob(v))
-            }
-        }
-        d.deserialize_byte_buf(Bytes)
-    }
-}
+#[derive(PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+struct Blob(#[serde(with = "serde_bytes")] Vec<u8>);
 
 /// (producer id, sequence number, payload).
 type Msg = (u32, u64, Blob);

@@ -28,34 +28,11 @@ const SEND_FAILS: Duration = Duration::from_secs(10);
 const BIG: usize = 4 << 20;
 const HUGE: usize = 32 << 20;
 
-/// Bytes serialized as one byte string (one length and a copy), not a sequence of `u8`s.
-#[derive(PartialEq, Eq)]
-struct Blob(Vec<u8>);
-
-impl serde::Serialize for Blob {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Blob {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Blob;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob, E> {
-                Ok(Blob(v.to_vec()))
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Blob, E> {
-                Ok(Blob(v))
-            }
-        }
-        d.deserialize_byte_buf(V)
-    }
-}
+/// Bytes serialized as one byte string by `serde_bytes` (one length and a copy), not a
+/// sequence of `u8`s.
+#[derive(PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+struct Blob(#[serde(with = "serde_bytes")] Vec<u8>);
 
 /// (producer id, sequence number, payload).
 type Msg = (u32, u64, Blob);

@@ -25,35 +25,12 @@ pub fn big_pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// A byte buffer that serializes as serde bytes (one length and a copy) rather than as a
-/// sequence of `u8` (one codec call per byte, slow in unoptimized test builds).
-#[derive(Clone, PartialEq)]
-pub struct Bytes(pub Vec<u8>);
-
-impl Serialize for Bytes {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Bytes {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Bytes;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-                Ok(Bytes(v.to_vec()))
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-                Ok(Bytes(v))
-            }
-        }
-        d.deserialize_byte_buf(Visitor)
-    }
-}
+/// A byte buffer that serializes as serde bytes via `serde_bytes` (one length and a copy)
+/// rather than as a sequence of `u8` (one codec call per byte, slow in unoptimized test
+/// builds).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Bytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 /// Asserts `got` is `expected`, naming the first differing byte otherwise.
 fn assert_intact(setup: Setup, what: &str, got: &[u8], expected: &[u8]) {
