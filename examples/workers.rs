@@ -1,7 +1,8 @@
 //! Workers as threads or as processes, chosen by one argument.
 //!
-//! One `worker` function runs unchanged as N threads of this process (`thread:` addresses)
-//! and as N child processes — this binary re-executed — over Unix sockets (`unix:` addresses).
+//! One `worker` function runs unchanged as N threads of this process (`thread:` addresses),
+//! as N child processes — this binary re-executed — over Unix sockets (`unix:` addresses),
+//! and as N child processes over shared-memory rings (`shm:` addresses).
 //! Each worker streams 64-byte payloads, with a checksum and a sequence number, to its own
 //! receiver in the coordinator, which checks every message and prints messages per second per
 //! worker in time windows.
@@ -15,8 +16,8 @@
 //! each worker's next send fails and it exits, so no child outlives the run.
 //!
 //! ```text
-//! cargo run --release --example workers                  # both modes, then a comparison
-//! cargo run --release --example workers -- processes     # or: threads
+//! cargo run --release --example workers                  # all three modes, then a comparison
+//! cargo run --release --example workers -- processes     # or: threads, or: shm
 //! cargo run --release --example workers -- --workers 4 --seconds 5
 //! ```
 
@@ -36,10 +37,11 @@ use serde::{Deserialize, Serialize};
 type BoxError = Box<dyn Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
 
-const USAGE: &str = "usage: workers [threads | processes] [--workers N] [--seconds S]
+const USAGE: &str = "usage: workers [threads | processes | shm]... [--workers N] [--seconds S]
   threads      run the workers as threads of this process (thread: addresses)
   processes    run them as child processes of this binary (unix: addresses)
-  (neither)    run both, one after the other, and compare
+  shm          run them as child processes over shared memory (shm: addresses)
+  (none)       run all three, one after the other, and compare
   --workers N  workers per mode, 1 to 16 (default 3)
   --seconds S  measured seconds per mode, 0.5 to 600 (default 3)";
 const COMPARISON: &str = "\n== comparison ==
@@ -101,6 +103,32 @@ fn worker(id: u32, results: &str, panic_after: Option<Duration>) -> Res<u64> {
 enum Mode {
     Threads,
     Processes,
+    Shm,
+}
+
+impl Mode {
+    /// Whether workers are child processes (and can be killed with SIGKILL).
+    fn is_process(self) -> bool {
+        self != Mode::Threads
+    }
+
+    /// The address scheme of a process mode.
+    fn scheme(self) -> &'static str {
+        if self == Mode::Shm {
+            "shm"
+        } else {
+            "unix"
+        }
+    }
+
+    /// The mode's name in the comparison table.
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Threads => "threads",
+            Mode::Processes => "processes",
+            Mode::Shm => "shm procs",
+        }
+    }
 }
 
 /// Parses the command line into (modes, workers, seconds); `Ok(None)` asks for the usage.
@@ -113,6 +141,7 @@ fn parse(args: &[String]) -> Result<Option<(Vec<Mode>, usize, Duration)>, String
             "-h" | "--help" => return Ok(None),
             "threads" => modes.push(Mode::Threads),
             "processes" => modes.push(Mode::Processes),
+            "shm" => modes.push(Mode::Shm),
             "--workers" => match value()?.parse() {
                 Ok(n @ 1..=MAX_WORKERS) => workers = n,
                 _ => return Err("--workers wants a whole number from 1 to 16".into()),
@@ -125,9 +154,9 @@ fn parse(args: &[String]) -> Result<Option<(Vec<Mode>, usize, Duration)>, String
         }
     }
     if modes.is_empty() {
-        modes = vec![Mode::Threads, Mode::Processes];
+        modes = vec![Mode::Threads, Mode::Processes, Mode::Shm];
     }
-    modes.sort_by_key(|&m| m == Mode::Processes); // threads first, each mode once
+    modes.sort_by_key(|&m| m as u8); // threads, processes, shm; each mode once
     modes.dedup();
     Ok(Some((modes, workers, seconds)))
 }
@@ -136,7 +165,7 @@ fn main() -> ExitCode {
     let lossy = |a: std::ffi::OsString| a.to_string_lossy().into_owned();
     let args: Vec<String> = std::env::args_os().skip(1).map(lossy).collect();
     let result = match &args[..] {
-        // A child process: the very same worker function, here over a unix: address.
+        // A child process: the very same worker function, here over a unix: or shm: address.
         [flag, id, addr] if flag == "--worker-process" => id
             .parse()
             .map_err(BoxError::from)
@@ -226,7 +255,11 @@ impl Run {
     fn start(&mut self, slot: usize, gen: u32, panic: Option<Duration>) -> Res<String> {
         let id = slot as u32 + 1;
         let addr = match &self.dir {
-            Some(dir) => format!("unix:{}/worker{id}-{gen}.sock", dir.display()),
+            Some(dir) => format!(
+                "{}:{}/worker{id}-{gen}.sock",
+                self.mode.scheme(),
+                dir.display()
+            ),
             None => format!("thread:workers-example-{id}-{gen}"),
         };
         let rx = Receiver::<Sample>::bind(&addr)?;
@@ -240,7 +273,7 @@ impl Run {
                 let t = t.spawn(move || worker(id, &addr, panic))?;
                 (Handle::Thread(t), "a thread".to_string())
             }
-            Mode::Processes => {
+            Mode::Processes | Mode::Shm => {
                 let mut cmd = Command::new(std::env::current_exe()?);
                 cmd.args(["--worker-process", &id.to_string(), &addr]);
                 let child = cmd.stdin(Stdio::null()).spawn()?;
@@ -319,17 +352,29 @@ fn run_all(modes: &[Mode], workers: usize, seconds: Duration) -> Res<()> {
     for &mode in modes {
         reports.push(run_mode(mode, workers, seconds)?);
     }
-    if let [t, p] = &reports[..] {
+    if reports.len() > 1 {
         println!("{COMPARISON}");
-        for (name, fault, (r, noticed, replaced)) in
-            [("threads", "panic", t), ("processes", "SIGKILL", p)]
-        {
+        for (mode, (r, noticed, replaced)) in modes.iter().zip(&reports) {
             let (total, per) = (rate(*r), rate(r / workers as f64));
             let (noticed, replaced) = (ms(*noticed), ms(*replaced));
+            let (name, fault) = (
+                mode.name(),
+                if mode.is_process() {
+                    "SIGKILL"
+                } else {
+                    "panic"
+                },
+            );
             println!("  {name:<10} {total:>10} {per:>11}  {fault:>8} {noticed:>14} {replaced:>26}");
         }
-        let times = t.0 / p.0;
-        println!("  threads carried {times:.1}x the messages per second of processes here");
+        let (first, first_rate) = (modes[0].name(), reports[0].0);
+        for (mode, (r, _, _)) in modes.iter().zip(&reports).skip(1) {
+            let times = first_rate / r;
+            println!(
+                "  {first} carried {times:.1}x the messages per second of {} here",
+                mode.name()
+            );
+        }
     }
     Ok(())
 }
@@ -347,12 +392,17 @@ fn run_mode(mode: Mode, n: usize, seconds: Duration) -> Res<Outcome> {
         collectors: Vec::new(),
         workers: Vec::new(),
     };
-    if mode == Mode::Processes {
-        let dir = std::env::temp_dir().join(format!("conduit-workers-{}", std::process::id()));
+    if mode.is_process() {
+        let name = format!("conduit-workers-{}-{}", std::process::id(), mode.scheme());
+        let dir = std::env::temp_dir().join(name);
         let mkdir = std::fs::DirBuilder::new().mode(0o700).create(&dir);
         mkdir.map_err(|e| format!("creating {}: {e}", dir.display()))?;
         run.dir = Some(dir);
-        println!("\n== processes: each worker a child process, unix: addresses ==");
+        let scheme = mode.scheme();
+        println!(
+            "\n== {}: each worker a child process, {scheme}: addresses ==",
+            mode.name()
+        );
     } else {
         *PANICKED_AT.lock().unwrap_or_else(|p| p.into_inner()) = None;
         println!("\n== threads: each worker a thread of this process, thread: addresses ==");
@@ -400,7 +450,7 @@ fn run_mode(mode: Mode, n: usize, seconds: Duration) -> Res<Outcome> {
             (prev, prev_t, window) = (counts, now, window + 1);
             continue;
         }
-        let kill_due = mode == Mode::Processes && fault.is_none();
+        let kill_due = mode.is_process() && fault.is_none();
         if let (true, Some(Handle::Process(child))) =
             (kill_due && now >= kill_at, run.workers.get_mut(victim))
         {
