@@ -19,7 +19,7 @@ use crate::addr::Address;
 use crate::codec;
 use crate::flavors::acceptor::{Acceptor, Mode};
 pub(crate) use crate::flavors::shm_send::ShmSender;
-use crate::flavors::shm_send::{dup, open_peer_parts};
+use crate::flavors::shm_send::{dup, inherited_parts};
 use crate::flavors::{Deadline, RecvFail};
 use crate::handshake::{Hello, Status};
 use crate::ring::core::{Consumer, Pop, Ring};
@@ -136,14 +136,7 @@ impl ShmReceiver {
     /// Rebuilds an anonymous receiver from descriptors inherited from the parent (see
     /// `inherit.rs`): `[socket, memfd, data eventfd, space eventfd]`.
     pub(crate) fn from_inherited(fds: Vec<OwnedFd>, limit: usize) -> Result<Self, Error> {
-        let bad = |what: String| Error::Protocol {
-            addr: "inherited shm receiver".to_string(),
-            reason: what,
-        };
-        let [sock, memfd, data, space]: [OwnedFd; 4] = fds
-            .try_into()
-            .map_err(|_| bad("expected four descriptors".into()))?;
-        let (map, data, space) = open_peer_parts(memfd, data, space).map_err(bad)?;
+        let (sock, (map, data, space)) = inherited_parts(fds, "inherited shm receiver")?;
         let rx = ShmReceiver::new(data, None, limit);
         rx.add(sock, map, space)?;
         Ok(rx)

@@ -125,15 +125,7 @@ impl ShmSender {
     /// Rebuilds a sender from descriptors inherited from the parent (see `inherit.rs`):
     /// `[socket, memfd, data eventfd, space eventfd]`.
     pub(crate) fn from_inherited(fds: Vec<OwnedFd>, limit: usize) -> Result<Self, Error> {
-        let bad = |what: String| Error::Protocol {
-            addr: "inherited shm sender".to_string(),
-            reason: what,
-        };
-        let [sock, memfd, data, space]: [OwnedFd; 4] = fds
-            .try_into()
-            .map_err(|_| bad("expected four descriptors".into()))?;
-        let (map, data, space) = open_peer_parts(memfd, data, space).map_err(bad)?;
-        sys::set_nonblocking(&sock).map_err(|e| Error::io("configuring the connection", e))?;
+        let (sock, (map, data, space)) = inherited_parts(fds, "inherited shm sender")?;
         ShmSender::from_parts(map, sock, data, space, limit)
     }
 
@@ -218,6 +210,24 @@ impl ShmSender {
         }
         result
     }
+}
+
+/// Splits the descriptors an inherited shm end arrives with (`[socket, memfd, data eventfd,
+/// space eventfd]`, see `inherit.rs`) into the socket and the checked ring parts.
+pub(crate) fn inherited_parts(
+    fds: Vec<OwnedFd>,
+    what: &str,
+) -> Result<(OwnedFd, PeerParts), Error> {
+    let bad = |reason: String| Error::Protocol {
+        addr: what.to_string(),
+        reason,
+    };
+    let [sock, memfd, data, space]: [OwnedFd; 4] = fds
+        .try_into()
+        .map_err(|_| bad("expected four descriptors".into()))?;
+    let parts = open_peer_parts(memfd, data, space).map_err(bad)?;
+    sys::set_nonblocking(&sock).map_err(|e| Error::io("configuring the connection", e))?;
+    Ok((sock, parts))
 }
 
 /// A duplicate of `fd` for a child process.
