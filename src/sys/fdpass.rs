@@ -5,8 +5,6 @@
 //! stream socket the kernel attaches them to that byte, so the receiver gets them with the
 //! `recvmsg` that reads it and never has to guess where they belong.
 
-// Used by the shm flavor, which is being built; remove once it is.
-#![allow(dead_code)]
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;

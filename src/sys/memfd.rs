@@ -10,8 +10,6 @@
 //! The mapping is raw memory shared with another process: callers reach it through
 //! pointers and atomics, never as `&[u8]`.
 
-// Used by the shm flavor, which is being built; remove once it is.
-#![allow(dead_code)]
 
 use std::fmt;
 use std::io;

@@ -9,8 +9,6 @@
 //! block even then should `drain` only after a poll said the descriptor is readable and
 //! bound every wait, as the design requires anyway.
 
-// Used by the shm flavor, which is being built; remove once it is.
-#![allow(dead_code)]
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -36,8 +34,9 @@ impl Notifier {
         Ok(Notifier { fd })
     }
 
-    /// Wraps an eventfd received from a peer, trusting that it is one. See
-    /// [`Notifier::from_peer`] to check.
+    /// Wraps an eventfd without checking it (tests); peers' descriptors go through
+    /// [`Notifier::from_peer`].
+    #[cfg(test)]
     pub(crate) fn from_fd(fd: OwnedFd) -> Notifier {
         Notifier { fd }
     }
