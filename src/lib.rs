@@ -112,6 +112,9 @@ mod codec;
 mod err;
 mod flavors;
 mod frame;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz;
 mod handshake;
 mod inherit;
 mod options;

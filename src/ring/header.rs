@@ -61,7 +61,7 @@ const _: () = assert!(std::mem::size_of::<RingHeader>() <= HEADER_SIZE || cfg!(l
 
 impl RingHeader {
     /// A fresh header (for heap-backed rings in tests and loom models).
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn new() -> RingHeader {
         RingHeader {
             magic: AtomicU64::new(0),

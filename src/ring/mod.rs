@@ -12,11 +12,11 @@ mod tests;
 #[cfg(all(test, loom))]
 mod loom_tests;
 
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 pub(crate) use self::heap::HeapRing;
 
-/// A ring over heap memory, for unit tests, Miri and loom models.
-#[cfg(test)]
+/// A ring over heap memory, for unit tests, Miri, loom models and the fuzz drivers.
+#[cfg(any(test, fuzzing))]
 mod heap {
     use std::ptr::NonNull;
 
