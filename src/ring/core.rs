@@ -228,6 +228,8 @@ impl Producer {
     /// Publishes one piece if there is room. `payload.len()` must be at most `max_piece`.
     pub(crate) fn try_push(&mut self, payload: &[u8], last: bool) -> Result<Push, RingError> {
         debug_assert!(payload.len() <= self.max_piece());
+        // The consumer refuses empty pieces that are not the last (see `try_pop`).
+        debug_assert!(last || !payload.is_empty());
         let (pad, need) = self.space_for(payload.len());
         if !self.has_room(pad + need)? {
             return Ok(Push::Full);
@@ -239,7 +241,7 @@ impl Producer {
             // SAFETY: `off + 8 <= cap` since offsets are multiples of 8 below `cap`; the
             // space is ours (has_room).
             unsafe { self.ring.write_at(off, &frame) };
-            pos += pad as u64;
+            pos = pos.wrapping_add(pad as u64);
             off = 0;
         }
         let flags = if last { FLAG_LAST } else { 0 };
@@ -250,7 +252,7 @@ impl Producer {
             self.ring.write_at(off, &frame);
             self.ring.write_at(off + FRAME_HEADER, payload);
         }
-        pos += need as u64;
+        pos = pos.wrapping_add(need as u64);
         self.head = pos;
         let h = self.ring.header();
         // SYNC POINT: Release publishes the frame bytes written above; pairs with the
@@ -284,7 +286,7 @@ impl Producer {
     /// Whether `bytes` fit now, reloading `tail` only when the cached value says no.
     fn has_room(&mut self, bytes: usize) -> Result<bool, RingError> {
         let cap = self.ring.capacity as u64;
-        if cap - (self.head - self.cached_tail) >= bytes as u64 {
+        if cap - self.head.wrapping_sub(self.cached_tail) >= bytes as u64 {
             return Ok(true);
         }
         // SYNC POINT: Acquire pairs with the consumer's Release store of `tail`: the space it
@@ -420,7 +422,7 @@ impl Consumer {
                     return Ok(Pop::Closed);
                 }
             }
-            let avail = (self.cached_head - self.tail) as usize;
+            let avail = self.cached_head.wrapping_sub(self.tail) as usize;
             let off = self.ring.offset(self.tail);
             let contiguous = self.ring.capacity - off;
             if avail < FRAME_HEADER {
@@ -478,7 +480,7 @@ impl Consumer {
 
     /// Gives `bytes` back to the producer; true when the producer sleeps and must be woken.
     fn release(&mut self, bytes: usize) -> bool {
-        self.tail += bytes as u64;
+        self.tail = self.tail.wrapping_add(bytes as u64);
         let h = self.ring.header();
         // SYNC POINT: Release pairs with the producer's Acquire load of `tail` in `has_room`:
         // we are done reading the space we give back.

@@ -4,8 +4,9 @@
 //! the same line on the fast path; the two "waiting" flags and the two "closed" flags are
 //! written rarely and live on lines of their own, so reading them costs no line transfer.
 //!
-//! Positions are byte counters that only grow (`u64`, never wrapping in practice); the byte
-//! at position `p` lives at data offset `p & (capacity - 1)`. Because they never alias, "full"
+//! Positions are byte counters that only grow (`u64`; all arithmetic on them wraps, because a
+//! peer may start them anywhere, even just below `u64::MAX`); the byte at position `p` lives
+//! at data offset `p & (capacity - 1)`. Because they never alias, "full"
 //! and "empty" are unambiguous: `head - tail` is the number of bytes in the ring.
 
 use crate::sync::{AtomicU32, AtomicU64};

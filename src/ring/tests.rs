@@ -276,6 +276,30 @@ fn misaligned_positions_are_refused_at_attach() {
     ));
 }
 
+/// Positions a peer set just below `u64::MAX` before we attached wrap past zero: all
+/// arithmetic on them wraps (found by the `hostile_ring` fuzz target).
+#[test]
+fn positions_wrap_past_u64_max() {
+    use crate::sync::Ordering::Relaxed;
+    let ring = HeapRing::new(CAP);
+    let start = 0u64.wrapping_sub(2 * CAP as u64); // a multiple of 8 near the top
+    assert_eq!(start % 8, 0);
+    ring.header().head.store(start, Relaxed);
+    ring.header().tail.store(start, Relaxed);
+    let (mut p, mut c) = pair(&ring, usize::MAX);
+    let (mut got, mut buf) = (Vec::new(), Vec::new());
+    let sent: Vec<Vec<u8>> = (0..40).map(|i| msg(i, 300 + i * 10)).collect();
+    for m in &sent {
+        send(&mut p, &mut c, m, &mut got, &mut buf);
+    }
+    drain(&mut c, &mut got, &mut buf, usize::MAX);
+    assert_eq!(got, sent);
+    assert!(
+        ring.header().head.load(Relaxed) < start,
+        "the positions wrapped"
+    );
+}
+
 #[test]
 fn identity_is_validated() {
     let ring = HeapRing::new(CAP);
