@@ -5,7 +5,6 @@
 //! stream socket the kernel attaches them to that byte, so the receiver gets them with the
 //! `recvmsg` that reads it and never has to guess where they belong.
 
-
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};

@@ -10,7 +10,6 @@
 //! The mapping is raw memory shared with another process: callers reach it through
 //! pointers and atomics, never as `&[u8]`.
 
-
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

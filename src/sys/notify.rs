@@ -9,7 +9,6 @@
 //! block even then should `drain` only after a poll said the descriptor is readable and
 //! bound every wait, as the design requires anyway.
 
-
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
