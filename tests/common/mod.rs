@@ -14,8 +14,9 @@ pub fn role() -> Option<String> {
     std::env::var(ROLE).ok()
 }
 
-/// A fresh private directory for socket files, removed by the OS's tmp cleaning; the path is
-/// short enough for `sun_path`.
+/// A fresh private directory for socket files; the path is short enough for `sun_path`.
+/// The name holds our pid, so a directory already there was left by a dead process that
+/// had the same pid: it is removed first, so no stale socket file can get in the way.
 pub fn temp_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -23,6 +24,7 @@ pub fn temp_dir() -> PathBuf {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
 }
