@@ -395,6 +395,8 @@ fn run_mode(mode: Mode, n: usize, seconds: Duration) -> Res<Outcome> {
     if mode.is_process() {
         let name = format!("conduit-workers-{}-{}", std::process::id(), mode.scheme());
         let dir = std::env::temp_dir().join(name);
+        // A directory with our pid in its name is a dead process's leftover: clear it.
+        let _ = std::fs::remove_dir_all(&dir);
         let mkdir = std::fs::DirBuilder::new().mode(0o700).create(&dir);
         mkdir.map_err(|e| format!("creating {}: {e}", dir.display()))?;
         run.dir = Some(dir);
