@@ -490,3 +490,58 @@ fn no_fd_or_mapping_leaks() {
     };
     assert!(status.success(), "the leak-check child failed: {status}");
 }
+
+/// Positions may start anywhere a multiple of 8, even just below `u64::MAX`, and then wrap
+/// past zero: a sender that starts there is legal and must be served (regression: the
+/// `hostile_ring` fuzz target found an overflow panic in the receiver for this case).
+#[test]
+fn positions_starting_near_u64_max_wrap_past_zero() {
+    watchdog("positions near u64::MAX", || {
+        let (rx, real, addr) = setup(&Options::new().capacity(4096));
+        let mut raw = Raw::connect(&addr);
+        let cap = 4096u64;
+        // Set before the receiver attaches the ring (its next receive call).
+        let start = 0u64.wrapping_sub(3 * cap);
+        raw.u64_at(TAIL).store(start, Ordering::Release);
+        raw.u64_at(HEAD).store(start, Ordering::Release);
+        let mut head = start;
+        let (mut sent, mut got) = (Vec::new(), Vec::new());
+        for i in 0..60 {
+            let j = job(HOSTILE + i, 40 + 13 * i as usize);
+            let bytes = encode(&j);
+            let need = 8 + bytes.len().next_multiple_of(8) as u64;
+            let contiguous = cap - (head % cap);
+            let pad = if contiguous < need { contiguous } else { 0 };
+            // Wait for room, as a producer would, while the receiver drains.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while head.wrapping_sub(raw.tail()) + pad + need > cap {
+                if let Ok(j) = rx.recv_timeout(Duration::from_millis(1)) {
+                    got.push(j);
+                }
+                assert!(Instant::now() < deadline, "the receiver stopped draining");
+            }
+            if pad != 0 {
+                raw.frame(head, (pad - 8) as u32, PAD, &[]);
+                head = head.wrapping_add(pad);
+            }
+            raw.frame(head, bytes.len() as u32, LAST, &bytes);
+            head = head.wrapping_add(need);
+            raw.set_head(head);
+            sent.push(j);
+        }
+        assert!(head < start, "the positions wrapped past zero");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < sent.len() && Instant::now() < deadline {
+            if let Ok(j) = rx.recv_timeout(Duration::from_millis(10)) {
+                got.push(j);
+            }
+        }
+        assert_eq!(got, sent, "every message, in order, intact");
+        // The well-behaved sender is still served.
+        real.send(job(7, 100)).unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            job(7, 100)
+        );
+    });
+}
