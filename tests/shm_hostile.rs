@@ -498,7 +498,7 @@ fn no_fd_or_mapping_leaks() {
 fn positions_starting_near_u64_max_wrap_past_zero() {
     watchdog("positions near u64::MAX", || {
         let (rx, real, addr) = setup(&Options::new().capacity(4096));
-        let mut raw = Raw::connect(&addr);
+        let raw = Raw::connect(&addr);
         let cap = 4096u64;
         // Set before the receiver attaches the ring (its next receive call).
         let start = 0u64.wrapping_sub(3 * cap);
