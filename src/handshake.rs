@@ -94,6 +94,16 @@ impl Hello {
         }
     }
 
+    /// The request (or acceptance) of a side exchanging `T` with size limit `limit`.
+    pub(crate) fn for_type<T>(limit: usize) -> Self {
+        Hello::new(
+            Status::Ok,
+            crate::codec::fingerprint::<T>(),
+            limit,
+            &crate::codec::describe::<T>(),
+        )
+    }
+
     /// The wire bytes.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(FIXED + self.name.len());

@@ -151,13 +151,7 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Message
 pub mod __testing {
     /// The hello a sender of `T` with size limit `limit` sends first on a connection.
     pub fn hello_for<T>(limit: usize) -> Vec<u8> {
-        crate::handshake::Hello::new(
-            crate::handshake::Status::Ok,
-            crate::codec::fingerprint::<T>(),
-            limit,
-            &crate::codec::describe::<T>(),
-        )
-        .encode()
+        crate::handshake::Hello::for_type::<T>(limit).encode()
     }
 
     /// Bytes in a stream frame header.

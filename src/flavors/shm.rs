@@ -16,12 +16,11 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags};
 
 use crate::addr::Address;
-use crate::codec;
 use crate::flavors::acceptor::{Acceptor, Mode};
 pub(crate) use crate::flavors::shm_send::ShmSender;
 use crate::flavors::shm_send::{dup, inherited_parts};
 use crate::flavors::{Deadline, RecvFail};
-use crate::handshake::{Hello, Status};
+use crate::handshake::Hello;
 use crate::ring::core::{Consumer, Pop, Ring};
 use crate::ring::header::{self, HEADER_SIZE};
 use crate::sys::memfd::SharedMap;
@@ -207,12 +206,7 @@ impl ShmReceiver {
 
     /// Binds `shm:PATH` and starts accepting senders of `T`.
     pub(crate) fn bind<T>(addr: &str, parsed: &Address, opts: &Options) -> Result<Self, Error> {
-        let mine = Hello::new(
-            Status::Ok,
-            codec::fingerprint::<T>(),
-            opts.max_message_size,
-            &codec::describe::<T>(),
-        );
+        let mine = Hello::for_type::<T>(opts.max_message_size);
         let data_wake = Arc::new(Notifier::new().map_err(|e| Error::io("creating an eventfd", e))?);
         let mode = Mode::Shm {
             capacity: opts.capacity.unwrap_or(DEFAULT_SHM_CAPACITY),

@@ -17,10 +17,9 @@ use rustix::event::{PollFd, PollFlags};
 
 use crate::addr::Address;
 use crate::channel::encode_failure;
-use crate::codec;
 use crate::flavors::shm::{ring_over, MAX_SLEEP};
 use crate::flavors::{Deadline, SendFail, Spin};
-use crate::handshake::{self, Hello, Status};
+use crate::handshake::{self, Hello};
 use crate::ring::core::{Producer, Push};
 use crate::ring::header::{self, HEADER_SIZE};
 use crate::sys::memfd::SharedMap;
@@ -105,12 +104,7 @@ impl ShmSender {
             unreachable!("only shm addresses reach the shm flavor")
         };
         let sock = sock::connect_unix(addr, path)?;
-        let mine = Hello::new(
-            Status::Ok,
-            codec::fingerprint::<T>(),
-            opts.max_message_size,
-            &codec::describe::<T>(),
-        );
+        let mine = Hello::for_type::<T>(opts.max_message_size);
         let (theirs, fds) = handshake::client(addr, sock.as_fd(), StreamKind::Unix, &mine, 3)?;
         let bad = |what: String| Error::protocol(addr, what);
         let [memfd, data, space]: [OwnedFd; 3] = fds

@@ -13,12 +13,11 @@ use std::sync::Mutex;
 use rustix::event::{PollFd, PollFlags};
 
 use crate::addr::Address;
-use crate::codec;
 use crate::flavors::acceptor::{Acceptor, Mode};
 pub(crate) use crate::flavors::stream_send::StreamSender;
 use crate::flavors::{Deadline, RecvFail};
 use crate::frame::FrameReader;
-use crate::handshake::{Hello, Status};
+use crate::handshake::Hello;
 use crate::sys::{self, StreamKind};
 use crate::{Error, Options};
 
@@ -133,12 +132,7 @@ impl StreamReceiver {
 
     /// Binds a `unix:` or `tcp:` address and starts accepting senders of `T`.
     pub(crate) fn bind<T>(addr: &str, parsed: &Address, opts: &Options) -> Result<Self, Error> {
-        let mine = Hello::new(
-            Status::Ok,
-            codec::fingerprint::<T>(),
-            opts.max_message_size,
-            &codec::describe::<T>(),
-        );
+        let mine = Hello::for_type::<T>(opts.max_message_size);
         let acceptor = Acceptor::bind(addr, parsed, mine, Mode::Stream)?;
         Ok(StreamReceiver {
             state: Mutex::new(RecvState {

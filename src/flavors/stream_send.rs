@@ -17,10 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::addr::Address;
 use crate::channel::encode_failure;
-use crate::codec;
 use crate::flavors::{Deadline, SendFail};
 use crate::frame::{self, HEADER, PIECE_MAX};
-use crate::handshake::{self, Hello, Status};
+use crate::handshake::{self, Hello};
 use crate::sys::{self, sock, StreamKind};
 use crate::{Error, Options, SendFailure};
 
@@ -78,12 +77,7 @@ impl StreamSender {
             Address::Tcp(host_port) => (sock::connect_tcp(addr, host_port)?, StreamKind::Tcp),
             _ => unreachable!("only stream addresses reach the stream flavor"),
         };
-        let mine = Hello::new(
-            Status::Ok,
-            codec::fingerprint::<T>(),
-            opts.max_message_size,
-            &codec::describe::<T>(),
-        );
+        let mine = Hello::for_type::<T>(opts.max_message_size);
         let (theirs, _) = handshake::client(addr, fd.as_fd(), kind, &mine, 0)?;
         // Never send what the receiver would refuse.
         let limit = opts.max_message_size.min(theirs.limit as usize);
