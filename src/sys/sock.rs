@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
@@ -21,6 +22,9 @@ pub(crate) struct OwnedSocketFile {
 
 impl Drop for OwnedSocketFile {
     fn drop(&mut self) {
+        // Under the directory's lock, so a binder reclaiming the path cannot slip its own
+        // file in between the check and the removal.
+        let _lock = DirLock::acquire(&self.path);
         if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
             if meta.dev() == self.dev && meta.ino() == self.ino {
                 let _ = std::fs::remove_file(&self.path);
@@ -34,7 +38,12 @@ impl Drop for OwnedSocketFile {
 /// If a socket file is already there: a live listener gives `AddrInUse`; a dead one (connect
 /// refused) owned by this user is removed and the bind retried once. Anything else at the
 /// path (a regular file, a symlink, another user's socket) is left alone and refused.
+///
+/// The whole sequence runs under [`DirLock`], so two processes binding one address at once
+/// cannot both win: without it, one could find the other's file between its `bind` and
+/// its `listen` (connect refused), take it for stale and replace it.
 pub(crate) fn bind_unix(addr: &str, path: &Path) -> Result<(UnixListener, OwnedSocketFile), Error> {
+    let _lock = DirLock::acquire(path);
     match try_bind(path) {
         Ok(bound) => Ok(bound),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
@@ -42,6 +51,47 @@ pub(crate) fn bind_unix(addr: &str, path: &Path) -> Result<(UnixListener, OwnedS
             try_bind(path).map_err(|e| bind_error(addr, e))
         }
         Err(e) => Err(bind_error(addr, e)),
+    }
+}
+
+/// How long a binder waits for another process's bind in the same directory.
+const DIR_LOCK_PATIENCE: Duration = Duration::from_secs(2);
+
+/// An exclusive `flock` on the directory that holds a socket file, taken by conduit around
+/// every bind, reclaim and removal of socket files in it. The lock is the directory's own
+/// (no lock file is created, so nothing is left behind) and is released when the
+/// descriptor closes, also when the process dies.
+///
+/// Best effort by design: a directory this process cannot open (search-only permission),
+/// or a lock held longer than [`DIR_LOCK_PATIENCE`] (any local user may `flock` a shared
+/// directory such as `/tmp`), gives an unlocked bind rather than an error or a hang; the
+/// stale-reclaim race is then possible again (SECURITY.md).
+struct DirLock {
+    _held: Option<OwnedFd>,
+}
+
+impl DirLock {
+    fn acquire(path: &Path) -> DirLock {
+        use rustix::fs::{FlockOperation, Mode, OFlags};
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let Ok(fd) = rustix::fs::open(dir, flags, Mode::empty()) else {
+            return DirLock { _held: None };
+        };
+        let deadline = Instant::now() + DIR_LOCK_PATIENCE;
+        loop {
+            match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return DirLock { _held: Some(fd) },
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(_) => return DirLock { _held: None },
+            }
+        }
     }
 }
 
