@@ -26,6 +26,10 @@ pub enum SendFailure {
     /// This shared-memory sender was handed to a child process
     /// ([`Sender::share_with_child`](crate::Sender::share_with_child)); send from the child.
     Moved,
+    /// This shared-memory sender was copied into two processes by `fork()`, and the other
+    /// process claimed its ring first (a ring has exactly one producer). Connect a new
+    /// sender in this process, or hand the sender over with `share_with_child`.
+    Forked,
 }
 
 impl fmt::Display for SendFailure {
@@ -39,6 +43,10 @@ impl fmt::Display for SendFailure {
             SendFailure::Io(e) => write!(f, "the channel failed with an I/O error: {e}"),
             SendFailure::Moved => f.write_str(
                 "this sender was handed to a child process and can no longer be used here",
+            ),
+            SendFailure::Forked => f.write_str(
+                "this shared-memory sender was copied by fork() and the other process sends \
+                 on it: a ring has one producer, so connect a new sender in this process",
             ),
         }
     }

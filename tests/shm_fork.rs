@@ -85,3 +85,106 @@ fn parent_sends_forked_child_receives() {
     let child = common::spawn_child(CHILD, "parent_sends", &[]);
     common::expect_success(child, "fork: parent sends");
 }
+
+const RACE: &str = "fork_race_entry";
+const ROUNDS: u64 = 20;
+const PER_SIDE: u64 = 200;
+/// The forked child's exit status when its first send failed with `SendFailure::Forked`.
+const LOST: i32 = 3;
+
+/// Sends `PER_SIDE` messages tagged with `tag`; `Ok(true)` if all went, `Ok(false)` if the
+/// first failed with `Forked` (and so did a second try), `Err` otherwise.
+fn send_all(tx: &conduit::Sender<u64>, tag: u64) -> Result<bool, String> {
+    for i in 0..PER_SIDE {
+        match tx.send(tag + i) {
+            Ok(()) => {}
+            Err(conduit::SendError::Failed(_, conduit::SendFailure::Forked)) if i == 0 => {
+                // It stays refused, and says why.
+                return match tx.send(tag) {
+                    Err(e) if e.to_string().contains("fork()") => Ok(false),
+                    other => Err(format!("second send after losing the claim: {other:?}")),
+                };
+            }
+            Err(e) => return Err(format!("send {i}: {e}")),
+        }
+    }
+    Ok(true)
+}
+
+/// Issue 6, scenario 8: one shm `Sender` used on both sides of a `fork()`. Both sides send
+/// at once; exactly one wins the ring and the other gets `SendFailure::Forked` on every
+/// send; the receiver gets the winner's messages, complete and in order, and none of the
+/// loser's. Either side wins in some rounds.
+#[test]
+fn fork_race_entry() {
+    if common::role().as_deref() != Some("race") {
+        return;
+    }
+    let (mut parent_wins, mut child_wins) = (0, 0);
+    for round in 0..ROUNDS {
+        let (tx, rx) = channel::<u64>(Backend::Shm).unwrap();
+        // SAFETY: as in `child_entry`: the forked child only uses the channel, then _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            drop(rx);
+            let code = match send_all(&tx, 0) {
+                Ok(true) => 0,
+                Ok(false) => LOST,
+                Err(e) => {
+                    eprintln!("round {round}, forked child: {e}");
+                    1
+                }
+            };
+            drop(tx);
+            // SAFETY: _exit ends the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let reap = || {
+            let mut status = 0;
+            // SAFETY: `pid` is our own child; `status` is a valid out-pointer.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            status
+        };
+        // Even rounds race (the parent, already running, mostly wins); odd rounds let the
+        // child send everything first, so the child's side of the claim is covered too.
+        let early = (round % 2 == 1).then(reap);
+        let parent = send_all(&tx, 1_000_000).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        drop(tx);
+        let status = early.unwrap_or_else(reap);
+        assert!(
+            libc::WIFEXITED(status),
+            "round {round}: child died: {status}"
+        );
+        let child = match libc::WEXITSTATUS(status) {
+            0 => true,
+            LOST => false,
+            code => panic!("round {round}: the forked child failed ({code})"),
+        };
+        assert!(
+            parent != child,
+            "round {round}: parent won {parent}, child won {child}"
+        );
+        let tag = if parent { 1_000_000 } else { 0 };
+        for i in 0..PER_SIDE {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(got) => assert_eq!(got, tag + i, "round {round}, message {i}"),
+                Err(e) => panic!("round {round}, message {i}: {e:?}"),
+            }
+        }
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Err(RecvTimeoutError::Disconnected) => {}
+            other => panic!("round {round}: after the last message: {other:?}"),
+        }
+        parent_wins += u32::from(parent);
+        child_wins += u32::from(child);
+    }
+    eprintln!("fork race: the parent won {parent_wins} rounds, the forked child {child_wins}");
+    std::process::exit(0);
+}
+
+#[test]
+fn one_sender_on_both_sides_of_a_fork_has_one_winner() {
+    let child = common::spawn_child(RACE, "race", &[]);
+    common::expect_success(child, "fork race");
+}

@@ -63,8 +63,11 @@ struct SendConn {
     tail_done: usize,
     sends: u32,
     broken: bool,
-    /// `sys::forks::generation()` when made: after a fork, drop leaves the ring's flag alone.
+    /// `sys::forks::generation()` when made or last claimed: when it has moved on, a fork
+    /// copied this handle, and we claim the ring before publishing (or closing it).
     fork_gen: u64,
+    /// The ring's claim token as of `fork_gen` (`Producer::claim`).
+    claim: u64,
 }
 
 impl ShmSender {
@@ -80,6 +83,7 @@ impl ShmSender {
             .map_err(|e| Error::io("checking the ring", io::Error::other(e.to_string())))?;
         let producer = Producer::new(ring)
             .map_err(|e| Error::io("attaching to the ring", io::Error::other(e.to_string())))?;
+        let claim = producer.claim_token();
         Ok(ShmSender {
             conn: Arc::new(Holder(Mutex::new(Slot::Live(SendConn {
                 producer,
@@ -94,6 +98,7 @@ impl ShmSender {
                 sends: 0,
                 broken: false,
                 fork_gen: sys::forks::generation(),
+                claim,
             })))),
         })
     }
@@ -128,12 +133,17 @@ impl ShmSender {
     /// handle (and its clones) unusable, without closing the ring.
     pub(crate) fn hand_off(&self) -> Result<(Vec<OwnedFd>, usize), Error> {
         let mut guard = self.conn.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Slot::Live(conn) = &*guard else {
+        let Slot::Live(conn) = &mut *guard else {
             return Err(Error::Unsupported {
                 what: "handing a shared-memory sender to a second child (it has one ring)"
                     .to_string(),
             });
         };
+        if !conn.claimed() {
+            return Err(Error::Unsupported {
+                what: format!("handing over a sender that {}", SendFailure::Forked),
+            });
+        }
         if conn.tail_done < conn.tail.len() || conn.broken {
             return Err(Error::Unsupported {
                 what: "handing over a sender that is part-way through a message or broken"
@@ -163,6 +173,9 @@ impl ShmSender {
             Slot::Live(conn) => conn,
             Slot::Moved => return Err(SendFail::Failed(SendFailure::Moved)),
         };
+        if !conn.claimed() {
+            return Err(SendFail::Failed(SendFailure::Forked));
+        }
         if conn.broken || conn.producer.consumer_closed() {
             conn.broken = true;
             return Err(SendFail::Disconnected);
@@ -253,6 +266,25 @@ pub(crate) fn open_peer_parts(
 }
 
 impl SendConn {
+    /// Whether this process may publish into the ring: always, unless a `fork()` since we
+    /// last looked copied this handle; then whether we are the first of the copies to claim
+    /// the ring. One atomic load on the fast path.
+    fn claimed(&mut self) -> bool {
+        let generation = sys::forks::generation();
+        if generation == self.fork_gen {
+            return true;
+        }
+        match self.producer.claim(self.claim) {
+            Some(next) => {
+                // The generation read before the claim: a fork after it makes us claim again.
+                self.claim = next;
+                self.fork_gen = generation;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Pushes what is left of a committed message, waiting no longer than `deadline`.
     fn finish_tail(&mut self, deadline: Deadline) -> Result<(), SendFail> {
         if self.tail_done == self.tail.len() {
@@ -353,7 +385,11 @@ impl SendConn {
     /// Pushes a pending tail to the end (waiting as long as the receiver lives), then tells
     /// the receiver nothing more comes.
     fn finish_and_close(mut self) {
-        if !self.broken && self.finish_tail(Deadline::Never).is_err() {
+        let pending = self.tail_done < self.tail.len() && !self.broken;
+        // After a fork, only the copy that claims the ring may finish a pending tail; a copy
+        // with nothing pending does not claim, so dropping an unused copy leaves the ring to
+        // the process that uses it.
+        if pending && (!self.claimed() || self.finish_tail(Deadline::Never).is_err()) {
             return;
         }
         // After a fork another process may still be sending through this ring: then only the

@@ -220,6 +220,31 @@ impl Producer {
         })
     }
 
+    /// The ring's claim token now: what [`Producer::claim`] expects to find.
+    pub(crate) fn claim_token(&self) -> u64 {
+        // Relaxed: the token guards no data (see `claim`).
+        self.ring.header().producer_claim.load(Ordering::Relaxed)
+    }
+
+    /// After a `fork()` copied this producer into two processes: takes the ring for this
+    /// process if the token is still `token` (nobody claimed since the fork), moving it on.
+    /// Returns the new token, or `None` when another process claimed first; then this
+    /// process must not publish. Every process that publishes after a fork claims first, so
+    /// a successful claim also means our copy of `head` is exact.
+    pub(crate) fn claim(&self, token: u64) -> Option<u64> {
+        let next = token.wrapping_add(1);
+        // Relaxed: the claims of all processes sharing the token are ordered by this one
+        // location's modification order, which alone decides the single winner. No data is
+        // published with the token: what the winner publishes reaches the consumer through
+        // `head` (Release in `try_push`, Acquire in `Consumer::try_pop`).
+        self.ring
+            .header()
+            .producer_claim
+            .compare_exchange(token, next, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()
+            .map(|_| next)
+    }
+
     /// The largest piece payload this ring carries; longer messages go in several pieces.
     pub(crate) fn max_piece(&self) -> usize {
         ((self.ring.capacity / 2).min(MAX_PIECE) - FRAME_HEADER) & !7

@@ -14,7 +14,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// "conduit ring v1", as a little-endian u64.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"CDTRING1");
 /// The layout version; bump on any change to this file or to the frame format.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 /// Bytes the header occupies before the data region (a multiple of the cache line).
 pub(crate) const HEADER_SIZE: usize = 512;
 /// Smallest and largest data capacities accepted (powers of two).
@@ -56,6 +56,11 @@ pub(crate) struct RingHeader {
     /// The consumer will read nothing more.
     pub(crate) consumer_closed: AtomicU32,
     _pad5: Pad<56>,
+    // Line 6: which process may produce, once a `fork()` has put the producer's handle in
+    // two processes. A token, not a pid: every claim moves it on by one (see
+    // `Producer::claim`), so of the processes that share one token exactly one can claim.
+    pub(crate) producer_claim: AtomicU64,
+    _pad6: Pad<56>,
 }
 
 const _: () = assert!(std::mem::size_of::<RingHeader>() <= HEADER_SIZE || cfg!(loom));
@@ -80,6 +85,8 @@ impl RingHeader {
             producer_closed: AtomicU32::new(0),
             consumer_closed: AtomicU32::new(0),
             _pad5: [0; 56],
+            producer_claim: AtomicU64::new(0),
+            _pad6: [0; 56],
         }
     }
 }

@@ -35,6 +35,8 @@ pub fn job(id: u32, len: usize) -> Job {
 /// `tail` are u64 byte counters on their own cache lines; frames are `len u32 | flags u32 |
 /// payload` padded to 8.
 pub const HEADER: usize = 512;
+/// The ring layout version (`LAYOUT_VERSION` in src/ring/header.rs).
+pub const LAYOUT_VERSION: u32 = 2;
 pub const HEAD: usize = 64;
 pub const TAIL: usize = 128;
 pub const PRODUCER_CLOSED: usize = 320;
@@ -335,7 +337,7 @@ pub fn fake_receiver(
         let ring = Ring::over(&file, data.try_clone().unwrap());
         ring.u64_at(0)
             .store(u64::from_le_bytes(*b"CDTRING1"), Ordering::Relaxed);
-        ring.u32_at(8).store(1, Ordering::Relaxed);
+        ring.u32_at(8).store(LAYOUT_VERSION, Ordering::Relaxed);
         ring.u32_at(12).store(4096, Ordering::Relaxed);
         prepare(&ring);
         let fds = [file.as_fd(), data.as_fd(), space.as_fd()];
