@@ -33,6 +33,9 @@ const RECV_SPINS: u32 = 2000;
 /// Reassembly capacity kept between messages, per sender.
 const KEEP_ASSEMBLY: usize = 8 << 20;
 /// The longest single sleep: a bound on how long a lost wake-up could ever cost.
+/// The longest sleep when this process cannot run heavy fences (`sys/membarrier.rs`).
+const FALLBACK_SLEEP: Duration = Duration::from_millis(1);
+
 pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(100);
 
 /// A fresh ring and the eventfd that wakes its producer.
@@ -310,7 +313,12 @@ impl RecvState {
                         }
                     }
                     // A dead sender's half-written message is never delivered.
-                    Ok(Pop::Empty) => conn.dead |= conn.hup,
+                    Ok(Pop::Empty { wake }) => {
+                        if wake {
+                            conn.space.notify();
+                        }
+                        conn.dead |= conn.hup;
+                    }
                     Ok(Pop::Closed) | Err(_) => conn.dead = true,
                 }
                 break;
@@ -341,13 +349,20 @@ impl RecvState {
     ) -> io::Result<()> {
         let mut idle = true;
         for conn in &mut self.conns {
-            match conn.consumer.prepare_wait() {
+            match conn
+                .consumer
+                .prepare_wait_with(sys::membarrier::heavy_fence)
+            {
                 Ok(true) => {}
                 Ok(false) => idle = false,
                 Err(_) => conn.dead = true,
             }
         }
-        let timeout = timeout.map_or(MAX_SLEEP, |t| t.min(MAX_SLEEP));
+        let mut timeout = timeout.map_or(MAX_SLEEP, |t| t.min(MAX_SLEEP));
+        if sys::membarrier::heavy_failed() {
+            // A light producer's wake-up may be missed without the heavy fence: poll often.
+            timeout = timeout.min(FALLBACK_SLEEP);
+        }
         let wait = if idle && !self.conns.iter().any(|c| c.dead) {
             timeout
         } else {

@@ -81,8 +81,11 @@ impl ShmSender {
         let ring = ring_over(&map).map_err(|e| Error::io("mapping the ring", e))?;
         ring.validate()
             .map_err(|e| Error::io("checking the ring", io::Error::other(e.to_string())))?;
-        let producer = Producer::new(ring)
+        let mut producer = Producer::new(ring)
             .map_err(|e| Error::io("attaching to the ring", io::Error::other(e.to_string())))?;
+        if sys::membarrier::register_producer() {
+            producer.go_light();
+        }
         let claim = producer.claim_token();
         Ok(ShmSender {
             conn: Arc::new(Holder(Mutex::new(Slot::Live(SendConn {
@@ -279,6 +282,12 @@ impl SendConn {
                 // The generation read before the claim: a fork after it makes us claim again.
                 self.claim = next;
                 self.fork_gen = generation;
+                // A fork child is not registered for heavy fences until it registers itself.
+                if sys::membarrier::register_producer() {
+                    self.producer.go_light();
+                } else {
+                    self.producer.go_fenced();
+                }
                 true
             }
             None => false,

@@ -80,8 +80,8 @@ pub fn hostile_ring(data: &[u8]) {
                 delivered += got;
                 assert!(out.len() <= limit, "{} bytes over {limit}", out.len());
                 assert!(got <= CAP / 2, "a piece of {got} bytes");
-                // The consumer has just stored its tail: the piece's frame ends there.
-                let end = h.tail.load(Relaxed);
+                // The piece's frame ends where the consumer now stands.
+                let end = consumer.consumed();
                 let need = FRAME_HEADER + align8(got);
                 let off = (end.wrapping_sub(need as u64) % CAP as u64) as usize;
                 assert!(off + need <= CAP, "a piece across the end of the ring");
@@ -97,7 +97,7 @@ pub fn hostile_ring(data: &[u8]) {
                     out.clear();
                 }
             }
-            Ok(Pop::Empty) => assert_eq!(out.len(), before),
+            Ok(Pop::Empty { .. }) => assert_eq!(out.len(), before),
             Ok(Pop::Closed) => {
                 assert!(closed, "Closed without the producer's flag");
                 assert_eq!(out.len(), before);
@@ -155,7 +155,7 @@ pub fn hostile_ring(data: &[u8]) {
     for _ in 0..CAP / FRAME_HEADER + 2 {
         match check_pop(&mut consumer) {
             Ok(Pop::Piece { .. }) => {}
-            Ok(Pop::Empty | Pop::Closed) | Err(_) => return,
+            Ok(Pop::Empty { .. } | Pop::Closed) | Err(_) => return,
         }
     }
     panic!("the consumer keeps yielding pieces that were never published");
@@ -167,19 +167,33 @@ struct Model {
     messages: VecDeque<Vec<u8>>,
     building: Vec<u8>,
     head: u64,
+    /// Bytes the consumer has consumed.
     tail: u64,
+    /// Bytes it has handed back to the producer (the header's `tail`).
+    released: u64,
     closed: bool,
 }
 
 impl Model {
     /// The documented rule for `Full`: a piece of `len` bytes takes `8 + align8(len)` bytes,
     /// plus the rest of the data region as padding when it does not fit before the end; it
-    /// fits when that many bytes are free (`capacity - (head - tail)`).
+    /// fits when that many bytes are free (`capacity - (head - tail)`, with the `tail` the
+    /// consumer has handed back).
     fn room_for(&self, len: usize) -> Option<u64> {
         let need = (FRAME_HEADER + align8(len)) as u64;
         let contiguous = CAP as u64 - self.head % CAP as u64;
         let pad = if contiguous >= need { 0 } else { contiguous };
-        (CAP as u64 - (self.head - self.tail) >= pad + need).then_some(pad + need)
+        (CAP as u64 - (self.head - self.released) >= pad + need).then_some(pad + need)
+    }
+
+    /// The documented rule for handing bytes back: once a batch of `min(capacity / 4,
+    /// 4096)` consumed bytes has gathered (checked after a padding frame and after a piece),
+    /// and whenever the consumer finds the ring empty.
+    fn consume(&mut self, bytes: u64) {
+        self.tail += bytes;
+        if self.tail - self.released >= (CAP as u64 / 4).min(4096) {
+            self.released = self.tail;
+        }
     }
 }
 
@@ -220,8 +234,12 @@ fn pop(c: &mut Consumer, m: &mut Model, ring: &HeapRing, buf: &mut Vec<u8>) -> P
                 (&payload[..], want_last),
                 "wrong piece"
             );
-            m.tail += bytes;
-            assert_eq!(ring.header().tail.load(Relaxed), m.tail, "tail");
+            let need = (FRAME_HEADER + align8(payload.len())) as u64;
+            if bytes > need {
+                m.consume(bytes - need);
+            }
+            m.consume(need);
+            assert_eq!(ring.header().tail.load(Relaxed), m.released, "tail");
             if last {
                 assert_eq!(
                     Some(&*buf),
@@ -231,11 +249,19 @@ fn pop(c: &mut Consumer, m: &mut Model, ring: &HeapRing, buf: &mut Vec<u8>) -> P
                 buf.clear();
             }
         }
-        Pop::Empty => assert!(
-            m.pieces.is_empty() && !m.closed,
-            "Empty with pieces or closed"
-        ),
-        Pop::Closed => assert!(m.pieces.is_empty() && m.closed, "Closed too early"),
+        Pop::Empty { .. } => {
+            assert!(
+                m.pieces.is_empty() && !m.closed,
+                "Empty with pieces or closed"
+            );
+            m.released = m.tail;
+            assert_eq!(ring.header().tail.load(Relaxed), m.released, "tail");
+        }
+        Pop::Closed => {
+            assert!(m.pieces.is_empty() && m.closed, "Closed too early");
+            m.released = m.tail;
+            assert_eq!(ring.header().tail.load(Relaxed), m.released, "tail");
+        }
     }
     got
 }
@@ -261,6 +287,7 @@ pub fn ring_ops(data: &[u8]) {
         building: Vec::new(),
         head: start,
         tail: start,
+        released: start,
         closed: false,
     };
     let (mut buf, mut seq) = (Vec::new(), 0u8);
@@ -293,10 +320,11 @@ pub fn ring_ops(data: &[u8]) {
                 let n = pieces.len();
                 for (i, piece) in pieces.into_iter().enumerate() {
                     while !push(&mut p, &mut m, piece, i + 1 == n) {
+                        let unreleased = m.released != m.tail;
                         let popped = pop(&mut c, &mut m, &ring, &mut buf);
                         assert!(
-                            matches!(popped, Pop::Piece { .. }),
-                            "Full but nothing to pop"
+                            matches!(popped, Pop::Piece { .. }) || unreleased,
+                            "Full but nothing to pop or hand back"
                         );
                     }
                 }
@@ -310,7 +338,8 @@ pub fn ring_ops(data: &[u8]) {
             }
             _ => {
                 let idle = c.prepare_wait().expect("honest");
-                assert_eq!(idle, m.pieces.is_empty() && !m.closed, "consumer wait");
+                let want = m.pieces.is_empty() && !m.closed && m.released == m.tail;
+                assert_eq!(idle, want, "consumer wait");
                 c.end_wait();
                 let len = usize::from(input.u16()) % (max + 1);
                 let sleep = p.prepare_wait(len).expect("honest");

@@ -60,7 +60,10 @@ pub(crate) struct RingHeader {
     // two processes. A token, not a pid: every claim moves it on by one (see
     // `Producer::claim`), so of the processes that share one token exactly one can claim.
     pub(crate) producer_claim: AtomicU64,
-    _pad6: Pad<56>,
+    /// 1 when the producer publishes with a compiler fence only, relying on the consumer to
+    /// run a heavy (`membarrier`) fence before it sleeps; see `sys/membarrier.rs`.
+    pub(crate) producer_light: AtomicU32,
+    _pad6: Pad<52>,
 }
 
 const _: () = assert!(std::mem::size_of::<RingHeader>() <= HEADER_SIZE || cfg!(loom));
@@ -86,7 +89,8 @@ impl RingHeader {
             consumer_closed: AtomicU32::new(0),
             _pad5: [0; 56],
             producer_claim: AtomicU64::new(0),
-            _pad6: [0; 56],
+            producer_light: AtomicU32::new(0),
+            _pad6: [0; 52],
         }
     }
 }

@@ -83,7 +83,10 @@ fn consume(s: &Shared, count: usize) -> Vec<Vec<u8>> {
                     got.push(std::mem::take(&mut buf));
                 }
             }
-            Pop::Empty => {
+            Pop::Empty { wake } => {
+                if wake {
+                    s.space.notify();
+                }
                 if c.prepare_wait().unwrap() {
                     s.data.wait();
                     c.end_wait();

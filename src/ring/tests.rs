@@ -42,7 +42,7 @@ fn drain(c: &mut Consumer, got: &mut Vec<Vec<u8>>, buf: &mut Vec<u8>, messages: 
                 done += 1;
             }
             Pop::Piece { .. } => {}
-            Pop::Empty | Pop::Closed => return,
+            Pop::Empty { .. } | Pop::Closed => return,
         }
     }
 }
@@ -65,7 +65,7 @@ fn full_and_empty_edges() {
     let ring = HeapRing::new(CAP);
     let (mut p, mut c) = pair(&ring, usize::MAX);
     let mut buf = Vec::new();
-    assert_eq!(c.try_pop(&mut buf).unwrap(), Pop::Empty);
+    assert_eq!(c.try_pop(&mut buf).unwrap(), Pop::Empty { wake: false });
     // 8-byte payloads take 16 bytes each: exactly CAP / 16 fit.
     for i in 0..CAP / 16 {
         assert!(matches!(
@@ -74,15 +74,51 @@ fn full_and_empty_edges() {
         ));
     }
     assert_eq!(p.try_push(&[0; 8], true).unwrap(), Push::Full);
-    assert!(matches!(
-        c.try_pop(&mut buf).unwrap(),
-        Pop::Piece { last: true, .. }
-    ));
-    assert_eq!(buf, 0u64.to_le_bytes());
-    assert!(matches!(
-        p.try_push(&[1; 8], true).unwrap(),
-        Push::Done { .. }
-    ));
+    // Consumed bytes go back to the producer in batches of a quarter of this small ring
+    // (1 KiB, 64 frames): until then it stays full.
+    let batch = CAP / 4 / 16;
+    for i in 0..batch {
+        buf.clear();
+        assert!(matches!(
+            c.try_pop(&mut buf).unwrap(),
+            Pop::Piece { last: true, .. }
+        ));
+        assert_eq!(buf, (i as u64).to_le_bytes());
+        let room = p.try_push(&[1; 8], true).unwrap();
+        if i + 1 < batch {
+            assert_eq!(room, Push::Full, "handed back after {} frames", i + 1);
+        } else {
+            assert!(
+                matches!(room, Push::Done { .. }),
+                "a full batch is handed back"
+            );
+        }
+    }
+    // Room for batch - 1 more; then full again.
+    for _ in 1..batch {
+        assert!(matches!(
+            p.try_push(&[1; 8], true).unwrap(),
+            Push::Done { .. }
+        ));
+    }
+    assert_eq!(p.try_push(&[0; 8], true).unwrap(), Push::Full);
+    // A consumer that finds the ring empty hands back everything it consumed.
+    let mut popped = 0;
+    loop {
+        buf.clear();
+        match c.try_pop(&mut buf).unwrap() {
+            Pop::Piece { .. } => popped += 1,
+            Pop::Empty { .. } => break,
+            Pop::Closed => unreachable!("not closed"),
+        }
+    }
+    assert_eq!(popped, CAP / 16);
+    for _ in 0..CAP / 16 {
+        assert!(matches!(
+            p.try_push(&[2; 8], true).unwrap(),
+            Push::Done { .. }
+        ));
+    }
     assert_eq!(p.try_push(&[0; 8], true).unwrap(), Push::Full);
 }
 
@@ -331,7 +367,7 @@ fn two_threads_stream_in_order() {
                 buf.clear();
                 i += 1;
             }
-            Pop::Empty => std::thread::yield_now(),
+            Pop::Empty { .. } => std::thread::yield_now(),
             Pop::Closed => break,
         }
     }
