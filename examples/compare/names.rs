@@ -1,0 +1,125 @@
+//! The rows the comparison measures: conduit's backends, the peer crates and hand-written
+//! baselines, and the hardware floor; and message sizes as people write them.
+
+/// One measured transport. The order of [`Name::ALL`] is the order of the table and charts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Name {
+    /// Two processes spinning on one shared cache line: the machine's own round trip.
+    Floor,
+    /// `Backend::Thread` (an anonymous `channel`), between two threads.
+    Thread,
+    /// crossbeam-channel `bounded(1024)`, between two threads: the Thread backend's peer.
+    Crossbeam,
+    /// `shm:PATH`, between two processes.
+    Shm,
+    /// `unix:PATH` (`Backend::Socket`), between two processes.
+    Unix,
+    /// `tcp:127.0.0.1:PORT` (`Backend::Socket` over loopback), between two processes.
+    Tcp,
+    /// `channel(Backend::Pipe)` handed to a child, between two processes.
+    Pipe,
+    /// Length-prefixed frames on a socketpair with plain system calls: no conduit.
+    RawSocketpair,
+    /// servo's ipc-channel, between two processes.
+    IpcChannel,
+}
+
+/// What a row is, as written in the JSON `kind` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Backend,
+    Peer,
+    Floor,
+}
+
+impl Name {
+    pub const ALL: [Name; 9] = [
+        Name::Floor,
+        Name::Thread,
+        Name::Crossbeam,
+        Name::Shm,
+        Name::Unix,
+        Name::Tcp,
+        Name::Pipe,
+        Name::RawSocketpair,
+        Name::IpcChannel,
+    ];
+
+    /// The name on the command line, in the table and in the JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Name::Floor => "floor",
+            Name::Thread => "thread",
+            Name::Crossbeam => "crossbeam",
+            Name::Shm => "shm",
+            Name::Unix => "unix",
+            Name::Tcp => "tcp",
+            Name::Pipe => "pipe",
+            Name::RawSocketpair => "raw-socketpair",
+            Name::IpcChannel => "ipc-channel",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Name> {
+        Name::ALL.into_iter().find(|n| n.as_str() == s)
+    }
+
+    pub fn kind(self) -> Kind {
+        match self {
+            Name::Floor => Kind::Floor,
+            Name::Thread | Name::Shm | Name::Unix | Name::Tcp | Name::Pipe => Kind::Backend,
+            Name::Crossbeam | Name::RawSocketpair | Name::IpcChannel => Kind::Peer,
+        }
+    }
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Backend => "backend",
+            Kind::Peer => "peer",
+            Kind::Floor => "floor",
+        }
+    }
+}
+
+/// The largest message size the comparison accepts.
+pub const MAX_SIZE: usize = 16 << 20;
+
+/// Parses `8`, `64B`, `4KiB`, `4k`, `1MiB`, `1M` (binary multiples, any case) into bytes.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let scale: usize = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        _ => {
+            return Err(format!(
+                "bad size {s:?}: use bytes, KiB or MiB, e.g. 8,64,4KiB,1MiB"
+            ))
+        }
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: use bytes, KiB or MiB, e.g. 8,64,4KiB,1MiB"))?;
+    match n.checked_mul(scale) {
+        Some(bytes @ 1..=MAX_SIZE) => Ok(bytes),
+        _ => Err(format!("size {s:?} is out of range: 1 B to 16 MiB")),
+    }
+}
+
+/// `8 B`, `64 B`, `4 KiB`, `1 MiB`, `1.5 KiB`.
+pub fn format_size(bytes: usize) -> String {
+    let (value, unit) = match bytes {
+        b if b >= 1 << 20 => (b as f64 / (1 << 20) as f64, "MiB"),
+        b if b >= 1 << 10 => (b as f64 / (1 << 10) as f64, "KiB"),
+        b => return format!("{b} B"),
+    };
+    if value.fract() == 0.0 {
+        format!("{value} {unit}")
+    } else {
+        format!("{value:.1} {unit}")
+    }
+}

@@ -1,0 +1,401 @@
+//! The two workloads, shared by the `compare` tool and `benches/backends.rs`, and the
+//! conduit side of them: a [`Link`] is a running pair (this thread plus a peer thread or
+//! process) that can time ping-pong round trips and a one-way stream.
+//!
+//! - Round trip: we send the `seq`-th message, the peer echoes the very value it received,
+//!   we check it (a `u64`'s value, a blob's length) and send the next.
+//! - Stream: on a command the peer sends `n + 1` messages as fast as it can; the clock
+//!   starts when the first arrives and stops when the last does, so the time is the
+//!   steady-state receive rate of `n` messages with sender and receiver in parallel. Each
+//!   message is checked (a `u64` must be the next number: FIFO).
+//!
+//! Messages: 8 bytes is a `u64`; any other size is a [`Blob`], bytes serialized with
+//! `serde_bytes` (one length, one copy), held in an `Arc` so the sender does not copy the
+//! bytes before each send, while the receiver gets a fresh blob per message, as a user's
+//! receiver would. Threads move the `Arc`; nothing is copied. Every row uses these types,
+//! defaults for capacities (Thread and crossbeam: 1024 messages), and the same warm-up.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use conduit::{channel, Backend, Message, Receiver, Sender};
+use serde::{Deserialize, Serialize};
+
+use crate::names::Name;
+use crate::peers;
+use crate::procs::{self, ChildGuard, PATIENCE};
+
+/// Child arguments, passed in the environment.
+pub const ARG_NAME: &str = "CONDUIT_COMPARE_NAME";
+pub const ARG_SIZE: &str = "CONDUIT_COMPARE_SIZE";
+const ARG_FWD: &str = "CONDUIT_COMPARE_FWD";
+const ARG_BACK: &str = "CONDUIT_COMPARE_BACK";
+
+/// A running pair.
+pub trait Link {
+    /// `iters` ping-pong round trips, timed as a whole.
+    fn round_trips(&mut self, iters: u64) -> Result<Duration, String>;
+    /// Has the peer send `n + 1` messages; the time from the first arrival to the last.
+    fn stream(&mut self, n: u64) -> Result<Duration, String>;
+    /// The peer's processes, for the watchdog; empty when the peer is a thread.
+    fn pids(&self) -> Vec<u32>;
+}
+
+/// Starts the pair for one row and message size.
+pub fn start(name: Name, size: usize, dir: &Path) -> Result<Box<dyn Link>, String> {
+    if size == 8 {
+        start_typed::<u64>(name, size, dir)
+    } else {
+        start_typed::<Blob>(name, size, dir)
+    }
+}
+
+fn start_typed<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<dyn Link>, String> {
+    match name {
+        Name::Floor => peers::floor::start(),
+        Name::Thread => thread_pair::<T>(size),
+        Name::Crossbeam => peers::crossbeam::start::<T>(size),
+        Name::Shm | Name::Unix | Name::Tcp | Name::Pipe => process_pair::<T>(name, size, dir),
+        Name::RawSocketpair => peers::raw::start(size),
+        Name::IpcChannel => peers::ipc::start::<T>(size),
+    }
+}
+
+/// In a child process (the role is set), plays its part and returns true.
+pub fn child_main() -> bool {
+    let Some(role) = procs::role() else {
+        return false;
+    };
+    procs::die_with_parent();
+    let size: usize = procs::arg(ARG_SIZE).parse().expect("a message size");
+    match (role.as_str(), size == 8) {
+        ("conduit", true) => conduit_child::<u64>(size),
+        ("conduit", false) => conduit_child::<Blob>(size),
+        ("ipc", true) => peers::ipc::child::<u64>(size),
+        ("ipc", false) => peers::ipc::child::<Blob>(size),
+        ("raw", _) => peers::raw::child(size),
+        ("floor", _) => peers::floor::child(),
+        (other, _) => panic!("unknown child role {other:?}"),
+    }
+    true
+}
+
+/// Bytes serialized as one byte string by `serde_bytes`; cheap to clone on the sending side.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Blob(#[serde(with = "arc_bytes")] Arc<[u8]>);
+
+/// `serde_bytes` for an `Arc<[u8]>`, which it has no impl for: written from the shared slice
+/// (no copy), read into a fresh `Arc` with one copy (borrowed from the input when the codec
+/// can, as postcard does).
+mod arc_bytes {
+    use std::borrow::Cow;
+    use std::sync::Arc;
+
+    pub fn serialize<S: serde::Serializer>(bytes: &Arc<[u8]>, s: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::serialize(&bytes[..], s)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<[u8]>, D::Error> {
+        let bytes: Cow<'de, [u8]> = serde_bytes::deserialize(d)?;
+        Ok(Arc::from(&*bytes))
+    }
+}
+
+/// A message type of the workloads: `u64` for 8 bytes, [`Blob`] otherwise.
+pub trait Payload: Message + Clone + Sync {
+    /// The sender's prototype for `size`-byte messages.
+    fn proto(size: usize) -> Self;
+    /// The `i`-th message made from the prototype.
+    fn nth(&self, i: u64) -> Self;
+    /// A cheap check that this is the `i`-th message of `size` bytes.
+    fn is(&self, i: u64, size: usize) -> bool;
+}
+
+impl Payload for u64 {
+    fn proto(_: usize) -> u64 {
+        0
+    }
+    fn nth(&self, i: u64) -> u64 {
+        i
+    }
+    fn is(&self, i: u64, _: usize) -> bool {
+        *self == i
+    }
+}
+
+impl Payload for Blob {
+    fn proto(size: usize) -> Blob {
+        Blob(vec![0xC3; size].into())
+    }
+    fn nth(&self, _: u64) -> Blob {
+        self.clone()
+    }
+    fn is(&self, _: u64, size: usize) -> bool {
+        self.0.len() == size
+    }
+}
+
+/// This side's ends of a channel-shaped pair: messages out and back, commands out.
+pub trait Ends<T> {
+    fn send(&self, msg: T) -> Result<(), String>;
+    fn recv(&self) -> Result<T, String>;
+    /// Asks the peer to stream `n + 1` messages (untimed).
+    fn command(&self, n: u64) -> Result<(), String>;
+}
+
+/// What keeps a peer alive and ends it: a process, or threads joined (for a while) on drop.
+pub enum Keep {
+    Process(ChildGuard),
+    Threads(Vec<JoinHandle<()>>),
+}
+
+impl Drop for Keep {
+    fn drop(&mut self) {
+        if let Keep::Threads(threads) = self {
+            // Our ends are gone by now, so the peer threads are leaving; a stuck one is
+            // left behind rather than blocking the run.
+            let until = Instant::now() + Duration::from_secs(3);
+            while threads.iter().any(|t| !t.is_finished()) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            for t in threads.drain(..).filter(|t| t.is_finished()) {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// A [`Link`] over any [`Ends`]: the same loops time every channel-shaped row.
+pub struct Pair<T, E> {
+    ends: E,
+    proto: T,
+    size: usize,
+    seq: u64,
+    /// Last: our ends close first, so the peer leaves before it is reaped.
+    keep: Keep,
+}
+
+impl<T: Payload, E: Ends<T>> Pair<T, E> {
+    pub fn boxed(ends: E, size: usize, keep: Keep) -> Box<dyn Link>
+    where
+        E: 'static,
+    {
+        Box::new(Pair {
+            ends,
+            proto: T::proto(size),
+            size,
+            seq: 0,
+            keep,
+        })
+    }
+}
+
+impl<T: Payload, E: Ends<T>> Link for Pair<T, E> {
+    fn round_trips(&mut self, iters: u64) -> Result<Duration, String> {
+        let start = Instant::now();
+        for _ in 0..iters {
+            self.seq += 1;
+            self.ends.send(self.proto.nth(self.seq))?;
+            let pong = self.ends.recv()?;
+            if !pong.is(self.seq, self.size) {
+                return Err(format!("round trip {} came back changed", self.seq));
+            }
+            black_box(pong);
+        }
+        Ok(start.elapsed())
+    }
+
+    fn stream(&mut self, n: u64) -> Result<Duration, String> {
+        self.ends.command(n)?;
+        let first = self.ends.recv()?;
+        if !first.is(0, self.size) {
+            return Err("the stream's first message is not the first one sent".into());
+        }
+        let start = Instant::now();
+        for i in 1..=n {
+            let msg = self.ends.recv()?;
+            if !msg.is(i, self.size) {
+                return Err(format!("message {i} of the stream arrived out of order"));
+            }
+            black_box(msg);
+        }
+        Ok(start.elapsed())
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        match &self.keep {
+            Keep::Process(child) => vec![child.pid()],
+            Keep::Threads(_) => Vec::new(),
+        }
+    }
+}
+
+/// conduit's ends; the command channel is a crossbeam channel between threads, a
+/// `Backend::Socket` pair to a process.
+struct Conduit<T> {
+    fwd: Sender<T>,
+    back: Receiver<T>,
+    cmd: Commands,
+}
+
+enum Commands {
+    Thread(crossbeam_channel::Sender<u64>),
+    Process(Sender<u64>),
+}
+
+impl<T: Message> Ends<T> for Conduit<T> {
+    fn send(&self, msg: T) -> Result<(), String> {
+        self.fwd.send(msg).map_err(|e| format!("send: {e}"))
+    }
+
+    fn recv(&self) -> Result<T, String> {
+        self.back.recv().map_err(|e| format!("recv: {e}"))
+    }
+
+    fn command(&self, n: u64) -> Result<(), String> {
+        let sent = match &self.cmd {
+            Commands::Thread(tx) => tx.send(n).is_ok(),
+            Commands::Process(tx) => tx.send(n).is_ok(),
+        };
+        sent.then_some(()).ok_or_else(|| "the peer is gone".into())
+    }
+}
+
+/// The peer's side, the same for a thread and a process: echoes every message from `fwd`
+/// on `back` (in this thread), and streams on command (in another thread).
+fn serve<T: Payload>(
+    fwd: Receiver<T>,
+    back: Sender<T>,
+    mut next_command: impl FnMut() -> Option<u64> + Send + 'static,
+    proto: T,
+) {
+    let streamer = back.clone();
+    let streaming = std::thread::spawn(move || {
+        while let Some(n) = next_command() {
+            for i in 0..=n {
+                if streamer.send(proto.nth(i)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    for msg in fwd.iter() {
+        if back.send(msg).is_err() {
+            break;
+        }
+    }
+    drop(back);
+    let _ = streaming.join();
+}
+
+/// `Backend::Thread` between two threads: anonymous pairs with the default capacity.
+fn thread_pair<T: Payload>(size: usize) -> Result<Box<dyn Link>, String> {
+    let err = |e: conduit::Error| format!("channel(Backend::Thread): {e}");
+    let (fwd, fwd_rx) = channel::<T>(Backend::Thread).map_err(err)?;
+    let (back_tx, back) = channel::<T>(Backend::Thread).map_err(err)?;
+    let (cmd, cmd_rx) = crossbeam_channel::unbounded();
+    let peer = std::thread::Builder::new().name("thread-peer".into());
+    let proto = T::proto(size);
+    let peer = peer
+        .spawn(move || serve(fwd_rx, back_tx, move || cmd_rx.recv().ok(), proto))
+        .map_err(|e| format!("spawning the peer thread: {e}"))?;
+    let ends = Conduit {
+        fwd,
+        back,
+        cmd: Commands::Thread(cmd),
+    };
+    Ok(Pair::boxed(ends, size, Keep::Threads(vec![peer])))
+}
+
+/// What the child tells the parent once its receiver is ready: the address to connect to
+/// (empty for a pipe, which is inherited), or why it could not start.
+type Ready = Result<String, String>;
+
+/// `shm:`, `unix:`, `tcp:` or a pipe, to a child process. Addresses for shm and unix are
+/// socket files in `dir`; tcp binds port 0 on loopback on both sides; pipes are inherited.
+fn process_pair<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<dyn Link>, String> {
+    let err = |what: &'static str| move |e: conduit::Error| format!("{what}: {e}");
+    let (cmd_tx, cmd_rx) = channel::<u64>(Backend::Socket).map_err(err("command channel"))?;
+    let (ctl_tx, ctl_rx) = channel::<Ready>(Backend::Socket).map_err(err("control channel"))?;
+    let mut cmd = procs::command("conduit");
+    cmd.env(ARG_NAME, name.as_str())
+        .env(ARG_SIZE, size.to_string());
+    let share = err("share_with_child");
+    cmd_rx.share_with_child(&mut cmd, "CMD").map_err(share)?;
+    ctl_tx.share_with_child(&mut cmd, "CTL").map_err(share)?;
+    drop((cmd_rx, ctl_tx)); // the child holds them now
+    let file = |what: &str| {
+        let path = dir.join(format!("{what}-{}-{size}.sock", name.as_str()));
+        format!("{}:{}", name.as_str(), path.display())
+    };
+    let (back, fwd) = match name {
+        Name::Pipe => {
+            let (fwd, fwd_rx) = channel::<T>(Backend::Pipe).map_err(err("pipe"))?;
+            let (back_tx, back) = channel::<T>(Backend::Pipe).map_err(err("pipe"))?;
+            fwd_rx.share_with_child(&mut cmd, "FWD").map_err(share)?;
+            back_tx.share_with_child(&mut cmd, "BACK").map_err(share)?;
+            (back, Some(fwd))
+        }
+        Name::Tcp => {
+            let back = Receiver::<T>::bind("tcp:127.0.0.1:0").map_err(err("bind"))?;
+            let addr = back
+                .local_addr()
+                .ok_or("a tcp receiver without an address")?;
+            cmd.env(ARG_BACK, addr).env(ARG_FWD, "tcp:127.0.0.1:0");
+            (back, None)
+        }
+        _ => {
+            let back = Receiver::<T>::bind(&file("back")).map_err(err("bind"))?;
+            cmd.env(ARG_BACK, file("back")).env(ARG_FWD, file("fwd"));
+            (back, None)
+        }
+    };
+    let child = ChildGuard::spawn(&mut cmd)?;
+    drop(cmd); // closes our copies of what the child inherited
+    let ready = match ctl_rx.recv_timeout(PATIENCE) {
+        Ok(ready) => ready,
+        Err(e) => Err(format!("the peer process did not start: {e}")),
+    };
+    let fwd = match (fwd, ready?) {
+        (Some(fwd), _) => fwd,
+        (None, addr) => Sender::<T>::connect(&addr).map_err(err("connect"))?,
+    };
+    let ends = Conduit {
+        fwd,
+        back,
+        cmd: Commands::Process(cmd_tx),
+    };
+    Ok(Pair::boxed(ends, size, Keep::Process(child)))
+}
+
+/// The child of [`process_pair`]: its receiver and sender, then [`serve`].
+fn conduit_child<T: Payload>(size: usize) {
+    let cmd = Receiver::<u64>::from_parent("CMD").expect("the inherited command channel");
+    let ctl = Sender::<Ready>::from_parent("CTL").expect("the inherited control channel");
+    let ends = || -> Result<(Receiver<T>, Sender<T>, String), String> {
+        let err = |what: &'static str| move |e: conduit::Error| format!("{what}: {e}");
+        if procs::arg(ARG_NAME) == Name::Pipe.as_str() {
+            let fwd = Receiver::<T>::from_parent("FWD").map_err(err("from_parent"))?;
+            let back = Sender::<T>::from_parent("BACK").map_err(err("from_parent"))?;
+            return Ok((fwd, back, String::new()));
+        }
+        let fwd = Receiver::<T>::bind(&procs::arg(ARG_FWD)).map_err(err("bind"))?;
+        let addr = fwd.local_addr().unwrap_or_default();
+        let back = Sender::<T>::connect(&procs::arg(ARG_BACK)).map_err(err("connect"))?;
+        Ok((fwd, back, addr))
+    };
+    match ends() {
+        Ok((fwd, back, addr)) => {
+            if ctl.send(Ok(addr)).is_ok() {
+                serve(fwd, back, move || cmd.recv().ok(), T::proto(size));
+            }
+        }
+        Err(e) => {
+            let _ = ctl.send(Err(e));
+        }
+    }
+}
