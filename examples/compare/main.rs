@@ -94,7 +94,9 @@ fn run(cfg: &Config) -> Result<bool, String> {
     let dog = procs::Watchdog::start();
     let out = report::out_dir();
     std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
-    let rows = measure::run_all(cfg, dir.path(), &dog);
+    let load = load_average();
+    let clock = measure::clock_cost_ns();
+    let rows = measure::run_all(cfg, dir.path(), &dog, clock);
     drop(dir);
     let json = report::to_json(&rows);
     let json_path = out.join("results.json");
@@ -104,8 +106,13 @@ fn run(cfg: &Config) -> Result<bool, String> {
     if cfg.json_only {
         println!("{json}");
     } else {
+        let busy = match load {
+            Some(l) if l >= 0.5 => format!("; load average {l:.2} at the start: figures are noisy"),
+            Some(l) => format!("; load average {l:.2} at the start"),
+            None => String::new(),
+        };
         let heading = format!(
-            "conduit compare: {} run, {:.0} s, {}; sizes {}",
+            "conduit compare: {} run, {:.0} s; {}{busy}\nsizes {}; a clock read costs {clock:.0} ns",
             cfg.mode.as_str(),
             began.elapsed().as_secs_f64(),
             machine(),
@@ -121,6 +128,12 @@ fn run(cfg: &Config) -> Result<bool, String> {
         eprintln!("compare: {failed} measurement(s) failed; see the error column");
     }
     Ok(failed == 0)
+}
+
+/// The one-minute load average: other work on the machine skews every figure.
+fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// `2 CPUs, Intel(R) Xeon(R) …, Linux 6.1.0`: what the figures were measured on.
