@@ -28,7 +28,7 @@ fn timespec(timeout: Option<Duration>) -> Option<Timespec> {
 pub(crate) fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Result<usize> {
     match rustix::event::poll(fds, timespec(timeout).as_ref()) {
         Ok(n) => Ok(n),
-        // MUTATION Err(rustix::io::Errno::INTR) => Ok(0),
+        Err(rustix::io::Errno::INTR) => Ok(0),
         Err(e) => Err(e.into()),
     }
 }
