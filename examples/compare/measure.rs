@@ -75,21 +75,25 @@ pub fn clock_cost_ns() -> f64 {
 }
 
 /// Every row at every size (the floor at 8 bytes only), with a progress bar on stderr.
+///
 /// `clock` is [`clock_cost_ns`].
 pub fn run_all(cfg: &Config, dir: &Path, dog: &Watchdog, clock: f64) -> Vec<Row> {
     let budget = Budget::for_mode(cfg.mode);
+    // Size by size, so the rows compared with each other run close together in time
+    // (a shared machine drifts); the floor once, first, at 8 bytes.
     let mut stages = Vec::new();
-    for &name in &cfg.names {
-        if name == Name::Floor {
-            stages.push((name, 8));
-        } else {
-            stages.extend(cfg.sizes.iter().map(|&s| (name, s)));
-        }
+    if cfg.names.contains(&Name::Floor) {
+        stages.push((Name::Floor, 8));
+    }
+    for &size in &cfg.sizes {
+        let names = cfg.names.iter().filter(|&&n| n != Name::Floor);
+        stages.extend(names.map(|&n| (n, size)));
     }
     let bar = ProgressBar::new(stages.len() as u64);
-    let style = ProgressStyle::with_template("{elapsed:>4} [{bar:32}] {pos}/{len} {msg}")
-        .expect("a valid template")
-        .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("{elapsed:>4} [{bar:32}] {pos}/{len} {msg:<20} eta {eta}")
+            .expect("a valid template")
+            .progress_chars("=> ");
     bar.set_style(style);
     let mut rows = Vec::new();
     for (name, size) in stages {
