@@ -106,7 +106,7 @@ mod arc_bytes {
 }
 
 /// A message type of the workloads: `u64` for 8 bytes, [`Blob`] otherwise.
-pub trait Payload: Message + Clone + Sync {
+pub trait Payload: Message + Clone {
     /// The sender's prototype for `size`-byte messages.
     fn proto(size: usize) -> Self;
     /// The `i`-th message made from the prototype.
