@@ -11,7 +11,8 @@ and writes target/conduit-report/{results.json,latency.svg,throughput.svg}.
   --backends LIST  comma-separated rows to measure (default: all):
                      backends  thread, shm, unix, tcp, pipe
                      peers     crossbeam, ipc-channel, raw-socketpair
-                     floor     two processes spinning on one shared cache line
+                     floor     two processes spinning on one shared cache line,
+                               measured first and last, the lower kept
                    also `all`, `backends`, `peers`. The ratio columns need floor and
                    ipc-channel; they are blank without them.
   --sizes LIST     comma-separated message sizes, e.g. 8,64,4KiB,1MiB (1 B to 16 MiB;

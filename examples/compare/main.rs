@@ -16,7 +16,8 @@
 //! `ipc-channel` (servo's, two processes) and `raw-socketpair` (length-prefixed frames on a
 //! socketpair with plain system calls: what the socket backend could cost at best); and the
 //! `floor`, two processes bouncing a counter over one shared cache line with raw atomics,
-//! the machine's own cost of a cross-core round trip.
+//! the machine's own cost of a cross-core round trip (measured first and again last, the
+//! lower kept: a pair that only spins is the first to suffer from other load).
 //!
 //! For each row and message size (`--sizes`, default 8 B, 64 B, 4 KiB, 64 KiB, 1 MiB; 8 B is
 //! a `u64`, other sizes are byte blobs serialized with `serde_bytes`) a fresh pair is started

@@ -228,6 +228,12 @@ pub fn table(rows: &[Row], sizes: &[usize], heading: &str) -> String {
          one way: messages streamed from the peer, median of 3 runs; \"msgs vs ipc\" is msgs/s ÷\n\
          ipc-channel's (higher is faster). thread and crossbeam move values: their bytes/s copies nothing.\n",
     );
+    if floor.is_some_and(|f| f > 2_000.0) {
+        out.push_str(
+            "! the floor took over 2 µs: its two spinning processes shared a core with other\n  \
+             work (a quiet machine gives a few hundred ns), so the ratios to it mean little.\n",
+        );
+    }
     if batched {
         out.push_str(
             "* timed in batches of a few round trips (each shorter than 50 clock reads);\n  \
