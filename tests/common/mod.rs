@@ -74,3 +74,257 @@ pub fn payload(i: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+// ---- helpers for the hardening tests (signals, trickle, leaks, drops, soak) -----------------
+
+/// Content for message `key` of `len` bytes: [`payload`] up to 4 KiB; longer messages repeat
+/// a 4093-byte block of it, so megabytes cost a memcpy, not a byte-by-byte loop in a debug
+/// build. Receivers compare against a fresh copy.
+pub fn content(key: u64, len: usize) -> Vec<u8> {
+    if len <= 4096 {
+        return payload(key, len);
+    }
+    let block = payload(key, 4093);
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let n = (len - out.len()).min(block.len());
+        out.extend_from_slice(&block[..n]);
+    }
+    out
+}
+
+/// A tiny deterministic generator (xorshift64), so mixed workloads repeat exactly.
+#[derive(Clone, Debug)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// A generator seeded with `seed` (zero is replaced: xorshift never leaves zero).
+    pub fn new(seed: u64) -> Self {
+        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A value in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Makes the child of `cmd` receive SIGKILL when the thread that spawns it ends (the test's
+/// thread, normally after it has waited for the child): a failed, panicked or killed test
+/// leaves no orphan behind. A child whose parent is already gone refuses to start.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    let hook = move || {
+        // SAFETY: prctl and getppid are async-signal-safe system calls that allocate nothing,
+        // as a hook between fork and exec requires.
+        let (rc, ppid) = unsafe {
+            (
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL),
+                libc::getppid(),
+            )
+        };
+        if rc == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if ppid != parent {
+            return Err(std::io::Error::other("the parent is already gone"));
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe calls and allocates nothing (its error
+    // path builds an io::Error from a static string, which does not allocate).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// In a child: ends the process with exit code 124 if it still runs after `limit`, so a
+/// child that blocks fails instead of hanging the test.
+/// Returns once the watchdog thread runs and has allocated what it needs, so a process that
+/// counts its mappings afterwards sees the thread's stack and malloc arena already there.
+pub fn child_watchdog(limit: std::time::Duration) {
+    let (started, running) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let message = format!(
+            "child {} ({:?}): still running after {limit:?}; giving up",
+            std::process::id(),
+            role()
+        );
+        let _ = started.send(());
+        std::thread::sleep(limit);
+        eprintln!("{message}");
+        // SAFETY: _exit ends the process at once; nothing after it runs.
+        unsafe { libc::_exit(124) };
+    });
+    let _ = running.recv();
+}
+
+/// A child process that is killed and reaped if the test lets go of it without waiting
+/// (a failed assertion unwinding past it, say).
+pub struct Reaped(Option<Child>);
+
+impl Reaped {
+    pub fn new(child: Child) -> Self {
+        Reaped(Some(child))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits at most `limit` (killing the child then, and failing) and returns its status.
+    pub fn wait(mut self, limit: std::time::Duration, what: &str) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("a child not yet waited for");
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the child") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what}: the child still ran after {limit:?}; killed");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// [`Reaped::wait`], then asserts the child exited with status 0.
+    pub fn expect_success(self, limit: std::time::Duration, what: &str) {
+        let status = self.wait(limit, what);
+        assert!(status.success(), "{what}: the child exited with {status}");
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The environment variable that tells a child sender where its receiver is: an address,
+/// or `inherit` for an end shared with [`Target::receiver_for_child`].
+pub const ADDR_ENV: &str = "CDT_ADDR";
+
+/// How a sender in a child process reaches a receiver in this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `unix:PATH`, bound here; the child connects.
+    Unix,
+    /// `tcp:127.0.0.1:PORT`, bound here; the child connects.
+    Tcp,
+    /// `channel(Backend::Pipe)`; the child inherits the sender.
+    Pipe,
+    /// `channel(Backend::Socket)` (a socketpair); the child inherits the sender.
+    Socket,
+    /// `shm:PATH`, bound here; the child connects and gets its own ring.
+    Shm,
+    /// `channel(Backend::Shm)`; the sender moves to the child.
+    ShmAnon,
+}
+
+impl Target {
+    /// Every cross-process target.
+    pub const ALL: [Target; 6] = [
+        Target::Unix,
+        Target::Tcp,
+        Target::Pipe,
+        Target::Socket,
+        Target::Shm,
+        Target::ShmAnon,
+    ];
+
+    /// True when more than one child can connect (an address).
+    pub fn is_bound(self) -> bool {
+        matches!(self, Target::Unix | Target::Tcp | Target::Shm)
+    }
+
+    /// A fresh address to bind, for bound targets.
+    pub fn fresh_addr(self) -> Option<String> {
+        match self {
+            Target::Unix => Some(unix_addr()),
+            Target::Tcp => Some("tcp:127.0.0.1:0".to_string()),
+            Target::Shm => Some(format!("shm:{}", temp_dir().join("r.sock").display())),
+            _ => None,
+        }
+    }
+
+    /// The backend of an anonymous target.
+    pub fn backend(self) -> conduit::Backend {
+        match self {
+            Target::Pipe => conduit::Backend::Pipe,
+            Target::Socket => conduit::Backend::Socket,
+            Target::ShmAnon => conduit::Backend::Shm,
+            Target::Unix | Target::Tcp => conduit::Backend::Socket,
+            Target::Shm => conduit::Backend::Shm,
+        }
+    }
+
+    /// A receiver in this process whose sender the child of `cmd` gets with
+    /// [`sender_from_parent`]: a bound target's address goes in [`ADDR_ENV`]; an anonymous
+    /// target's sender is shared with `cmd` as `OUT`. Drop `cmd` right after spawning it, so
+    /// this process keeps no copy of an inherited sender (the receiver could not see the
+    /// child's end otherwise).
+    pub fn receiver_for_child<T: conduit::Message>(
+        self,
+        opts: &conduit::Options,
+        cmd: &mut Command,
+    ) -> conduit::Receiver<T> {
+        if let Some(addr) = self.fresh_addr() {
+            let rx = conduit::Receiver::<T>::bind_with(&addr, opts)
+                .unwrap_or_else(|e| panic!("{self:?}: bind {addr}: {e}"));
+            cmd.env(
+                ADDR_ENV,
+                rx.local_addr().expect("a bound receiver's address"),
+            );
+            rx
+        } else {
+            let (tx, rx) = conduit::channel_with::<T>(self.backend(), opts)
+                .unwrap_or_else(|e| panic!("{self:?}: channel: {e}"));
+            tx.share_with_child(cmd, "OUT")
+                .unwrap_or_else(|e| panic!("{self:?}: share_with_child: {e}"));
+            cmd.env(ADDR_ENV, "inherit");
+            rx
+        }
+    }
+}
+
+/// In a child: the sender its parent arranged with [`Target::receiver_for_child`] (or an
+/// address in [`ADDR_ENV`]).
+pub fn sender_from_parent<T: conduit::Message>(
+    opts: &conduit::Options,
+) -> Result<conduit::Sender<T>, conduit::Error> {
+    match std::env::var(ADDR_ENV).as_deref() {
+        Ok("inherit") => conduit::Sender::from_parent("OUT"),
+        Ok(addr) => conduit::Sender::connect_with(addr, opts),
+        Err(_) => Err(conduit::Error::NotFound {
+            addr: ADDR_ENV.to_string(),
+        }),
+    }
+}
+
+/// Resident set size of this process in bytes (`/proc/self/statm`, second field).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .expect("statm's resident field");
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(1) as u64
+}
