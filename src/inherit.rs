@@ -10,8 +10,8 @@
 //! one stream may interleave large messages, so hand a sender to one process at a time). A
 //! shared-memory end is *moved*: its ring has exactly one producer and one consumer, so the
 //! parent's handle stops working (sends fail with `SendFailure::Moved`, receives report
-//! `Disconnected`). Its descriptors are the liveness socket, the ring's memfd, the receiver's
-//! wake-up eventfd and the ring's space eventfd.
+//! `Disconnected`). Its descriptors are the connection's socket (wake-ups and liveness) and
+//! the ring's memfd.
 
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -60,12 +60,12 @@ impl Kind {
 
     /// The file types of the descriptors, in order.
     fn file_types(self) -> &'static [rustix::fs::FileType] {
-        use rustix::fs::FileType::{Fifo, RegularFile, Socket, Unknown};
+        use rustix::fs::FileType::{Fifo, RegularFile, Socket};
         match self {
             Kind::Stream(StreamKind::Pipe) => &[Fifo],
             Kind::Stream(_) => &[Socket],
-            // Socket, memfd, and two eventfds (anonymous inodes report no file type).
-            Kind::Shm => &[Socket, RegularFile, Unknown, Unknown],
+            // The connection's socket and the ring's memfd.
+            Kind::Shm => &[Socket, RegularFile],
         }
     }
 }
@@ -365,15 +365,15 @@ mod tests {
             (vec![7], 255, 1024)
         );
         assert_eq!(t.kind, Kind::Stream(StreamKind::Pipe));
-        let t = parse("X", "v1;receiver;shm;3,4,5,6;ff;9").unwrap();
-        assert_eq!((t.kind, t.fds), (Kind::Shm, vec![3, 4, 5, 6]));
+        let t = parse("X", "v1;receiver;shm;3,4;ff;9").unwrap();
+        assert_eq!((t.kind, t.fds), (Kind::Shm, vec![3, 4]));
         for bad in [
             "",
             "v2;sender;pipe;7;ff;1",
             "v1;sender;fifo;7;ff;1",
             "v1;sender;pipe;x;ff;1",
             "v1;sender;pipe;7,8;ff;1",
-            "v1;sender;shm;3,4;ff;1",
+            "v1;sender;shm;3,4,5,6;ff;1",
             "v1;sender;pipe;-1;ff;1",
         ] {
             assert!(parse("X", bad).is_err(), "{bad}");

@@ -545,3 +545,61 @@ fn positions_starting_near_u64_max_wrap_past_zero() {
         );
     });
 }
+
+/// A sender that floods its connection with wake-up bytes (and makes its end of the socket
+/// blocking) costs the receiver some reads, nothing more: the real sender beside it is served
+/// in order, no `recv_timeout` overstays, and the flooder is never told anything it could
+/// use against others. Wake-ups travel on each connection's own socket with per-call
+/// `MSG_DONTWAIT`, so no descriptor is shared with a peer whose flags it could change (an
+/// eventfd shared by every sender could be drained by one to starve the rest, or set
+/// blocking to hang the receiver's read).
+#[test]
+fn wake_up_floods_stall_nobody() {
+    use std::io::Write;
+    watchdog("wake-up flood", || {
+        let (rx, real, addr) = setup(&Options::new());
+        let raw = Raw::connect(&addr);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flooder = {
+            let mut sock = raw.sock.try_clone().unwrap();
+            let stop = stop.clone();
+            sock.set_nonblocking(false).unwrap();
+            sock.set_write_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            std::thread::spawn(move || {
+                let junk = [1u8; 4096];
+                let mut sent = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    match sock.write(&junk) {
+                        Ok(n) => sent += n,
+                        Err(_) => std::thread::yield_now(),
+                    }
+                }
+                sent
+            })
+        };
+        let want: Vec<Job> = (0..200).map(|i| job(i, 64 + i as usize)).collect();
+        let mut got = Vec::new();
+        for j in &want {
+            real.send(j.clone()).expect("real send");
+            // Let the receiver go to sleep now and then, so its wake-up path is exercised.
+            if j.0 % 20 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let call = Instant::now();
+            while let Ok(j) = rx.recv_timeout(Duration::from_millis(1)) {
+                got.push(j);
+            }
+            let took = call.elapsed();
+            assert!(
+                took < Duration::from_secs(1),
+                "a receive overstayed: {took:?}"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        let flooded = flooder.join().unwrap();
+        assert!(flooded > 0, "the flood never started");
+        expect_real(&rx, got, &want, &[]);
+        drop(raw);
+    });
+}

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -14,9 +14,9 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::net::SocketFlags;
 
 use crate::addr::Address;
-use crate::flavors::shm::RingParts;
+use crate::flavors::shm::create_ring;
 use crate::handshake::{self, Hello, HelloError, Status};
-use crate::sys::notify::Notifier;
+use crate::sys::memfd::SharedMap;
 use crate::sys::{self, sock, StreamKind};
 use crate::Error;
 
@@ -28,19 +28,16 @@ const MAX_PENDING: usize = 256;
 pub(crate) enum Mode {
     /// Stream backends: the connection carries the frames.
     Stream,
-    /// Shared memory: each sender gets a fresh ring of `capacity` bytes and the receiver's
-    /// wake-up eventfd, passed with the answer; the connection only watches liveness.
-    Shm {
-        capacity: usize,
-        data_wake: Arc<Notifier>,
-    },
+    /// Shared memory: each sender gets a fresh ring of `capacity` bytes, passed with the
+    /// answer; the connection then carries only wake-up bytes and the end.
+    Shm { capacity: usize },
 }
 
 /// A connection that passed the handshake.
 pub(crate) struct Accepted {
     pub(crate) fd: OwnedFd,
     /// The sender's ring, for `Mode::Shm`.
-    pub(crate) ring: Option<RingParts>,
+    pub(crate) ring: Option<SharedMap>,
 }
 
 /// A running acceptor. Dropping it stops the thread and removes the socket file.
@@ -298,19 +295,12 @@ impl Worker {
                 },
                 Vec::new(),
             )),
-            Mode::Shm {
-                capacity,
-                data_wake,
-            } => {
-                let parts = RingParts::create(*capacity)?;
-                let passed = vec![
-                    parts.map.fd().try_clone_to_owned()?,
-                    data_wake.fd().try_clone_to_owned()?,
-                    parts.space.fd().try_clone_to_owned()?,
-                ];
+            Mode::Shm { capacity } => {
+                let map = create_ring(*capacity)?;
+                let passed = vec![map.fd().try_clone_to_owned()?];
                 let accepted = Accepted {
                     fd: dup,
-                    ring: Some(parts),
+                    ring: Some(map),
                 };
                 Ok((accepted, passed))
             }

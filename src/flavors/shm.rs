@@ -1,11 +1,11 @@
 //! Shared-memory flavor: one SPSC ring (`crate::ring`) per connected sender, in a sealed
-//! memfd mapping the receiver creates and passes with `SCM_RIGHTS`; eventfds for wake-ups;
-//! the rendezvous connection kept open to notice a peer's death. This file holds the ring
+//! memfd mapping the receiver creates and passes with `SCM_RIGHTS`; the rendezvous
+//! connection kept open to carry wake-up bytes and to notice a peer's death. This file holds the ring
 //! set-up, anonymous pairs and the receiving half; the sending half is in `shm_send.rs`.
 //!
-//! The receiver spins briefly, then announces its sleep in every ring it serves and polls its
-//! wake-up eventfd together with every sender's connection: a sender's publish wakes it, and
-//! so does a sender's death (its connection hangs up). Every sleep is also bounded.
+//! The receiver spins briefly, then announces its sleep in every ring it serves and polls
+//! every sender's connection: a sender's publish wakes it with a byte there (`sys/notify.rs`),
+//! and a sender's death hangs the connection up. Every sleep is also bounded.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -24,37 +24,24 @@ use crate::handshake::Hello;
 use crate::ring::core::{Consumer, Pop, Ring};
 use crate::ring::header::{self, HEADER_SIZE};
 use crate::sys::memfd::SharedMap;
-use crate::sys::notify::Notifier;
-use crate::sys::{self};
+use crate::sys::{self, notify};
 use crate::{Error, Options, DEFAULT_SHM_CAPACITY};
 
 /// How many times the receiver re-checks its rings before it sleeps (about 50 µs here).
 const RECV_SPINS: u32 = 2000;
 /// Reassembly capacity kept between messages, per sender.
 const KEEP_ASSEMBLY: usize = 8 << 20;
-/// The longest single sleep: a bound on how long a lost wake-up could ever cost.
 /// The longest sleep when this process cannot run heavy fences (`sys/membarrier.rs`).
 const FALLBACK_SLEEP: Duration = Duration::from_millis(1);
-
+/// The longest single sleep: a bound on how long a lost wake-up could ever cost.
 pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(100);
 
-/// A fresh ring and the eventfd that wakes its producer.
-pub(crate) struct RingParts {
-    pub(crate) map: SharedMap,
-    pub(crate) space: Notifier,
-}
-
-impl RingParts {
-    /// Creates, sizes, seals, maps and initialises a ring of at least `capacity` bytes.
-    pub(crate) fn create(capacity: usize) -> io::Result<RingParts> {
-        let capacity = header::capacity_for(capacity);
-        let map = SharedMap::create("conduit-ring", HEADER_SIZE + capacity)?;
-        ring_over(&map)?.init();
-        Ok(RingParts {
-            map,
-            space: Notifier::new()?,
-        })
-    }
+/// Creates, sizes, seals, maps and initialises a ring of at least `capacity` bytes.
+pub(crate) fn create_ring(capacity: usize) -> io::Result<SharedMap> {
+    let capacity = header::capacity_for(capacity);
+    let map = SharedMap::create("conduit-ring", HEADER_SIZE + capacity)?;
+    ring_over(&map)?.init();
+    Ok(map)
 }
 
 /// A `Ring` view of a mapping. The caller keeps the mapping alive as long as the view.
@@ -68,30 +55,21 @@ pub(crate) fn ring_over(map: &SharedMap) -> io::Result<Ring> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
-/// Creates an anonymous pair: one ring, a socketpair to watch liveness, two eventfds.
+/// Creates an anonymous pair: one ring, and a socketpair for wake-ups and liveness.
 pub(crate) fn pair(opts: &Options) -> Result<(ShmSender, ShmReceiver), Error> {
     let io_err = |e| Error::io("creating a shared-memory channel", e);
     let (a, b) = std::os::unix::net::UnixStream::pair().map_err(io_err)?;
-    let parts = RingParts::create(opts.capacity.unwrap_or(DEFAULT_SHM_CAPACITY)).map_err(io_err)?;
-    let map = Arc::new(parts.map);
-    let space = Arc::new(parts.space);
-    let data_wake = Arc::new(Notifier::new().map_err(io_err)?);
-    let tx = ShmSender::from_parts(
-        map.clone(),
-        OwnedFd::from(a),
-        data_wake.clone(),
-        space.clone(),
-        opts.max_message_size,
-    )?;
-    let rx = ShmReceiver::new(data_wake, None, opts.max_message_size);
-    rx.add(OwnedFd::from(b), map, space)?;
+    let map = create_ring(opts.capacity.unwrap_or(DEFAULT_SHM_CAPACITY)).map_err(io_err)?;
+    let map = Arc::new(map);
+    let tx = ShmSender::from_parts(map.clone(), OwnedFd::from(a), opts.max_message_size)?;
+    let rx = ShmReceiver::new(None, opts.max_message_size);
+    rx.add(OwnedFd::from(b), map)?;
     Ok((tx, rx))
 }
 
 /// The receiving half: the rings of every connected sender.
 pub(crate) struct ShmReceiver {
     state: Mutex<RecvState>,
-    data_wake: Arc<Notifier>,
     acceptor: Option<Acceptor>,
     limit: usize,
     /// `sys::forks::generation()` when made: after a fork, drop leaves the rings' flags alone.
@@ -109,10 +87,8 @@ struct Conn {
     consumer: Consumer,
     /// Declared after `consumer`, so the mapping outlives the view.
     _map: Arc<SharedMap>,
-    /// The rendezvous connection: readable or hung up means the sender is gone.
+    /// The rendezvous connection: wake-up bytes both ways; its end means the sender is gone.
     sock: OwnedFd,
-    /// Wakes the sender when it sleeps on a full ring.
-    space: Arc<Notifier>,
     /// Pieces of the message being received.
     assembling: Vec<u8>,
     /// The sender's connection hung up: take what it published, then drop it.
@@ -121,14 +97,13 @@ struct Conn {
 }
 
 impl ShmReceiver {
-    fn new(data_wake: Arc<Notifier>, acceptor: Option<Acceptor>, limit: usize) -> Self {
+    fn new(acceptor: Option<Acceptor>, limit: usize) -> Self {
         ShmReceiver {
             state: Mutex::new(RecvState {
                 conns: Vec::new(),
                 next: 0,
                 ever_connected: false,
             }),
-            data_wake,
             acceptor,
             limit,
             fork_gen: sys::forks::generation(),
@@ -136,16 +111,16 @@ impl ShmReceiver {
     }
 
     /// Rebuilds an anonymous receiver from descriptors inherited from the parent (see
-    /// `inherit.rs`): `[socket, memfd, data eventfd, space eventfd]`.
+    /// `inherit.rs`): `[socket, memfd]`.
     pub(crate) fn from_inherited(fds: Vec<OwnedFd>, limit: usize) -> Result<Self, Error> {
-        let (sock, (map, data, space)) = inherited_parts(fds, "inherited shm receiver")?;
-        let rx = ShmReceiver::new(data, None, limit);
-        rx.add(sock, map, space)?;
+        let (sock, map) = inherited_parts(fds, "inherited shm receiver")?;
+        let rx = ShmReceiver::new(None, limit);
+        rx.add(sock, map)?;
         Ok(rx)
     }
 
     /// Moves an anonymous receiver's ring to a child process: returns duplicates of
-    /// `[socket, memfd, data eventfd, space eventfd]` and the size limit. This handle then
+    /// `[socket, memfd]` and the size limit. This handle then
     /// reports `Disconnected`; the ring is not closed.
     pub(crate) fn hand_off(&self) -> Result<(Vec<OwnedFd>, usize), Error> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,19 +136,14 @@ impl ShmReceiver {
                 what: "passing a receiver that is part-way through a message".to_string(),
             });
         }
-        let fds = vec![
-            dup(conn.sock.as_fd())?,
-            dup(conn._map.fd())?,
-            dup(self.data_wake.fd())?,
-            dup(conn.space.fd())?,
-        ];
+        let fds = vec![dup(conn.sock.as_fd())?, dup(conn._map.fd())?];
         // Forgotten without `close`: the ring lives on in the child.
         state.conns.clear();
         Ok((fds, self.limit))
     }
 
     /// Serves one more sender's ring.
-    fn add(&self, sock: OwnedFd, map: Arc<SharedMap>, space: Arc<Notifier>) -> Result<(), Error> {
+    fn add(&self, sock: OwnedFd, map: Arc<SharedMap>) -> Result<(), Error> {
         let ring = ring_over(&map).map_err(|e| Error::io("mapping a ring", e))?;
         ring.validate()
             .map_err(|e| Error::io("checking a ring", io::Error::other(e.to_string())))?;
@@ -196,7 +166,6 @@ impl ShmReceiver {
             consumer,
             _map: map,
             sock,
-            space,
             assembling: Vec::new(),
             hup: false,
             dead: false,
@@ -210,17 +179,11 @@ impl ShmReceiver {
     /// Binds `shm:PATH` and starts accepting senders of `T`.
     pub(crate) fn bind<T>(addr: &str, parsed: &Address, opts: &Options) -> Result<Self, Error> {
         let mine = Hello::for_type::<T>(opts.max_message_size);
-        let data_wake = Arc::new(Notifier::new().map_err(|e| Error::io("creating an eventfd", e))?);
         let mode = Mode::Shm {
             capacity: opts.capacity.unwrap_or(DEFAULT_SHM_CAPACITY),
-            data_wake: data_wake.clone(),
         };
         let acceptor = Acceptor::bind(addr, parsed, mine, mode)?;
-        Ok(ShmReceiver::new(
-            data_wake,
-            Some(acceptor),
-            opts.max_message_size,
-        ))
+        Ok(ShmReceiver::new(Some(acceptor), opts.max_message_size))
     }
 
     pub(crate) fn local_addr(&self) -> Option<String> {
@@ -237,10 +200,10 @@ impl ShmReceiver {
         loop {
             if let Some(acceptor) = &self.acceptor {
                 while let Some(accepted) = acceptor.take() {
-                    if let Some(parts) = accepted.ring {
+                    if let Some(map) = accepted.ring {
                         // A sender whose ring cannot be attached (its peer tampered with it)
                         // is dropped alone; the receiver goes on serving the others.
-                        let _ = self.add(accepted.fd, Arc::new(parts.map), Arc::new(parts.space));
+                        let _ = self.add(accepted.fd, Arc::new(map));
                     }
                 }
             }
@@ -272,7 +235,7 @@ impl ShmReceiver {
                 });
             }
             state
-                .sleep(&self.data_wake, self.acceptor.as_ref(), timeout)
+                .sleep(self.acceptor.as_ref(), timeout)
                 .map_err(RecvFail::Io)?;
             polled = true;
         }
@@ -291,7 +254,7 @@ impl RecvState {
                 match conn.consumer.try_pop(&mut conn.assembling) {
                     Ok(Pop::Piece { last, wake }) => {
                         if wake {
-                            conn.space.notify();
+                            notify::wake(conn.sock.as_fd());
                         }
                         if !last {
                             continue;
@@ -315,7 +278,7 @@ impl RecvState {
                     // A dead sender's half-written message is never delivered.
                     Ok(Pop::Empty { wake }) => {
                         if wake {
-                            conn.space.notify();
+                            notify::wake(conn.sock.as_fd());
                         }
                         conn.dead |= conn.hup;
                     }
@@ -328,7 +291,7 @@ impl RecvState {
             for conn in self.conns.iter().filter(|c| c.dead) {
                 // Let a sender sleeping on a full ring see that we are gone.
                 if conn.consumer.close() {
-                    conn.space.notify();
+                    notify::wake(conn.sock.as_fd());
                 }
             }
             self.conns.retain(|c| !c.dead);
@@ -341,12 +304,7 @@ impl RecvState {
 
     /// Announces a sleep in every ring and waits for a publish, a new sender, a sender's
     /// death, or the timeout (at most `MAX_SLEEP`).
-    fn sleep(
-        &mut self,
-        data_wake: &Notifier,
-        acceptor: Option<&Acceptor>,
-        timeout: Option<Duration>,
-    ) -> io::Result<()> {
+    fn sleep(&mut self, acceptor: Option<&Acceptor>, timeout: Option<Duration>) -> io::Result<()> {
         let mut idle = true;
         for conn in &mut self.conns {
             match conn
@@ -368,7 +326,7 @@ impl RecvState {
         } else {
             Duration::ZERO
         };
-        let mut fds: Vec<PollFd<'_>> = vec![PollFd::new(data_wake, PollFlags::IN)];
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.conns.len() + 1);
         if let Some(a) = acceptor {
             fds.push(PollFd::new(a.wake_fd(), PollFlags::IN));
         }
@@ -376,19 +334,20 @@ impl RecvState {
         fds.extend(
             self.conns
                 .iter()
-                .map(|c| PollFd::new(&c.sock, PollFlags::IN)),
+                .map(|c| PollFd::new(&c.sock, notify::READY)),
         );
         let result = sys::poll(&mut fds, Some(wait));
         let ready: Vec<bool> = fds.iter().map(|p| !p.revents().is_empty()).collect();
         drop(fds);
         for (conn, ready) in self.conns.iter_mut().zip(&ready[first_sock..]) {
             conn.consumer.end_wait();
-            conn.hup |= *ready;
+            // Wake-up bytes, or the end: a sender that is gone is dropped once its ring
+            // holds nothing more (see `take`).
+            if *ready && !notify::drain(conn.sock.as_fd()) {
+                conn.hup = true;
+            }
         }
-        if ready[0] {
-            data_wake.drain();
-        }
-        if let (Some(a), true) = (acceptor, first_sock == 2 && ready[1]) {
+        if let (Some(a), true) = (acceptor, first_sock == 1 && ready[0]) {
             a.clear_wake();
         }
         result.map(|_| ())
@@ -404,7 +363,7 @@ impl Drop for ShmReceiver {
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         for conn in &state.conns {
             if conn.consumer.close() {
-                conn.space.notify();
+                notify::wake(conn.sock.as_fd());
             }
         }
     }

@@ -6,14 +6,14 @@
 //! `send_timeout` runs out of time part-way, the rest is kept and pushed before the next
 //! message, and the last clone's drop finishes it on a short-lived thread.
 //!
-//! A full ring: spin briefly, then announce the sleep in the ring and poll the ring's space
-//! eventfd together with the rendezvous connection, so a receiver that dies wakes us too.
+//! A full ring: spin briefly, then announce the sleep in the ring and poll the rendezvous
+//! connection, where the receiver's wake-up byte arrives and where its death shows.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use rustix::event::{PollFd, PollFlags};
+use rustix::event::PollFd;
 
 use crate::addr::Address;
 use crate::channel::encode_failure;
@@ -23,8 +23,7 @@ use crate::handshake::{self, Hello};
 use crate::ring::core::{Producer, Push};
 use crate::ring::header::{self, HEADER_SIZE};
 use crate::sys::memfd::SharedMap;
-use crate::sys::notify::Notifier;
-use crate::sys::{self, sock, StreamKind};
+use crate::sys::{self, notify, sock, StreamKind};
 use crate::{Error, Options, SendFailure};
 
 /// Check the receiver's liveness through the socket once per this many sends (a crashed
@@ -50,12 +49,9 @@ struct SendConn {
     producer: Producer,
     /// Declared after `producer`, so the mapping outlives the view.
     _map: Arc<SharedMap>,
-    /// The rendezvous connection: readable or hung up means the receiver is gone.
+    /// The rendezvous connection: wake-up bytes both ways; its end means the receiver is
+    /// gone.
     sock: OwnedFd,
-    /// Wakes the receiver.
-    data_wake: Arc<Notifier>,
-    /// Wakes us when the receiver frees space.
-    space: Arc<Notifier>,
     limit: usize,
     scratch: Vec<u8>,
     /// The unpublished rest of a committed message.
@@ -74,8 +70,6 @@ impl ShmSender {
     pub(crate) fn from_parts(
         map: Arc<SharedMap>,
         sock: OwnedFd,
-        data_wake: Arc<Notifier>,
-        space: Arc<Notifier>,
         limit: usize,
     ) -> Result<Self, Error> {
         let ring = ring_over(&map).map_err(|e| Error::io("mapping the ring", e))?;
@@ -92,8 +86,6 @@ impl ShmSender {
                 producer,
                 _map: map,
                 sock,
-                data_wake,
-                space,
                 limit,
                 scratch: Vec::new(),
                 tail: Vec::new(),
@@ -106,33 +98,33 @@ impl ShmSender {
         })
     }
 
-    /// Connects to `shm:PATH`: handshake, then receive and check the ring and the eventfds.
+    /// Connects to `shm:PATH`: handshake, then receive and check the ring.
     pub(crate) fn connect<T>(addr: &str, parsed: &Address, opts: &Options) -> Result<Self, Error> {
         let Address::Shm(path) = parsed else {
             unreachable!("only shm addresses reach the shm flavor")
         };
         let sock = sock::connect_unix(addr, path)?;
         let mine = Hello::for_type::<T>(opts.max_message_size);
-        let (theirs, fds) = handshake::client(addr, sock.as_fd(), StreamKind::Unix, &mine, 3)?;
+        let (theirs, fds) = handshake::client(addr, sock.as_fd(), StreamKind::Unix, &mine, 1)?;
         let bad = |what: String| Error::protocol(addr, what);
-        let [memfd, data, space]: [OwnedFd; 3] = fds
+        let [memfd]: [OwnedFd; 1] = fds
             .try_into()
-            .map_err(|_| bad("the receiver did not send a ring and two eventfds".into()))?;
-        let (map, data, space) = open_peer_parts(memfd, data, space).map_err(bad)?;
+            .map_err(|_| bad("the receiver did not send a ring".into()))?;
+        let map = open_peer_ring(memfd).map_err(bad)?;
         sys::set_nonblocking(&sock).map_err(|e| Error::io("configuring the connection", e))?;
         let limit = opts.max_message_size.min(theirs.limit as usize);
-        ShmSender::from_parts(map, sock, data, space, limit).map_err(|e| bad(e.to_string()))
+        ShmSender::from_parts(map, sock, limit).map_err(|e| bad(e.to_string()))
     }
 
     /// Rebuilds a sender from descriptors inherited from the parent (see `inherit.rs`):
-    /// `[socket, memfd, data eventfd, space eventfd]`.
+    /// `[socket, memfd]`.
     pub(crate) fn from_inherited(fds: Vec<OwnedFd>, limit: usize) -> Result<Self, Error> {
-        let (sock, (map, data, space)) = inherited_parts(fds, "inherited shm sender")?;
-        ShmSender::from_parts(map, sock, data, space, limit)
+        let (sock, map) = inherited_parts(fds, "inherited shm sender")?;
+        ShmSender::from_parts(map, sock, limit)
     }
 
     /// Moves this sender's ring to a child process: returns duplicates of
-    /// `[socket, memfd, data eventfd, space eventfd]` and the size limit, and leaves this
+    /// `[socket, memfd]` and the size limit, and leaves this
     /// handle (and its clones) unusable, without closing the ring.
     pub(crate) fn hand_off(&self) -> Result<(Vec<OwnedFd>, usize), Error> {
         let mut guard = self.conn.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -153,12 +145,7 @@ impl ShmSender {
                     .to_string(),
             });
         }
-        let fds = vec![
-            dup(conn.sock.as_fd())?,
-            dup(conn._map.fd())?,
-            dup(conn.data_wake.fd())?,
-            dup(conn.space.fd())?,
-        ];
+        let fds = vec![dup(conn.sock.as_fd())?, dup(conn._map.fd())?];
         let limit = conn.limit;
         // Dropped without `close`: the ring lives on in the child.
         *guard = Slot::Moved;
@@ -184,7 +171,7 @@ impl ShmSender {
             return Err(SendFail::Disconnected);
         }
         conn.sends = conn.sends.wrapping_add(1);
-        if conn.sends % LIVENESS_EVERY == 0 && sys::peer_closed(conn.sock.as_fd()) {
+        if conn.sends % LIVENESS_EVERY == 0 && !notify::drain(conn.sock.as_fd()) {
             conn.broken = true;
             return Err(SendFail::Disconnected);
         }
@@ -222,22 +209,22 @@ impl ShmSender {
     }
 }
 
-/// Splits the descriptors an inherited shm end arrives with (`[socket, memfd, data eventfd,
-/// space eventfd]`, see `inherit.rs`) into the socket and the checked ring parts.
+/// Splits the descriptors an inherited shm end arrives with (`[socket, memfd]`, see
+/// `inherit.rs`) into the socket and the checked ring.
 pub(crate) fn inherited_parts(
     fds: Vec<OwnedFd>,
     what: &str,
-) -> Result<(OwnedFd, PeerParts), Error> {
+) -> Result<(OwnedFd, Arc<SharedMap>), Error> {
     let bad = |reason: String| Error::Protocol {
         addr: what.to_string(),
         reason,
     };
-    let [sock, memfd, data, space]: [OwnedFd; 4] = fds
+    let [sock, memfd]: [OwnedFd; 2] = fds
         .try_into()
-        .map_err(|_| bad("expected four descriptors".into()))?;
-    let parts = open_peer_parts(memfd, data, space).map_err(bad)?;
+        .map_err(|_| bad("expected two descriptors".into()))?;
+    let map = open_peer_ring(memfd).map_err(bad)?;
     sys::set_nonblocking(&sock).map_err(|e| Error::io("configuring the connection", e))?;
-    Ok((sock, parts))
+    Ok((sock, map))
 }
 
 /// A duplicate of `fd` for a child process.
@@ -246,15 +233,8 @@ pub(crate) fn dup(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, Error> {
         .map_err(|e| Error::io("duplicating a descriptor for the child", e))
 }
 
-/// A ring mapping with its two wake-up eventfds (data, space).
-pub(crate) type PeerParts = (Arc<SharedMap>, Arc<Notifier>, Arc<Notifier>);
-
-/// Checks and maps a ring received from a peer, and wraps its eventfds.
-pub(crate) fn open_peer_parts(
-    memfd: OwnedFd,
-    data: OwnedFd,
-    space: OwnedFd,
-) -> Result<PeerParts, String> {
+/// Checks and maps a ring received from a peer.
+pub(crate) fn open_peer_ring(memfd: OwnedFd) -> Result<Arc<SharedMap>, String> {
     let size = rustix::fs::fstat(&memfd)
         .map_err(|e| format!("cannot inspect the ring: {e}"))?
         .st_size;
@@ -263,9 +243,7 @@ pub(crate) fn open_peer_parts(
         return Err(format!("the ring's size {size} is not valid"));
     }
     let map = SharedMap::open(memfd, size).map_err(|e| format!("refused the ring: {e}"))?;
-    let data = Notifier::from_peer(data).map_err(|e| e.to_string())?;
-    let space = Notifier::from_peer(space).map_err(|e| e.to_string())?;
-    Ok((Arc::new(map), Arc::new(data), Arc::new(space)))
+    Ok(Arc::new(map))
 }
 
 impl SendConn {
@@ -330,7 +308,7 @@ impl SendConn {
             match self.producer.try_push(piece, last) {
                 Ok(Push::Done { wake }) => {
                     if wake {
-                        self.data_wake.notify();
+                        notify::wake(self.sock.as_fd());
                     }
                     done = end;
                     if last {
@@ -372,17 +350,12 @@ impl SendConn {
             .map_err(|_| SendFail::Disconnected)?;
         if sleep {
             let wait = remaining.map_or(MAX_SLEEP, |d| d.min(MAX_SLEEP));
-            let mut fds = [
-                PollFd::new(&*self.space, PollFlags::IN),
-                PollFd::new(&self.sock, PollFlags::IN),
-            ];
+            let mut fds = [PollFd::new(&self.sock, notify::READY)];
             let polled = sys::poll(&mut fds, Some(wait));
-            let receiver_gone = !fds[1].revents().is_empty();
-            let woken = !fds[0].revents().is_empty();
+            let ready = !fds[0].revents().is_empty();
             self.producer.end_wait();
-            if woken {
-                self.space.drain();
-            }
+            // A wake-up byte, or the receiver's end.
+            let receiver_gone = ready && !notify::drain(self.sock.as_fd());
             polled.map_err(|e| SendFail::Failed(SendFailure::Io(e)))?;
             if receiver_gone {
                 return Err(SendFail::Disconnected);
@@ -404,7 +377,7 @@ impl SendConn {
         // After a fork another process may still be sending through this ring: then only the
         // socket's hang-up (when the last copy closes) tells the receiver we are done.
         if sys::forks::generation() == self.fork_gen && self.producer.close() {
-            self.data_wake.notify();
+            notify::wake(self.sock.as_fd());
         }
     }
 }

@@ -2,7 +2,7 @@
 //! producer and consumer, within `LOOM_MAX_PREEMPTIONS`, for each scenario. Run with
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom`.
 //!
-//! Sleeping is modelled with `loom::sync::Notify` (a permit, like the eventfd the shm flavor
+//! Sleeping is modelled with `loom::sync::Notify` (a permit, like the wake-up byte the shm flavor
 //! polls): a lost wake-up leaves a thread blocked forever, which loom reports as a deadlock.
 
 use loom::sync::{Arc, Notify};
@@ -15,9 +15,9 @@ const CAP: usize = 4096;
 
 struct Shared {
     ring: HeapRing,
-    /// Wakes the consumer (the receiver's eventfd).
+    /// Wakes the consumer (a byte on the connection, in the shm flavor).
     data: Notify,
-    /// Wakes the producer (the sender's eventfd).
+    /// Wakes the producer (likewise).
     space: Notify,
 }
 

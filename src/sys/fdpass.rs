@@ -1,6 +1,6 @@
 //! Passing file descriptors over a Unix socket (`SCM_RIGHTS`).
 //!
-//! The shared-memory backend hands its memfd and eventfds to the peer this way over the
+//! The shared-memory backend hands its ring's memfd to the peer this way over the
 //! rendezvous connection. Descriptors always travel with at least one byte of data: on a
 //! stream socket the kernel attaches them to that byte, so the receiver gets them with the
 //! `recvmsg` that reads it and never has to guess where they belong.

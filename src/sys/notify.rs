@@ -1,163 +1,119 @@
-//! Wake-ups between processes: an eventfd.
+//! Wake-ups between the two ends of one shared-memory connection: single bytes on the
+//! connection's own socket.
 //!
-//! The sleeping side polls the eventfd (together with the rendezvous socket, whose hang-up
-//! says the peer died); the waking side adds one to its counter. Both calls are
-//! non-blocking, so neither side can be stranded by the other.
-//!
-//! The `O_NONBLOCK` flag lives on the open file description, which both processes share
-//! once the descriptor is passed: a hostile peer could clear it. Callers that must not
-//! block even then should `drain` only after a poll said the descriptor is readable and
-//! bound every wait, as the design requires anyway.
+//! The sleeping side polls the socket; the waking side sends one byte. The same poll sees the
+//! peer's death (end of file, hang-up), so one descriptor serves both. Every call here passes
+//! `MSG_DONTWAIT` *per call*: a peer cannot make it block by clearing `O_NONBLOCK` on the
+//! shared file description, which is what an eventfd passed to the peer would have allowed
+//! (and a shared eventfd also let one sender drain the wake-ups meant for the others).
 
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 
-use rustix::event::EventfdFlags;
+use rustix::event::PollFlags;
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags};
 
-/// A wake-up channel between processes: an eventfd (`EFD_CLOEXEC | EFD_NONBLOCK`).
-#[derive(Debug)]
-pub(crate) struct Notifier {
-    fd: OwnedFd,
+/// What to poll a connection's socket for: wake-up bytes, end of file, hang-up.
+pub(crate) const READY: PollFlags = PollFlags::IN.union(PollFlags::RDHUP);
+
+/// Wakes the peer sleeping on `sock`. Never blocks and never raises `SIGPIPE`: a full
+/// socket buffer means wake-ups are already pending, a dead peer is noticed by its own
+/// hang-up, and every sleep is bounded anyway, so errors are ignored.
+pub(crate) fn wake(sock: BorrowedFd<'_>) {
+    loop {
+        match rustix::net::send(sock, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Err(Errno::INTR) => continue,
+            Ok(_) | Err(_) => return,
+        }
+    }
 }
 
-impl std::os::fd::AsFd for Notifier {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
-impl Notifier {
-    /// A new eventfd with its counter at zero.
-    pub(crate) fn new() -> io::Result<Notifier> {
-        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        Ok(Notifier { fd })
-    }
-
-    /// Wraps an eventfd without checking it (tests); peers' descriptors go through
-    /// [`Notifier::from_peer`].
-    #[cfg(test)]
-    pub(crate) fn from_fd(fd: OwnedFd) -> Notifier {
-        Notifier { fd }
-    }
-
-    /// Wraps a descriptor received from a peer after checking it is an eventfd (anything
-    /// else gives `InvalidData`: a pipe, say, could raise `SIGPIPE` on `notify`), and makes
-    /// it non-blocking in case the peer did not.
-    pub(crate) fn from_peer(fd: OwnedFd) -> io::Result<Notifier> {
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
-        if link.as_os_str() != "anon_inode:[eventfd]" {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("the wake-up descriptor is {link:?}, not an eventfd"),
-            ));
-        }
-        super::set_nonblocking(&fd)?;
-        Ok(Notifier { fd })
-    }
-
-    /// Adds 1 to the counter, which wakes a poller. Never blocks: `EAGAIN` means the
-    /// counter is saturated, so it is already signalled. Retries `EINTR`; any other error
-    /// (there is none for a valid eventfd) is ignored, since every sleep is bounded.
-    pub(crate) fn notify(&self) {
-        let one = 1u64.to_ne_bytes();
-        loop {
-            match rustix::io::write(&self.fd, &one) {
-                Err(rustix::io::Errno::INTR) => continue,
-                Ok(_) | Err(_) => return,
-            }
+/// Reads the wake-up bytes waiting on `sock` without blocking. Returns `false` when the peer
+/// is gone (end of file, or an error).
+pub(crate) fn drain(sock: BorrowedFd<'_>) -> bool {
+    let mut buf = [0u8; 256];
+    // Bounded: a peer that keeps the socket full cannot keep us here; what is left keeps
+    // the socket readable, so the next poll returns at once and we drain again.
+    for _ in 0..16 {
+        match rustix::net::recv(sock, &mut buf, RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return false,
+            Ok((n, _)) if n < buf.len() => return true,
+            Ok(_) => continue,
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => return true,
+            Err(_) => return false,
         }
     }
-
-    /// Resets the counter to zero with a non-blocking read; true when it was signalled.
-    pub(crate) fn drain(&self) -> bool {
-        let mut count = [0u8; 8];
-        loop {
-            match rustix::io::read(&self.fd, &mut count) {
-                Ok(n) => return n == 8 && u64::from_ne_bytes(count) != 0,
-                Err(rustix::io::Errno::INTR) => continue,
-                // EAGAIN: not signalled. Anything else cannot happen on an eventfd.
-                Err(_) => return false,
-            }
-        }
-    }
-
-    /// The eventfd: poll it for readability, or pass it to a peer.
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
+    true
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    use rustix::event::PollFd;
+
     use super::*;
-    use std::time::{Duration, Instant};
 
-    fn dup(fd: BorrowedFd<'_>) -> OwnedFd {
-        rustix::io::fcntl_dupfd_cloexec(fd, 0).unwrap()
+    fn pair() -> (UnixStream, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
     }
 
     #[test]
-    fn drain_reports_and_resets() {
-        let n = Notifier::new().unwrap();
-        assert!(!n.drain());
-        n.notify();
-        assert!(n.drain());
-        assert!(!n.drain());
-        n.notify();
-        n.notify();
-        n.notify();
-        assert!(n.drain(), "several notifies are one wake-up");
-        assert!(!n.drain());
+    fn a_wake_is_seen_by_poll_and_drained() {
+        let (a, b) = pair();
+        let mut fds = [PollFd::new(&b, READY)];
+        assert_eq!(crate::sys::poll(&mut fds, Some(Duration::ZERO)).unwrap(), 0);
+        wake(a.as_fd());
+        wake(a.as_fd());
+        let mut fds = [PollFd::new(&b, READY)];
+        assert_eq!(crate::sys::poll(&mut fds, Some(Duration::ZERO)).unwrap(), 1);
+        assert!(drain(b.as_fd()), "woken, peer alive");
+        let mut fds = [PollFd::new(&b, READY)];
+        assert_eq!(crate::sys::poll(&mut fds, Some(Duration::ZERO)).unwrap(), 0);
+        assert!(drain(b.as_fd()), "nothing to read: still alive");
     }
 
     #[test]
-    fn flags() {
-        let n = Notifier::new().unwrap();
-        assert!(rustix::io::fcntl_getfd(n.fd())
-            .unwrap()
-            .contains(rustix::io::FdFlags::CLOEXEC));
-        assert!(rustix::fs::fcntl_getfl(n.fd())
-            .unwrap()
-            .contains(rustix::fs::OFlags::NONBLOCK));
+    fn the_peers_end_is_seen_after_its_wake_ups() {
+        let (a, b) = pair();
+        wake(a.as_fd());
+        drop(a);
+        // The pending wake-up first, then the end of file (at the latest on the next drain).
+        let first = drain(b.as_fd());
+        assert!(!first || !drain(b.as_fd()), "the end was never reported");
     }
 
     #[test]
-    fn saturated_counter_does_not_block() {
-        let n = Notifier::new().unwrap();
-        // The largest value an eventfd holds; one more would block a blocking eventfd.
-        rustix::io::write(n.fd(), &(u64::MAX - 1).to_ne_bytes()).unwrap();
-        n.notify();
-        n.notify();
-        assert!(n.drain());
-        assert!(!n.drain());
-    }
-
-    #[test]
-    fn poll_wakes_after_notify_from_another_thread() {
-        let n = Notifier::new().unwrap();
-        let peer = Notifier::from_fd(dup(n.fd()));
-        assert!(!crate::sys::wait_readable(n.fd(), Some(Duration::ZERO)).unwrap());
-        let start = Instant::now();
-        let waker = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            peer.notify();
-        });
-        assert!(crate::sys::wait_readable(n.fd(), Some(Duration::from_secs(10))).unwrap());
-        assert!(start.elapsed() >= Duration::from_millis(40));
-        waker.join().unwrap();
-        assert!(n.drain());
-        assert!(!crate::sys::wait_readable(n.fd(), Some(Duration::ZERO)).unwrap());
-    }
-
-    #[test]
-    fn from_peer_checks_the_kind_and_sets_nonblocking() {
-        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC).unwrap();
-        let n = Notifier::from_peer(fd).unwrap();
-        assert!(!n.drain(), "a blocking eventfd would hang here");
-        let (r, w) = rustix::pipe::pipe().unwrap();
-        for fd in [r, w] {
-            let err = Notifier::from_peer(fd).unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    fn waking_a_dead_peer_or_a_full_socket_neither_blocks_nor_signals() {
+        let (a, b) = pair();
+        // A peer that never reads, and even clears O_NONBLOCK on the shared description:
+        // MSG_DONTWAIT is per call, so these return at once.
+        b.set_nonblocking(false).unwrap();
+        let blocking = OwnedFd::from(a.try_clone().unwrap());
+        rustix::fs::fcntl_setfl(&blocking, rustix::fs::OFlags::empty()).unwrap();
+        for _ in 0..1_000_000 {
+            wake(a.as_fd());
         }
+        drop(b);
+        // SIGPIPE would kill the test binary; MSG_NOSIGNAL prevents it.
+        wake(a.as_fd());
+    }
+
+    #[test]
+    fn a_flood_is_drained_in_bounded_steps() {
+        let (mut a, b) = pair();
+        let junk = vec![7u8; 200_000];
+        let _ = a.write(&junk);
+        // Each call returns after a bounded amount; the peer is still alive.
+        assert!(drain(b.as_fd()));
+        let mut fds = [PollFd::new(&b, READY)];
+        assert_eq!(crate::sys::poll(&mut fds, Some(Duration::ZERO)).unwrap(), 1);
     }
 }

@@ -1,6 +1,7 @@
 //! Hand-driven `shm:` peers for the hostile-peer tests. `Raw` is a sender that does the
-//! handshake by hand on a std `UnixStream` (hello out; the answer with the ring memfd and two
-//! eventfds in by `SCM_RIGHTS`), maps the ring with memmap2 and writes it word by word.
+//! handshake by hand on a std `UnixStream` (hello out; the answer with the ring's memfd in by
+//! `SCM_RIGHTS`), maps the ring with memmap2 and writes it word by word; wake-ups are single
+//! bytes on the connection.
 //! `fake_receiver` plays the other side: a listener that hands a real `Sender` a ring of its
 //! own making.
 #![allow(dead_code)]
@@ -48,7 +49,8 @@ pub const DROP_WITHIN: Duration = Duration::from_secs(3);
 /// Ids of the hostile peer's own well-formed messages (real senders use smaller ones).
 pub const HOSTILE: u32 = 1_000_000;
 
-/// A mapped ring and the receiver's wake-up eventfd; cheap to clone into a thread.
+/// A mapped ring and the connection that carries wake-ups to the peer; cheap to clone into a
+/// thread.
 #[derive(Clone)]
 pub struct Ring {
     pub map: Arc<MmapRaw>,
@@ -57,6 +59,7 @@ pub struct Ring {
 }
 
 impl Ring {
+    /// `wake` is a duplicate of the connection's socket.
     pub fn over(file: &File, wake: OwnedFd) -> Ring {
         let len = file.metadata().unwrap().len() as usize;
         let map = MmapOptions::new().map_raw(file).expect("map the ring");
@@ -106,7 +109,8 @@ impl Ring {
     }
 
     pub fn notify(&self) {
-        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        let _ = rustix::net::send(&*self.wake, &[1], flags);
     }
 
     pub fn consumer_closed(&self) -> bool {
@@ -119,7 +123,6 @@ pub struct Raw {
     pub sock: UnixStream,
     pub file: File,
     pub ring: Ring,
-    _space: OwnedFd,
     /// Where the next frame goes.
     pub head: u64,
 }
@@ -170,16 +173,15 @@ impl Raw {
         let (n, fds) = recv_fds(&sock, &mut buf);
         let reply = finish_hello(&mut sock, buf[..n].to_vec());
         assert_eq!((&reply[..4], reply[6]), (&b"CNDT"[..], 0), "accepted");
-        let [memfd, wake, space]: [OwnedFd; 3] = fds.try_into().expect("three descriptors");
+        let [memfd]: [OwnedFd; 1] = fds.try_into().expect("one descriptor");
         let file = File::from(memfd);
-        let ring = Ring::over(&file, wake);
+        let ring = Ring::over(&file, OwnedFd::from(sock.try_clone().unwrap()));
         let magic = ring.u64_at(0).load(Ordering::Acquire).to_le_bytes();
         assert_eq!(&magic, b"CDTRING1", "ring magic");
         Raw {
             sock,
             file,
             ring,
-            _space: space,
             head: 0,
         }
     }
@@ -197,15 +199,20 @@ impl Raw {
         self.publish(&encode(j), LAST);
     }
 
-    /// Whether the receiver closed the rendezvous socket (EOF or reset).
+    /// Whether the receiver closed the rendezvous socket (EOF or reset). Wake-up bytes it
+    /// sent are read and ignored.
     pub fn hung_up(&mut self) -> bool {
         self.sock.set_nonblocking(true).unwrap();
-        let mut b = [0u8; 16];
-        let r = self.sock.read(&mut b);
+        let mut b = [0u8; 256];
+        let r = loop {
+            match self.sock.read(&mut b) {
+                Ok(n) if n > 0 => continue,
+                other => break other,
+            }
+        };
         self.sock.set_nonblocking(false).unwrap();
         match r {
-            Ok(0) => true,
-            Ok(_) => panic!("the receiver wrote after the handshake"),
+            Ok(_) => true,
             Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
         }
     }
@@ -325,23 +332,15 @@ pub fn fake_receiver(
         rustix::fs::ftruncate(&memfd, (HEADER + 4096) as u64).unwrap();
         let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
         rustix::fs::fcntl_add_seals(&memfd, seals).unwrap();
-        let eventfd = || {
-            rustix::event::eventfd(
-                0,
-                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-            )
-            .unwrap()
-        };
-        let (data, space) = (eventfd(), eventfd());
         let file = File::from(memfd);
-        let ring = Ring::over(&file, data.try_clone().unwrap());
+        let ring = Ring::over(&file, OwnedFd::from(sock.try_clone().unwrap()));
         ring.u64_at(0)
             .store(u64::from_le_bytes(*b"CDTRING1"), Ordering::Relaxed);
         ring.u32_at(8).store(LAYOUT_VERSION, Ordering::Relaxed);
         ring.u32_at(12).store(4096, Ordering::Relaxed);
         prepare(&ring);
-        let fds = [file.as_fd(), data.as_fd(), space.as_fd()];
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let fds = [file.as_fd()];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
         let reply = hello_for::<Job>(1 << 20);
