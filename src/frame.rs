@@ -4,7 +4,11 @@
 //! [`FrameReader`] is pure logic over a byte buffer (no I/O), so it can be fuzzed and unit
 //! tested with bytes split at arbitrary points. It checks every length before it reserves
 //! memory: a piece is at most `PIECE_MAX`, a message at most the size limit, and memory for a
-//! message grows only as its bytes actually arrive.
+//! message grows only as its bytes actually arrive (at most one piece ahead).
+//!
+//! Large pieces skip the buffer: once a piece of at least [`DIRECT_MIN`] bytes has its header
+//! in, [`FrameReader::direct`] hands out the message's assembly vector, and the caller reads
+//! the rest of that piece straight into it, saving a copy of every large message.
 
 use std::fmt;
 
@@ -18,6 +22,9 @@ pub(crate) const FLAG_LAST: u8 = 1;
 const BUF_SIZE: usize = 2 * (HEADER + PIECE_MAX);
 /// Keep at most this much reassembly capacity between messages.
 const KEEP_ASSEMBLY: usize = 1 << 20;
+/// Pieces with at least this many payload bytes still to come are read straight into the
+/// assembly (see the module docs).
+pub(crate) const DIRECT_MIN: usize = 4096;
 
 /// Encodes a frame header.
 pub(crate) fn header(len: usize, last: bool) -> [u8; HEADER] {
@@ -65,6 +72,9 @@ pub(crate) struct FrameReader {
     assembly: Vec<u8>,
     /// The assembly holds a message already handed out: clear it before the next piece.
     assembly_done: bool,
+    /// A piece being read straight into the assembly: its bytes still to come, and whether
+    /// it ends its message. Kept (with 0 to come) until `next_message` has handled it.
+    direct: Option<(usize, bool)>,
     limit: usize,
 }
 
@@ -77,6 +87,7 @@ impl FrameReader {
             end: 0,
             assembly: Vec::new(),
             assembly_done: false,
+            direct: None,
             limit,
         }
     }
@@ -101,9 +112,29 @@ impl FrameReader {
         self.end = (self.end + n).min(self.buf.len());
     }
 
+    /// While a piece goes straight into the assembly: the vector to append its bytes to, and
+    /// at most how many to append (the rest of the piece, never beyond it). Report what was
+    /// appended with [`FrameReader::appended`]. `None`: read into [`FrameReader::spare`].
+    pub(crate) fn direct(&mut self) -> Option<(&mut Vec<u8>, usize)> {
+        match self.direct {
+            Some((left, _)) if left > 0 => Some((&mut self.assembly, left)),
+            _ => None,
+        }
+    }
+
+    /// Records that `n` bytes of the current piece were appended to the vector from
+    /// [`FrameReader::direct`].
+    pub(crate) fn appended(&mut self, n: usize) {
+        if let Some((left, _)) = &mut self.direct {
+            *left -= n.min(*left);
+        }
+    }
+
     /// True when bytes of an incomplete message are held (a torn message if the stream ends).
     pub(crate) fn mid_message(&self) -> bool {
-        self.start != self.end || (!self.assembly.is_empty() && !self.assembly_done)
+        self.start != self.end
+            || self.direct.is_some()
+            || (!self.assembly.is_empty() && !self.assembly_done)
     }
 
     /// The next complete message, `Ok(None)` if more bytes are needed.
@@ -115,6 +146,17 @@ impl FrameReader {
             } else {
                 self.assembly.clear();
             }
+        }
+        match self.direct {
+            Some((0, last)) => {
+                self.direct = None;
+                if last {
+                    self.assembly_done = true;
+                    return Ok(Some(&self.assembly));
+                }
+            }
+            Some(_) => return Ok(None),
+            None => {}
         }
         loop {
             let avail = &self.buf[self.start..self.end];
@@ -142,6 +184,16 @@ impl FrameReader {
                 });
             }
             if avail.len() < HEADER + len {
+                let have = avail.len() - HEADER;
+                if len - have < DIRECT_MIN {
+                    return Ok(None);
+                }
+                // The rest of this piece goes straight into the assembly (`direct`). The
+                // buffer holds nothing after the part we take now.
+                self.assembly.reserve_exact(len);
+                self.assembly.extend_from_slice(&avail[HEADER..]);
+                self.start = self.end;
+                self.direct = Some((len - have, last));
                 return Ok(None);
             }
             let piece = self.start + HEADER..self.start + HEADER + len;
@@ -186,11 +238,18 @@ mod tests {
         let mut out = Vec::new();
         let mut pos = 0;
         while pos < bytes.len() {
-            let spare = reader.spare();
-            let n = step.min(spare.len()).min(bytes.len() - pos);
-            spare[..n].copy_from_slice(&bytes[pos..pos + n]);
-            reader.filled(n);
-            pos += n;
+            if let Some((assembly, max)) = reader.direct() {
+                let n = step.min(max).min(bytes.len() - pos);
+                assembly.extend_from_slice(&bytes[pos..pos + n]);
+                reader.appended(n);
+                pos += n;
+            } else {
+                let spare = reader.spare();
+                let n = step.min(spare.len()).min(bytes.len() - pos);
+                spare[..n].copy_from_slice(&bytes[pos..pos + n]);
+                reader.filled(n);
+                pos += n;
+            }
             while let Some(m) = reader.next_message()? {
                 out.push(m.to_vec());
             }
@@ -212,6 +271,34 @@ mod tests {
             assert_eq!(feed(&mut r, &stream, step).unwrap(), msgs, "step {step}");
             assert!(!r.mid_message());
         }
+    }
+
+    #[test]
+    fn large_pieces_are_read_straight_into_the_assembly() {
+        let msg: Vec<u8> = (0..PIECE_MAX as u32 + 10_000)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let stream = frames(&msg);
+        let mut r = FrameReader::new(1 << 20);
+        assert!(r.direct().is_none(), "nothing to read straight yet");
+        // The first header and 100 payload bytes arrive through the buffer ...
+        r.spare()[..HEADER + 100].copy_from_slice(&stream[..HEADER + 100]);
+        r.filled(HEADER + 100);
+        assert_eq!(r.next_message(), Ok(None));
+        assert!(r.mid_message());
+        // ... then the reader asks for exactly the rest of that piece, and no more.
+        let (assembly, max) = r.direct().expect("a large piece goes straight in");
+        assert_eq!((assembly.len(), max), (100, PIECE_MAX - 100));
+        assembly.extend_from_slice(&stream[HEADER + 100..HEADER + PIECE_MAX]);
+        r.appended(PIECE_MAX - 100);
+        assert!(r.direct().is_none(), "the piece is complete");
+        assert_eq!(r.next_message(), Ok(None), "the message has a second piece");
+        // The short second piece comes through the buffer.
+        let rest = &stream[HEADER + PIECE_MAX..];
+        r.spare()[..rest.len()].copy_from_slice(rest);
+        r.filled(rest.len());
+        assert_eq!(r.next_message(), Ok(Some(&msg[..])));
+        assert!(!r.mid_message());
     }
 
     #[test]

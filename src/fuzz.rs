@@ -179,8 +179,9 @@ fn reference_frames(stream: &[u8], limit: usize) -> (Vec<Vec<u8>>, Option<FrameE
 /// Feeds `data` to a [`FrameReader`] in chunks whose sizes derive from the input, as a
 /// socket would deliver them. Checks: the messages and the final error equal those of a
 /// one-go reference parse (so the split points change nothing); no message exceeds the
-/// limit; the reader holds at most its fixed buffer plus twice the bytes it was given (and
-/// twice the limit), however the lengths lie.
+/// limit; the reader holds at most its fixed buffer, one piece reserved ahead, and twice the
+/// bytes it was given (and twice the limit), however the lengths lie. Bytes go where the
+/// reader asks: its buffer, or straight into a large piece's assembly (`direct`).
 pub fn frame_decode(data: &[u8]) {
     let mut input = Input::new(data);
     let limit = pick_limit(input.u8());
@@ -209,7 +210,7 @@ pub fn frame_decode(data: &[u8]) {
                 Err(e) => break 'feed Some(e),
             }
         }
-        let bound = buf_size + 2 * pos.min(limit) + 64;
+        let bound = buf_size + PIECE_MAX + 2 * pos.min(limit) + 64;
         assert!(
             watch.peak() <= bound,
             "reader holds {} > {bound}",
@@ -218,8 +219,6 @@ pub fn frame_decode(data: &[u8]) {
         if pos == stream.len() {
             break None;
         }
-        let spare = reader.spare();
-        assert!(!spare.is_empty(), "spare() must never be empty");
         let r = rng.next();
         let want = match r % 4 {
             0 => 1 + (r >> 8) as usize % 8,
@@ -227,6 +226,16 @@ pub fn frame_decode(data: &[u8]) {
             2 => 1 + (r >> 8) as usize % 70_000,
             _ => usize::MAX,
         };
+        if let Some((assembly, max)) = reader.direct() {
+            assert!(max > 0, "direct() must never ask for nothing");
+            let n = want.min(max).min(stream.len() - pos);
+            assembly.extend_from_slice(&stream[pos..pos + n]);
+            reader.appended(n);
+            pos += n;
+            continue;
+        }
+        let spare = reader.spare();
+        assert!(!spare.is_empty(), "spare() must never be empty");
         let n = want.min(spare.len()).min(stream.len() - pos);
         spare[..n].copy_from_slice(&stream[pos..pos + n]);
         reader.filled(n);

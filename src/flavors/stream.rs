@@ -80,12 +80,17 @@ impl RecvConn {
         }
     }
 
-    /// One non-blocking read into the frame reader.
+    /// One non-blocking read into the frame reader (straight into a large message's
+    /// assembly when the reader asks for it).
     fn read_some(&mut self) {
-        let spare = self.reader.spare();
-        match sys::read(&self.fd, spare) {
-            Ok(0) => self.eof = true,
-            Ok(n) => self.reader.filled(n),
+        let read = match self.reader.direct() {
+            Some((assembly, max)) => sys::read_append(&self.fd, assembly, max).map(|n| (n, true)),
+            None => sys::read(&self.fd, self.reader.spare()).map(|n| (n, false)),
+        };
+        match read {
+            Ok((0, _)) => self.eof = true,
+            Ok((n, true)) => self.reader.appended(n),
+            Ok((n, false)) => self.reader.filled(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             // Reset, or anything else: the peer is gone; nothing more will come.
             Err(_) => self.eof = true,
