@@ -100,7 +100,10 @@ fn plot(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let values = data.iter().flat_map(|(_, p)| p.iter().map(|&(_, y)| y));
     let (min, max) = values.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
-    let y = ((min / 2.0)..(max * 2.0)).log_scale();
+    // Room above the data for the legend: 60% more decades on top.
+    let (low, high) = ((min / 1.5).log10(), (max * 1.5).log10());
+    let high = high + (high - low).max(1.0) * 0.6;
+    let y = (10f64.powf(low)..10f64.powf(high)).log_scale();
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
