@@ -69,6 +69,9 @@ impl Spin {
         if self.turns % 64 != 0 {
             return true;
         }
+        // Give the core away now and then: a no-op when nothing else is runnable here, and
+        // the peer's chance to run (and free the space we wait for) when it shares our core.
+        std::thread::yield_now();
         let start = *self.start.get_or_insert_with(Instant::now);
         start.elapsed() < SPIN_FOR
     }

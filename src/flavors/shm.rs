@@ -29,6 +29,9 @@ use crate::{Error, Options, DEFAULT_SHM_CAPACITY};
 
 /// How many times the receiver re-checks its rings before it sleeps (about 50 µs here).
 const RECV_SPINS: u32 = 2000;
+/// While spinning, give the core away this often: a no-op when nothing else is runnable here,
+/// and the peer's chance to run when it shares our core.
+const YIELD_EVERY: u32 = 128;
 /// Reassembly capacity kept between messages, per sender.
 const KEEP_ASSEMBLY: usize = 8 << 20;
 /// The longest sleep when this process cannot run heavy fences (`sys/membarrier.rs`).
@@ -215,14 +218,18 @@ impl ShmReceiver {
             } else {
                 RECV_SPINS
             };
-            for _ in 0..spins {
+            for spin in 0..spins {
                 if let Some(value) = state.take(&decode) {
                     return Ok(value);
                 }
                 if state.conns.is_empty() {
                     break;
                 }
-                std::hint::spin_loop();
+                if spin % YIELD_EVERY == YIELD_EVERY - 1 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
             }
             if state.conns.is_empty() && state.ever_connected {
                 return Err(RecvFail::Disconnected);
