@@ -3,7 +3,7 @@
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
@@ -35,14 +35,30 @@ pub(crate) fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Res
 
 /// Waits until `fd` is writable (or has failed) or `timeout` passes. True when ready.
 pub(crate) fn wait_writable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
-    let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
-    Ok(poll(&mut fds, timeout)? > 0)
+    wait_for(fd, PollFlags::OUT, timeout)
 }
 
 /// Waits until `fd` is readable (or has hung up) or `timeout` passes. True when ready.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
-    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-    Ok(poll(&mut fds, timeout)? > 0)
+    wait_for(fd, PollFlags::IN, timeout)
+}
+
+/// Polls one descriptor. Unlike [`poll`], an `EINTR` does not end the wait: it is retried
+/// with the time left, so `false` always means the timeout has passed (callers such as the
+/// handshake report that as the peer not answering in time).
+fn wait_for(fd: BorrowedFd<'_>, flags: PollFlags, timeout: Option<Duration>) -> io::Result<bool> {
+    // `None` waits forever; so does a timeout too long to add to the clock.
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    loop {
+        let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+        let mut fds = [PollFd::new(&fd, flags)];
+        match rustix::event::poll(&mut fds, timespec(left).as_ref()) {
+            Ok(n) => return Ok(n > 0),
+            Err(rustix::io::Errno::INTR) if !left.is_some_and(|l| l.is_zero()) => continue,
+            Err(rustix::io::Errno::INTR) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// One `read(2)`, retrying `EINTR`. `Ok(0)` is end of stream.
