@@ -121,6 +121,41 @@ fn storm_interrupts_a_blocking_read() {
     assert!(sent >= 1);
 }
 
+/// Connecting runs a handshake that waits for the receiver's answer: under a storm at the
+/// connecting thread every connect must still succeed (regression: an interrupted wait was
+/// reported as "the receiver did not answer the handshake within 10 s", at once).
+#[test]
+fn connect_under_a_storm() {
+    within(Duration::from_secs(60), "connect under a storm", || {
+        for addr in [
+            common::unix_addr(),
+            "tcp:127.0.0.1:0".to_string(),
+            format!("shm:{}", common::temp_dir().join("r.sock").display()),
+        ] {
+            let rx = Receiver::<u64>::bind(&addr).expect("bind");
+            let addr = rx.local_addr().expect("address");
+            let before = HANDLED.load(Ordering::Relaxed);
+            let storm = Storm::at_this_thread();
+            let started = Instant::now();
+            let mut connects = 0u64;
+            // At least 300 connects and 100 signals.
+            while connects < 300 || HANDLED.load(Ordering::Relaxed) - before < 100 {
+                let tx = Sender::<u64>::connect(&addr)
+                    .unwrap_or_else(|e| panic!("{addr}: connect {connects} under a storm: {e}"));
+                tx.send(connects).expect("send");
+                assert_eq!(rx.recv_timeout(LONG).expect("recv"), connects);
+                connects += 1;
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "{addr}: too slow"
+                );
+            }
+            let sent = storm.stop();
+            eprintln!("signals: {connects} connects to {addr} under {sent} signals");
+        }
+    });
+}
+
 // ---- the workload --------------------------------------------------------------------------
 
 /// Messages per transfer.
@@ -289,6 +324,9 @@ fn in_process(storm_on: Side) {
     for setup in SETUPS {
         let what = format!("{setup:?}, storm on the {storm_on:?}");
         let started = Instant::now();
+        // The receiver's storm starts first: binding, connecting and the handshake run under
+        // it too.
+        let storm = (storm_on == Side::Receiver).then(Storm::at_this_thread);
         let (tx, rx) = pair(setup);
         let sender = std::thread::spawn(move || {
             let storm = (storm_on == Side::Sender).then(Storm::at_this_thread);
@@ -296,7 +334,6 @@ fn in_process(storm_on: Side) {
             drop(tx);
             (result, storm.map_or(0, Storm::stop))
         });
-        let storm = (storm_on == Side::Receiver).then(Storm::at_this_thread);
         let received = receive_all(&rx, storm_on);
         let mut signals = storm.map_or(0, Storm::stop);
         // A failed receive leaves the sender blocked on a full buffer: release it.
@@ -357,11 +394,12 @@ fn signal_child() {
         Ok("sender") => Side::Sender,
         _ => Side::Receiver,
     };
+    // The storm starts before the connect, so the handshake runs under it too.
+    let storm = (storm_on == Side::Sender).then(Storm::at_this_thread);
     let tx = match common::sender_from_parent::<Msg>(&Options::new()) {
         Ok(tx) => tx,
         Err(e) => fail(2, format!("sender: {e}")),
     };
-    let storm = (storm_on == Side::Sender).then(Storm::at_this_thread);
     if let Err(e) = send_all(&tx, storm_on) {
         fail(3, e);
     }
@@ -393,10 +431,11 @@ fn across_processes(target: common::Target, storm_on: Side) {
     } else {
         Options::new()
     };
+    // The storm starts before the bind and the spawn, which run under it too.
+    let storm = (storm_on == Side::Receiver).then(Storm::at_this_thread);
     let rx = target.receiver_for_child::<Msg>(&opts, &mut cmd);
     let child = common::Reaped::new(cmd.spawn().expect("spawn"));
     drop(cmd);
-    let storm = (storm_on == Side::Receiver).then(Storm::at_this_thread);
     let received = receive_all(&rx, storm_on);
     let signals = storm.map_or(0, Storm::stop);
     drop(rx);
