@@ -306,28 +306,47 @@ fn receiver_dropped_with_messages_queued() {
 }
 
 /// The sender drops with messages queued; the receiver takes some and drops too: the rest
-/// are dropped once, never decoded.
+/// are dropped once, never decoded. On bound setups a second sender then connects, queues
+/// more and drops as well, so the receiver goes with two senders' messages queued (on
+/// `thread:` two generations of channel).
 #[test]
 fn sender_dropped_with_messages_queued() {
     isolated("sender_dropped_with_messages_queued", || {
         for setup in SETUPS {
             let what = format!("{setup:?}");
-            let (tx, rx, _) = setup.pair(&Options::new());
+            let (tx, rx, addr) = setup.pair(&Options::new());
             for id in 0..40 {
                 tx.send(Counted::new(id, 100 + id as usize * 37))
                     .expect("send");
             }
             drop(tx);
-            for id in 0..15 {
+            let mut sent = 40;
+            if let Some(addr) = addr {
+                let tx = Sender::<Counted>::connect(&addr).expect("a second sender");
+                for id in 1000..1020 {
+                    tx.send(Counted::new(id, 100)).expect("send");
+                }
+                drop(tx);
+                sent += 20;
+            }
+            // The receiver serves senders in turn: check the order within each.
+            let mut received = Vec::new();
+            let mut next = [0u64, 1000];
+            for _ in 0..15 {
                 match rx.recv_timeout(Duration::from_secs(10)) {
-                    Ok(m) => assert!(m.id == id && m.intact(), "{what}: message {id}"),
-                    Err(e) => panic!("{what}: message {id}: {e}"),
+                    Ok(m) => {
+                        let k = usize::from(m.id >= 1000);
+                        assert!(m.id == next[k] && m.intact(), "{what}: got {}", m.id);
+                        next[k] += 1;
+                        received.push(m.id);
+                    }
+                    Err(e) => panic!("{what}: after {received:?}: {e}"),
                 }
             }
             drop(rx);
             let book = settled_ledger(&what);
-            assert_eq!(book.len(), 40, "{what}: every id recorded");
-            expect_makes(&book, &(0..15).collect::<Vec<_>>(), setup.encoded(), &what);
+            assert_eq!(book.len(), sent, "{what}: every id recorded");
+            expect_makes(&book, &received, setup.encoded(), &what);
         }
     });
 }
