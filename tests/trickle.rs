@@ -66,13 +66,13 @@ fn inherited_file(name: &str) -> File {
         .nth(3)
         .and_then(|f| f.parse().ok())
         .unwrap_or_else(|| child_fail(2, format!("token {token:?}")));
-    // SAFETY: the parent passed this descriptor to us alone (it is open: the token's check
-    // below would fail otherwise) and nothing else in this process uses it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    if file.metadata().is_err() {
+    // SAFETY: F_GETFD only inspects the descriptor number; it fails if nothing is open there.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
         child_fail(2, format!("descriptor {fd} is not open"));
     }
-    file
+    // SAFETY: the descriptor is open (checked above), the parent passed it to this process
+    // alone, and nothing else here uses it: the File may own it.
+    unsafe { File::from_raw_fd(fd) }
 }
 
 /// Writes `bytes` with one `write(2)` per byte; yields after each, and sleeps 50 µs after

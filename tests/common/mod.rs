@@ -137,12 +137,13 @@ pub fn die_with_parent(cmd: &mut Command) {
             return Err(std::io::Error::last_os_error());
         }
         if ppid != parent {
-            return Err(std::io::Error::other("the parent is already gone"));
+            // The parent is already gone (ESRCH: no such process).
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
         }
         Ok(())
     };
-    // SAFETY: the hook only makes async-signal-safe calls and allocates nothing (its error
-    // path builds an io::Error from a static string, which does not allocate).
+    // SAFETY: the hook only makes async-signal-safe calls and allocates nothing (its errors
+    // are raw OS error codes, which io::Error holds without allocating).
     unsafe {
         cmd.pre_exec(hook);
     }
