@@ -122,6 +122,23 @@ fn loom_full_and_empty_edges() {
 }
 
 #[test]
+fn loom_small_frames_handed_back_in_batches() {
+    // 408-byte frames: the consumer hands space back once 1 KiB has gathered (three frames)
+    // or when it finds the ring empty, not after each frame; eleven of them overfill the
+    // 4 KiB ring, so the producer must sleep until one of those hand-backs wakes it.
+    loom::model(|| run((0..11).map(|i| msg(i, 400)).collect()));
+}
+
+#[test]
+fn loom_an_empty_ring_hands_back_what_a_batch_did_not() {
+    // After the first frame (2000 bytes, handed back at once) the second (900 bytes) stays
+    // under the 1 KiB batch; the third needs 1196 bytes of padding to the end plus 2048, more
+    // than the 3196 the producer sees free. Only the hand-back when the consumer finds the
+    // ring empty (before it sleeps) lets the producer go on.
+    loom::model(|| run(vec![msg(0, 1992), msg(1, 892), msg(2, 2040)]));
+}
+
+#[test]
 fn loom_message_of_the_largest_piece() {
     loom::model(|| run(vec![msg(0, 2040), msg(1, 2040)]));
 }
