@@ -188,6 +188,14 @@ fn start_stream(target: &str, huge_at: Option<u64>) -> (Receiver<Msg>, Child) {
     (rx, child)
 }
 
+/// How many times each backend's sender is killed: `CONDUIT_KILLS`, 100 by default.
+fn kills() -> usize {
+    std::env::var("CONDUIT_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+}
+
 /// One kill: after `after` messages arrived, wait `delay`, then SIGKILL the sender.
 /// With `huge_at`, message `huge_at` is `HUGE`; with `pause`, the receiver stops reading
 /// for a while once it has everything before it, so the kill lands mid-way through it.
@@ -278,7 +286,8 @@ fn sender_killed(target: &str) {
         pause,
     };
     let mut plans = Vec::new();
-    for _ in 0..5 {
+    // Issue 6, scenario 1: 100 kills per backend, two of them at chosen hard points.
+    for _ in 0..kills().saturating_sub(2) {
         let (after, delay_us) = (1 + below(120), below(8_000));
         plans.push(plan(after, delay_us, None, false));
     }

@@ -400,7 +400,12 @@ fn sender_killed_at_random_points() {
         x % n
     };
     let mut times = Vec::new();
-    for _ in 0..4 {
+    // Issue 6, scenario 1: 100 kills (`CONDUIT_KILLS`), three of them at chosen hard points.
+    let kills = std::env::var("CONDUIT_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100usize);
+    for _ in 0..kills.saturating_sub(3) {
         times.push(kill_sender(1 + below(150), below(8_000), None, false));
     }
     // While the receiver reassembles the big message (or just after it).
