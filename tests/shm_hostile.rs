@@ -603,3 +603,41 @@ fn wake_up_floods_stall_nobody() {
         drop(raw);
     });
 }
+
+/// Issue 6, scenario 4 on shared memory: a sender that publishes the first piece of a message
+/// and then stalls (alive, connection open). `try_recv` stays non-blocking, `recv_timeout`
+/// times out, and the well-behaved sender beside it is still served, in order.
+#[test]
+fn a_stalled_first_piece_blocks_nobody() {
+    watchdog("stalled first piece", || {
+        let (rx, real, addr) = setup(&Options::new());
+        let mut raw = Raw::connect(&addr);
+        // The first 1000 bytes of a message that never ends (flags 0: not the last piece).
+        raw.publish(&[7u8; 1000], 0);
+        for _ in 0..20 {
+            let call = Instant::now();
+            match rx.try_recv() {
+                Err(conduit::TryRecvError::Empty) => {}
+                other => panic!("try_recv beside a stalled piece: {other:?}"),
+            }
+            let took = call.elapsed();
+            assert!(took < Duration::from_millis(500), "try_recv took {took:?}");
+        }
+        let call = Instant::now();
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Err(RecvTimeoutError::Timeout) => {}
+            other => panic!("recv_timeout beside a stalled piece: {other:?}"),
+        }
+        let took = call.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "recv_timeout(50 ms) took {took:?}"
+        );
+        let want: Vec<Job> = (0..50).map(|i| job(i, 100 + i as usize)).collect();
+        for j in &want {
+            real.send(j.clone()).expect("real send");
+        }
+        expect_real(&rx, Vec::new(), &want, &[]);
+        assert!(!raw.hung_up(), "a stalled but live sender is not dropped");
+    });
+}
