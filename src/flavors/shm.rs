@@ -1,7 +1,8 @@
 //! Shared-memory flavor: one SPSC ring (`crate::ring`) per connected sender, in a sealed
 //! memfd mapping the receiver creates and passes with `SCM_RIGHTS`; the rendezvous
-//! connection kept open to carry wake-up bytes and to notice a peer's death. This file holds the ring
-//! set-up, anonymous pairs and the receiving half; the sending half is in `shm_send.rs`.
+//! connection kept open to carry wake-up bytes and to notice a peer's death. This file holds
+//! the ring set-up, anonymous pairs and the receiving half; the sending half is in
+//! `shm_send.rs`.
 //!
 //! The receiver spins briefly, then announces its sleep in every ring it serves and polls
 //! every sender's connection: a sender's publish wakes it with a byte there (`sys/notify.rs`),

@@ -136,7 +136,9 @@ impl ShmSender {
         };
         if !conn.claimed() {
             return Err(Error::Unsupported {
-                what: format!("handing over a sender that {}", SendFailure::Forked),
+                what: "handing over a shared-memory sender whose ring another process \
+                       claimed after a fork()"
+                    .to_string(),
             });
         }
         if conn.tail_done < conn.tail.len() || conn.broken {
