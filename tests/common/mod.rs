@@ -17,8 +17,13 @@ pub fn role() -> Option<String> {
 /// A fresh private directory for socket files; the path is short enough for `sun_path`.
 /// The name holds our pid, so a directory already there was left by a dead process that
 /// had the same pid: it is removed first, so no stale socket file can get in the way.
+/// The first call in a process also removes the directories of test processes that have
+/// exited (tests cannot clean up after themselves when a child is killed or a test fails),
+/// so runs do not pile them up in the temporary directory.
 pub fn temp_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(sweep_dead_dirs);
     let dir = std::env::temp_dir().join(format!(
         "cdt-{}-{}",
         std::process::id(),
@@ -27,6 +32,30 @@ pub fn temp_dir() -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
+}
+
+/// Removes `cdt-PID-N` directories whose process no longer exists.
+fn sweep_dead_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("cdt-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        let gone = unsafe { libc::kill(pid, 0) } == -1
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A unique `unix:` address in a fresh directory.
