@@ -11,8 +11,13 @@ use crate::codec;
 use crate::frame::{FrameError, FrameReader, FLAG_LAST, HEADER, PIECE_MAX};
 use crate::handshake::{answer, Hello, HelloError, Status, FIXED, MAGIC, MAX_LEN, VERSION};
 
+mod hostile_ring;
 mod ring;
-pub use self::ring::{hostile_ring, ring_ops};
+mod ring_ops;
+#[cfg(test)]
+mod test_inputs;
+pub use self::hostile_ring::hostile_ring;
+pub use self::ring_ops::ring_ops;
 
 // ---------------------------------------------------------------------------------------
 // Input decoding and memory accounting shared by the drivers.

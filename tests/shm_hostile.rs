@@ -1,81 +1,115 @@
-//! Hostile shared-memory peers. A raw sender (`shm_wire::Raw`) does the `shm:` handshake by
-//! hand, maps the ring and corrupts it; each time the receiver must drop that connection alone
-//! (close the rendezvous socket, mark its side of the ring closed) within a bounded time,
-//! without panic, hang or unbounded allocation, and keep serving a well-behaved `Sender`
-//! connected alongside. Also: the ring cannot be resized (sealed), a dropped receiver
-//! disconnects senders, a hostile receiver cannot crash a sender, and nothing leaks.
+//! Hostile shared-memory senders: rings written wrong. A raw sender (`shm_wire::Raw`) does
+//! the `shm:` handshake by hand, maps the ring and corrupts it (bad header words, sizes over
+//! the limit, frames that never make progress, positions preset or changed between reads);
+//! each time the receiver must drop that connection alone (close the rendezvous socket, mark
+//! its side of the ring closed) within a bounded time, without panic, hang or unbounded
+//! allocation. What is odd but legal (garbage in `head`, positions near `u64::MAX`, a stalled
+//! first piece, a flood of wake-ups) is served or waited for without holding anyone up.
+//! Either way a well-behaved `Sender` connected alongside keeps being served. The peers'
+//! lifecycle and resources (sealing, receiver drop, hostile receivers, leaks) are tested in
+//! `tests/shm_peers.rs`.
 
 mod common;
 mod shm_wire;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conduit::__testing::encode;
-use conduit::{channel, Backend, Error, Options, Receiver, RecvTimeoutError, SendError, Sender};
+use conduit::{Options, Receiver, RecvTimeoutError};
 use shm_wire::*;
 
 type Case = fn(&mut Raw, &Receiver<Job>, &mut Vec<Job>);
 
+/// Writes hostile job `HOSTILE + id` at the raw sender's `head` and commits its header with
+/// `stamp` (a producer's would be `stamp(head, LAST)`).
+fn stamped(r: &mut Raw, id: u32, stamp: u32) {
+    let bytes = encode(&job(HOSTILE + id, 8));
+    r.payload(r.head, &bytes);
+    r.commit_word(r.head, word(bytes.len() as u32, stamp));
+    r.notify();
+}
+
+/// Commits a header claiming `len` bytes with `flags` at the raw sender's `head`.
+fn header(r: &mut Raw, len: usize, flags: u32) {
+    r.commit(r.head, len as u32, flags);
+    r.notify();
+}
+
+/// Hostile job `HOSTILE + id`, encoded in exactly `size` bytes.
+fn encoded_as(id: u32, size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|n| encode(&job(HOSTILE + id, n)))
+        .find(|bytes| bytes.len() == size)
+        .expect("a job of that encoded size")
+}
+
+/// Each must make the receiver drop that connection (and deliver none of its messages but
+/// the `consumed` ones).
 const CASES: &[(&str, Case)] = &[
-    ("head beyond the capacity", |r, _, _| {
-        r.set_head(r.cap as u64 + 8)
+    ("a header stamped ahead of its position", |r, _, _| {
+        stamped(r, 3, stamp(r.head + 8, LAST))
     }),
-    ("head at u64::MAX", |r, _, _| r.set_head(u64::MAX)),
-    ("head moved backwards", |r, rx, got| {
+    ("a header stamped behind its position", |r, rx, got| {
         consumed(r, rx, got, 1);
-        r.set_head(r.head - 8);
+        stamped(r, 4, stamp(r.head - 8, LAST));
     }),
-    ("head back to 0 after a frame", |r, rx, got| {
+    ("a header stamped with the previous lap", |r, rx, got| {
         consumed(r, rx, got, 2);
-        r.set_head(0);
+        stamped(r, 5, stamp(r.head.wrapping_sub(r.cap as u64), LAST));
     }),
-    ("half a frame header", |r, _, _| r.set_head(4)),
-    ("a frame longer than published", |r, _, _| {
-        r.frame(0, 100, LAST, &[]);
-        r.set_head(16);
+    ("a header stamped with the next lap", |r, _, _| {
+        stamped(r, 6, stamp(r.head + r.cap as u64, LAST))
+    }),
+    ("the high stamp bit", |r, _, _| {
+        stamped(r, 7, stamp(r.head, LAST) | 1 << 31)
     }),
     ("a frame longer than the capacity", |r, _, _| {
-        r.frame(0, u32::MAX - 7, LAST, &[]);
-        r.set_head(r.cap as u64);
+        header(r, u32::MAX as usize - 7, LAST)
     }),
     ("a frame over half the ring", |r, _, _| {
-        r.frame(0, (r.cap / 2 + 8) as u32, 0, &[]);
-        r.set_head(r.cap as u64);
+        header(r, r.cap / 2 + 8, 0)
     }),
-    ("unknown flags", |r, _, _| {
-        r.publish(&encode(&job(HOSTILE + 3, 8)), LAST | 4)
+    ("a frame past the region's end", |r, _, _| {
+        // 64 bytes left; the frame claims 8 + 64 (not the last piece: taking it would
+        // leave the receiver polling a cleared slot at offset 8).
+        r.start_at(r.cap as u64 - 64);
+        header(r, 64, 0);
     }),
-    ("the high flag bit", |r, _, _| {
-        r.publish(&encode(&job(HOSTILE + 4, 8)), 1 << 31)
+    ("unknown flags (PAD | LAST) on a job", |r, _, _| {
+        let bytes = encode(&job(HOSTILE + 9, 8));
+        r.payload(r.head, &bytes);
+        header(r, bytes.len(), PAD | LAST);
+    }),
+    ("an empty piece that is not the last", |r, _, _| {
+        r.publish(&[], 0)
     }),
     ("padding that stops short of the end", |r, _, _| {
-        r.frame(0, 0, PAD, &[]);
-        r.set_head(8);
+        r.start_at(r.cap as u64 / 2);
+        header(r, r.cap / 2 - 16, PAD);
     }),
     ("padding past the end", |r, _, _| {
-        r.frame(0, r.cap as u32, PAD, &[]);
-        r.set_head(r.cap as u64);
+        r.start_at(r.cap as u64 / 2);
+        header(r, r.cap / 2, PAD);
     }),
-    ("padding longer than published", |r, _, _| {
-        r.frame(0, (r.cap - 8) as u32, PAD, &[]);
-        r.set_head(64);
-    }),
+    ("padding at offset 0", |r, _, _| header(r, r.cap - 8, PAD)),
     ("padding flagged last", |r, _, _| {
-        r.frame(0, (r.cap - 8) as u32, PAD | LAST, &[]);
-        r.set_head(r.cap as u64);
+        // Right length and place, and what it covers is a whole job: only the flag is wrong.
+        r.start_at(r.cap as u64 - 72);
+        r.payload(r.head, &encoded_as(12, 64));
+        header(r, 64, PAD | LAST);
     }),
     ("well framed, not a Job", |r, _, _| {
         r.publish(&[0xff; 16], LAST)
     }),
     ("closed mid-message", |r, _, _| {
-        r.publish(&encode(&job(HOSTILE + 5, 100))[..50], 0);
+        r.publish(&encode(&job(HOSTILE + 10, 100))[..50], 0);
         r.u32_at(PRODUCER_CLOSED).store(1, Ordering::Release);
         r.notify();
     }),
     ("hung up mid-message", |r, _, _| {
-        r.publish(&encode(&job(HOSTILE + 6, 100))[..50], 0);
+        r.publish(&encode(&job(HOSTILE + 11, 100))[..50], 0);
         r.sock.shutdown(std::net::Shutdown::Write).unwrap();
     }),
 ];
@@ -169,8 +203,8 @@ fn padding_without_end() {
 
 /// The receiver creates each ring, so its positions start at 0; a peer that writes `tail`
 /// before the receiver first looks at the ring must not move where the receiver reads. Here
-/// `tail` is 3 (no frame can start there) and a frame at 3 is published: the receiver must
-/// not deliver it, and must drop the connection.
+/// `tail` is 3 (no frame can start there) and a frame at 3 is written, header word and all:
+/// the receiver must not deliver it, and must drop the connection.
 #[test]
 fn tail_preset_before_the_receiver_attaches() {
     watchdog("preset tail", || {
@@ -182,8 +216,12 @@ fn tail_preset_before_the_receiver_attaches() {
         let misframed = job(HOSTILE + 9, 2);
         let bytes = encode(&misframed);
         raw.u64_at(TAIL).store(3, Ordering::Release);
-        raw.frame(3, bytes.len() as u32, LAST, &bytes);
-        raw.set_head(3 + 8 + bytes.len().next_multiple_of(8) as u64);
+        let mut frame = word(bytes.len() as u32, 3 | LAST | COMMIT)
+            .to_le_bytes()
+            .to_vec();
+        frame.extend_from_slice(&bytes);
+        raw.write_bytes(3, &frame);
+        raw.notify();
         let mut got = Vec::new();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             wait_dropped(
@@ -198,8 +236,8 @@ fn tail_preset_before_the_receiver_attaches() {
             !delivered,
             "the receiver read from a tail of 3 that the peer wrote before it attached \
              (Consumer::new loads `tail` from shared memory), and delivered a frame no \
-             producer can write; with tail = capacity - 4 the same path reads the frame \
-             header 4 bytes past the data region"
+             producer can write; with tail = capacity - 4 the same path reads a header word \
+             4 bytes past the data region"
         );
         if let Err(panic) = result {
             std::panic::resume_unwind(panic);
@@ -208,28 +246,53 @@ fn tail_preset_before_the_receiver_attaches() {
     });
 }
 
-/// A thread keeps changing `head` (and the frame's length) while the receiver reads: it must
-/// read each value once, and sooner or later see a bad one and drop the connection.
+/// A thread keeps changing the header word at the receiver's position (and the slot after
+/// the frame) between a good commit and bad ones (a huge length, a wrong stamp, a stale
+/// header over a whole job) while the receiver reads: it must read each word once, never
+/// deliver a torn or stale message, and sooner or later see a bad one and drop the
+/// connection.
 #[test]
 fn positions_changing_between_reads() {
-    watchdog("flipping positions", || {
-        let (rx, real, addr) = setup(&Options::new());
+    watchdog("flipping header words", || {
+        const CAP: u64 = 1 << 16;
+        let (rx, real, addr) = setup(&Options::new().capacity(CAP as usize));
         let mut got = Vec::new();
         let h = job(HOSTILE + 7, 64);
-        for (case, bad_head) in [("head ahead", 3u64 << 40), ("head back to 0", 0)] {
+        let len = encode(&h).len() as u32;
+        let next = frame_size(len as usize);
+        let good = word(len, stamp(0, LAST));
+        // A whole job where the next frame's payload goes, under a header from the lap before
+        // (what a slot would hold if nobody cleared it): delivered only by a receiver that
+        // does not check stamps.
+        let stale = encode(&job(HOSTILE + 8, 16));
+        let cases = [
+            (
+                "lengths flipping",
+                [good, word(u32::MAX, stamp(0, LAST)), good],
+                [0, word(u32::MAX, stamp(next, 0))],
+            ),
+            (
+                "stamps flipping",
+                [good, word(len, stamp(8, LAST)), 0],
+                [
+                    0,
+                    word(stale.len() as u32, stamp(next.wrapping_sub(CAP), LAST)),
+                ],
+            ),
+        ];
+        for (case, at_frame, after_frame) in cases {
             let mut raw = Raw::connect(&addr);
             raw.send_job(&h);
-            let good = raw.head;
+            assert_eq!(raw.head, next);
+            raw.payload(next, &stale);
             let stop = Arc::new(AtomicBool::new(false));
             let (ring, halt) = (raw.ring.clone(), stop.clone());
-            let len = encode(&h).len() as u32;
             let flipper = std::thread::spawn(move || {
-                let (head, flen) = (ring.u64_at(HEAD), ring.u32_at(HEADER));
-                let mut n = 0u64;
+                let (first, second) = (ring.slot(0), ring.slot(next));
+                let mut n = 0usize;
                 while !halt.load(Ordering::Relaxed) {
-                    head.store(good, Ordering::Release);
-                    flen.store(if n % 3 == 0 { u32::MAX } else { len }, Ordering::Relaxed);
-                    head.store(bad_head, Ordering::Release);
+                    first.store(at_frame[n % at_frame.len()], Ordering::Release);
+                    second.store(after_frame[n % after_frame.len()], Ordering::Release);
                     n += 1;
                     if n % 64 == 0 {
                         ring.notify();
@@ -243,252 +306,99 @@ fn positions_changing_between_reads() {
         let want = vec![job(1, 10)];
         real.send(want[0].clone()).unwrap();
         let intact = got.iter().filter(|j| j.0 >= HOSTILE).all(|j| *j == h);
-        assert!(intact, "a hostile message arrived torn");
+        assert!(intact, "a hostile message arrived torn or stale");
         let got: Vec<Job> = got.into_iter().filter(|j| j.0 < HOSTILE).collect();
         expect_real(&rx, got, &want, &[]);
     });
 }
 
-fn assert_eperm(what: &str, r: std::io::Result<()>) {
-    match r {
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => {}
-        other => panic!("{what} on the sealed ring: expected EPERM, got {other:?}"),
-    }
-}
-
+/// The receiver polls the header words and never reads `head`: a sender that writes garbage
+/// there (beyond the capacity, `u64::MAX`, backwards, half a header...) while it commits its
+/// frames correctly is served like any other, across several laps and wrap paddings.
 #[test]
-fn sealed_ring_cannot_be_resized() {
-    watchdog("sealed ring", || {
-        let (rx, real, addr) = setup(&Options::new().capacity(8192));
+fn garbage_in_head_is_ignored() {
+    watchdog("garbage in head", || {
+        let (rx, real, addr) = setup(&Options::new().capacity(4096));
         let mut raw = Raw::connect(&addr);
-        let len = raw.file.metadata().unwrap().len();
-        assert_eq!(len, (HEADER + 8192) as u64, "header + capacity");
-        assert_eperm("shrink", raw.file.set_len(len / 2));
-        assert_eperm("truncate to 0", raw.file.set_len(0));
-        assert_eperm("grow", raw.file.set_len(len * 2));
-        let grow =
-            rustix::fs::fallocate(&raw.file, rustix::fs::FallocateFlags::empty(), 0, len * 2);
-        assert_eperm("fallocate past the end", grow.map_err(Into::into));
-        let seal = rustix::fs::fcntl_add_seals(&raw.file, rustix::fs::SealFlags::WRITE);
-        assert_eperm("adding a seal (F_SEAL_SEAL)", seal.map_err(Into::into));
-        assert_eq!(raw.file.metadata().unwrap().len(), len, "size unchanged");
-        // Nothing changed: the receiver takes the hostile peer's ring as before (no SIGBUS),
-        // next to a real sender whose 8 KiB ring wraps several times.
-        let want: Vec<Job> = (0..40).map(|i| job(i, 700)).collect();
-        let to_send = want.clone();
-        let sender = std::thread::spawn(move || {
-            for j in to_send {
-                real.send(j).expect("real send");
+        let cap = raw.cap as u64;
+        let stop = Arc::new(AtomicBool::new(false));
+        let scribbles = Arc::new(AtomicUsize::new(0));
+        let scribbler = {
+            let (ring, halt, count) = (raw.ring.clone(), stop.clone(), scribbles.clone());
+            std::thread::spawn(move || {
+                // Far from every position this stream uses, so a receiver that took `head`
+                // for anything would see it as corrupt.
+                let garbage = [u64::MAX, 3 << 40, 1 << 63, u64::MAX - cap, 5 << 32];
+                let mut n = 0usize;
+                while !halt.load(Ordering::Relaxed) {
+                    ring.u64_at(HEAD)
+                        .store(garbage[n % garbage.len()], Ordering::Release);
+                    n += 1;
+                    count.store(n, Ordering::Relaxed);
+                    if n % 256 == 0 {
+                        ring.notify();
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        };
+        let want = vec![job(1, 100), job(2, 200)];
+        real.send(want[0].clone()).unwrap();
+        let (mut sent, mut got) = (Vec::new(), Vec::new());
+        for i in 0..40 {
+            let j = job(HOSTILE + i, 30 + 17 * i as usize);
+            let bytes = encode(&j);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !raw.has_room(bytes.len()) {
+                if let Ok(j) = rx.recv_timeout(Duration::from_millis(1)) {
+                    got.push(j);
+                }
+                assert!(Instant::now() < deadline, "the receiver stopped draining");
+                assert!(
+                    !raw.consumer_closed(),
+                    "the receiver dropped a sender for garbage in `head`"
+                );
             }
-        });
-        let hostile: Vec<Job> = (0..8).map(|i| job(HOSTILE + i, 100)).collect();
-        for h in &hostile {
-            raw.send_job(h);
+            // Garbage goes on being written between publishes.
+            let seen = scribbles.load(Ordering::Relaxed);
+            while scribbles.load(Ordering::Relaxed) == seen {
+                assert!(Instant::now() < deadline, "the scribbler stopped");
+                std::thread::yield_now();
+            }
+            raw.publish(&bytes, LAST);
+            // Garbage again right after the publish's own store of `head`, so the receiver
+            // never finds the true one there: beyond the capacity, behind `tail`, half a
+            // header in, at the end of the positions.
+            let head = raw.head;
+            let garbage = [head + cap + 8, head.wrapping_sub(cap), head + 4, u64::MAX];
+            raw.set_head(garbage[i as usize % garbage.len()]);
+            sent.push(j);
         }
-        let mut got = Vec::new();
+        assert!(raw.head > 2 * cap, "the stream wrapped the ring twice");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while raw.tail() != raw.head && Instant::now() < deadline {
+        while got.iter().filter(|j| j.0 >= HOSTILE).count() < sent.len()
+            && Instant::now() < deadline
+        {
             if let Ok(j) = rx.recv_timeout(Duration::from_millis(5)) {
                 got.push(j);
             }
         }
+        stop.store(true, Ordering::Relaxed);
+        scribbler.join().unwrap();
         let mine: Vec<&Job> = got.iter().filter(|j| j.0 >= HOSTILE).collect();
         assert!(
-            mine.iter().copied().eq(&hostile),
-            "the hostile ring's jobs, in order"
+            mine.iter().copied().eq(&sent),
+            "the raw sender's jobs, in order, intact: got {} of {}",
+            mine.len(),
+            sent.len()
         );
-        expect_real(&rx, got, &want, &hostile);
-        sender.join().unwrap();
         assert!(
             !raw.hung_up() && !raw.consumer_closed(),
-            "a well-behaved ring dropped"
+            "a sender whose only fault is garbage in `head` was dropped"
         );
+        real.send(want[1].clone()).unwrap();
+        expect_real(&rx, got, &want, &sent);
     });
-}
-
-#[test]
-fn dropped_receiver_disconnects_senders() {
-    watchdog("receiver drop", || {
-        let (rx, real, addr) = setup(&Options::new());
-        let mut raw = Raw::connect(&addr);
-        real.send(job(1, 10)).unwrap();
-        raw.send_job(&job(HOSTILE, 10));
-        let mut got = vec![rx.recv_timeout(Duration::from_secs(5)).unwrap()];
-        got.push(rx.recv_timeout(Duration::from_secs(5)).unwrap());
-        got.sort();
-        assert_eq!(got, [job(1, 10), job(HOSTILE, 10)]);
-        drop(rx);
-        match real.send(job(2, 10)) {
-            Err(SendError::Disconnected(m)) => assert_eq!(m, job(2, 10), "handed back"),
-            other => panic!("send after the receiver dropped: {other:?}"),
-        }
-        assert!(
-            raw.consumer_closed(),
-            "the receiver closed its side of every ring"
-        );
-        let start = Instant::now();
-        while !raw.hung_up() {
-            assert!(
-                start.elapsed() < DROP_WITHIN,
-                "the rendezvous socket stayed open"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        match Sender::<Job>::connect(&addr) {
-            Err(Error::NotFound { .. }) => {}
-            other => panic!("connect after the receiver dropped: {other:?}"),
-        }
-    });
-}
-
-/// A hostile receiver hands a sender a ring of its own making. A well-made one works (the
-/// control); positions no receiver writes must make `connect` or `send` fail, never panic
-/// or write outside the ring.
-#[test]
-fn hostile_receiver_cannot_crash_a_sender() {
-    watchdog("hostile receiver", || {
-        let (addr, server) = fake_receiver(|_| {});
-        let tx = Sender::<Job>::connect(&addr).expect("connect to a well-made ring");
-        let (ring, _sock) = server.join().unwrap();
-        let sent = encode(&job(1, 20));
-        tx.send(job(1, 20)).expect("send");
-        let frame = 8 + sent.len().next_multiple_of(8) as u64;
-        assert_eq!(ring.u64_at(HEAD).load(Ordering::Acquire), frame, "head");
-        assert_eq!(
-            ring.u32_at(HEADER).load(Ordering::Relaxed),
-            sent.len() as u32
-        );
-        assert_eq!(ring.u32_at(HEADER + 4).load(Ordering::Relaxed), LAST);
-        // Full, then `tail` moves past `head`: the sender gives up on this receiver.
-        let mut n = 0;
-        while tx.try_send(job(2, 20)).is_ok() {
-            n += 1;
-            assert!(n < 4096, "a 4 KiB ring never filled");
-        }
-        let head = ring.u64_at(HEAD).load(Ordering::Acquire);
-        ring.u64_at(TAIL).store(head + 64, Ordering::Release);
-        match tx.try_send(job(3, 20)) {
-            Err(conduit::TrySendError::Disconnected(m)) => assert_eq!(m, job(3, 20)),
-            other => panic!("try_send with tail past head: {other:?}"),
-        }
-        // `tail` ahead of `head` from the start: refused at connect.
-        let (addr, server) = fake_receiver(|r| r.u64_at(TAIL).store(16, Ordering::Relaxed));
-        let refused = Sender::<Job>::connect(&addr);
-        drop(server.join().unwrap());
-        assert!(
-            matches!(refused, Err(Error::Protocol { .. })),
-            "tail ahead of head: {refused:?}"
-        );
-        // Both positions at 4092: no frame starts there (frames are 8-aligned), and only 4
-        // bytes are left before the end of the data region for an 8-byte header.
-        let (addr, server) = fake_receiver(|r| {
-            r.u64_at(HEAD).store(4092, Ordering::Relaxed);
-            r.u64_at(TAIL).store(4092, Ordering::Relaxed);
-        });
-        let outcome = std::panic::catch_unwind(|| {
-            Sender::<Job>::connect(&addr).map(|tx| tx.send(job(4, 20)).map_err(|e| e.to_string()))
-        });
-        drop(server.join().unwrap());
-        match outcome {
-            Ok(Err(_)) | Ok(Ok(Err(_))) => {}
-            Ok(Ok(Ok(()))) => panic!(
-                "a sender accepted a ring at position 4092 and wrote an 8-byte frame header \
-                 where 4 bytes were left (Producer::new checks only head - tail)"
-            ),
-            Err(_) => panic!(
-                "Sender::send panicked on a ring whose receiver set head = tail = 4092 \
-                 (Producer::new checks only head - tail; try_push computes the padding \
-                 length as pad - 8 with pad = 4)"
-            ),
-        }
-    });
-}
-
-// ---- leaks: in a child process, so parallel tests cannot disturb the counts ---------------
-
-fn ring_maps() -> usize {
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
-    maps.lines()
-        .filter(|l| l.contains("memfd:conduit-ring"))
-        .count()
-}
-
-fn counts() -> (usize, usize) {
-    (conduit::open_fd_count().expect("fd count"), ring_maps())
-}
-
-/// Polls up to 2 s for the counts to return to `base`.
-fn settles_to(base: (usize, usize), what: &str) {
-    let start = Instant::now();
-    while counts() != base && start.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(
-        counts(),
-        base,
-        "{what}: (open fds, ring mappings) before and after"
-    );
-}
-
-#[test]
-fn shm_hostile_child() {
-    let Some(role) = common::role() else { return };
-    assert_eq!(role, "leaks");
-    let base = counts();
-    let addr = format!("shm:{}", common::temp_dir().join("r.sock").display());
-    let rx = Receiver::<Job>::bind_with(&addr, &Options::new().capacity(4096)).expect("bind");
-    let bound = counts();
-    for i in 0..200 {
-        let tx = Sender::<Job>::connect(&addr).expect("connect");
-        tx.send(job(i, 10)).unwrap();
-        if i == 0 {
-            // The count sees rings at all: the receiver's and the sender's mapping.
-            assert_eq!(ring_maps(), 2, "one connection's mappings");
-        }
-        drop(tx);
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(5)).ok(),
-            Some(job(i, 10))
-        );
-    }
-    match rx.recv_timeout(Duration::from_secs(5)) {
-        Err(RecvTimeoutError::Disconnected) => {}
-        other => panic!("after 200 senders: {other:?}"),
-    }
-    settles_to(bound, "200 senders connected and dropped, receiver alive");
-    drop(rx);
-    settles_to(base, "200 senders and their receiver dropped");
-    for i in 0..200 {
-        let (tx, rx) = channel::<Job>(Backend::Shm).expect("channel");
-        tx.send(job(i, 10)).unwrap();
-        if i == 0 {
-            assert_eq!(ring_maps(), 1, "an anonymous pair shares one mapping");
-        }
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(5)).ok(),
-            Some(job(i, 10))
-        );
-    }
-    settles_to(base, "200 anonymous shm channels");
-    eprintln!("shm leaks: (open fds, ring mappings) {base:?} before and after; {bound:?} bound");
-    std::process::exit(0);
-}
-
-#[test]
-fn no_fd_or_mapping_leaks() {
-    let mut child = common::spawn_child("shm_hostile_child", "leaks", &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the leak-check child ran over 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert!(status.success(), "the leak-check child failed: {status}");
 }
 
 /// Positions may start anywhere a multiple of 8, even just below `u64::MAX`, and then wrap
@@ -498,37 +408,28 @@ fn no_fd_or_mapping_leaks() {
 fn positions_starting_near_u64_max_wrap_past_zero() {
     watchdog("positions near u64::MAX", || {
         let (rx, real, addr) = setup(&Options::new().capacity(4096));
-        let raw = Raw::connect(&addr);
+        let mut raw = Raw::connect(&addr);
         let cap = 4096u64;
         // Set before the receiver attaches the ring (its next receive call).
         let start = 0u64.wrapping_sub(3 * cap);
-        raw.u64_at(TAIL).store(start, Ordering::Release);
-        raw.u64_at(HEAD).store(start, Ordering::Release);
-        let mut head = start;
+        raw.start_at(start);
         let (mut sent, mut got) = (Vec::new(), Vec::new());
         for i in 0..60 {
             let j = job(HOSTILE + i, 40 + 13 * i as usize);
             let bytes = encode(&j);
-            let need = 8 + bytes.len().next_multiple_of(8) as u64;
-            let contiguous = cap - (head % cap);
-            let pad = if contiguous < need { contiguous } else { 0 };
             // Wait for room, as a producer would, while the receiver drains.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while head.wrapping_sub(raw.tail()) + pad + need > cap {
+            while !raw.has_room(bytes.len()) {
                 if let Ok(j) = rx.recv_timeout(Duration::from_millis(1)) {
                     got.push(j);
                 }
                 assert!(Instant::now() < deadline, "the receiver stopped draining");
             }
-            if pad != 0 {
-                raw.frame(head, (pad - 8) as u32, PAD, &[]);
-                head = head.wrapping_add(pad);
-            }
-            raw.frame(head, bytes.len() as u32, LAST, &bytes);
-            head = head.wrapping_add(need);
-            raw.set_head(head);
+            // Padding (committed after the frame at offset 0) when it does not fit.
+            raw.publish(&bytes, LAST);
             sent.push(j);
         }
+        let head = raw.head;
         assert!(head < start, "the positions wrapped past zero");
         let deadline = Instant::now() + Duration::from_secs(10);
         while got.len() < sent.len() && Instant::now() < deadline {

@@ -14,7 +14,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// "conduit ring v1", as a little-endian u64.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"CDTRING1");
 /// The layout version; bump on any change to this file or to the frame format.
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 /// Bytes the header occupies before the data region (a multiple of the cache line).
 pub(crate) const HEADER_SIZE: usize = 512;
 /// Smallest and largest data capacities accepted (powers of two).
@@ -36,8 +36,9 @@ pub(crate) struct RingHeader {
     /// Data bytes; a power of two.
     pub(crate) capacity: AtomicU32,
     _pad0: Pad<48>,
-    // Line 1: written by the producer on every publish.
-    /// Bytes ever published.
+    // Line 1: written by the producer on every publish, read by nobody else while it runs
+    // (the consumer polls the frame headers in the data region, see `core.rs`).
+    /// Bytes ever published: where a producer that takes the ring over starts.
     pub(crate) head: AtomicU64,
     _pad1: Pad<56>,
     // Line 2: written by the consumer on every release.

@@ -117,8 +117,9 @@ fn loom_order_across_wraparound() {
 
 #[test]
 fn loom_full_and_empty_edges() {
-    // Two messages that exactly fill the ring, then one more that must wait for space.
-    loom::model(|| run(vec![msg(0, 2040), msg(1, 2040), msg(2, 8)]));
+    // Two messages that exactly fill the ring (2048 + 2040 bytes, and the 8 the producer
+    // keeps for the next header), then one more that must wait for space.
+    loom::model(|| run(vec![msg(0, 2040), msg(1, 2032), msg(2, 8)]));
 }
 
 #[test]
@@ -132,9 +133,9 @@ fn loom_small_frames_handed_back_in_batches() {
 #[test]
 fn loom_an_empty_ring_hands_back_what_a_batch_did_not() {
     // After the first frame (2000 bytes, handed back at once) the second (900 bytes) stays
-    // under the 1 KiB batch; the third needs 1196 bytes of padding to the end plus 2048, more
-    // than the 3196 the producer sees free. Only the hand-back when the consumer finds the
-    // ring empty (before it sleeps) lets the producer go on.
+    // under the 1 KiB batch; the third needs 1196 bytes of padding to the end plus 2048 (and 8
+    // for the next header), more than the 3196 the producer sees free. Only the hand-back
+    // when the consumer finds the ring empty (before it sleeps) lets the producer go on.
     loom::model(|| run(vec![msg(0, 1992), msg(1, 892), msg(2, 2040)]));
 }
 
@@ -170,7 +171,7 @@ fn loom_producer_sleeps_on_full_and_is_woken() {
         let s2 = s.clone();
         // Fill the ring first, so the producer's next push must sleep until the consumer
         // frees space.
-        let sent = vec![msg(0, 2040), msg(1, 2040), msg(2, 64)];
+        let sent = vec![msg(0, 2040), msg(1, 2032), msg(2, 64)];
         let producer = {
             let sent = sent.clone();
             thread::spawn(move || produce(&s2, &sent, false))
@@ -202,7 +203,8 @@ fn loom_disconnect_while_the_producer_sleeps() {
         let s2 = s.clone();
         let producer = thread::spawn(move || {
             let mut p = Producer::new(s2.ring.ring()).unwrap();
-            let piece = msg(0, 2040);
+            // Two of these fill the ring (with the 8 bytes kept for the next header).
+            let piece = msg(0, 2032);
             let mut pushed = 0;
             loop {
                 match p.try_push(&piece, true).unwrap() {

@@ -1,10 +1,13 @@
 //! The lock-free single-producer single-consumer frame ring that carries the shared-memory
-//! backend: `header.rs` is the shared control block, `core.rs` the producer and consumer.
+//! backend: `header.rs` is the shared control block, `core.rs` the frame format and raw access to a
+//! ring, `producer.rs` and `consumer.rs` its two sides.
 //! Pure logic over raw memory and the `sync` shim's atomics: no allocation on the producer
 //! side, no system calls — the part loom model-checks and Miri runs.
 
+mod consumer;
 pub(crate) mod core;
 pub(crate) mod header;
+mod producer;
 
 #[cfg(test)]
 mod tests;
@@ -26,8 +29,12 @@ mod heap {
     /// Owns a header and a data region; hands out `Ring`s over them.
     pub(crate) struct HeapRing {
         header: NonNull<RingHeader>,
-        data: NonNull<u8>,
+        /// `u64`s, so the frame-header words in it are aligned.
+        data: NonNull<u64>,
         capacity: usize,
+        /// loom's stand-ins for the header words in the data region.
+        #[cfg(all(test, loom))]
+        slots: Box<[crate::sync::AtomicU64]>,
     }
 
     // SAFETY: the memory is owned by this value and only reached through atomics and the
@@ -39,11 +46,15 @@ mod heap {
     impl HeapRing {
         pub(crate) fn new(capacity: usize) -> HeapRing {
             let header = Box::new(RingHeader::new());
-            let data = vec![0u8; capacity].into_boxed_slice();
+            let data = vec![0u64; capacity / 8].into_boxed_slice();
             let ring = HeapRing {
                 header: NonNull::from(Box::leak(header)),
                 data: NonNull::from(Box::leak(data)).cast(),
                 capacity,
+                #[cfg(all(test, loom))]
+                slots: (0..capacity / 8)
+                    .map(|_| crate::sync::AtomicU64::new(0))
+                    .collect(),
             };
             ring.ring().init();
             ring
@@ -53,12 +64,15 @@ mod heap {
         pub(crate) fn ring(&self) -> Ring {
             // SAFETY: header and data are owned by `self` and outlive every use in the tests,
             // which keep `self` alive (in an Arc) while producers and consumers run.
-            unsafe { Ring::from_parts(self.header, self.data, self.capacity) }
+            let ring = unsafe { Ring::from_parts(self.header, self.data.cast(), self.capacity) };
+            #[cfg(all(test, loom))]
+            let ring = ring.with_slots(NonNull::from(&*self.slots).cast());
+            ring
         }
 
         /// Raw access to the data region, to play a hostile peer in tests.
         pub(crate) fn data_ptr(&self) -> *mut u8 {
-            self.data.as_ptr()
+            self.data.as_ptr().cast()
         }
 
         /// The shared header, to play a hostile peer in tests.
@@ -75,7 +89,7 @@ mod heap {
                 drop(Box::from_raw(self.header.as_ptr()));
                 drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
                     self.data.as_ptr(),
-                    self.capacity,
+                    self.capacity / 8,
                 )));
             }
         }

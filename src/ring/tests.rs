@@ -1,7 +1,9 @@
 //! Unit tests of the ring core over heap memory. They run under Miri in CI, so they stay
 //! small; the threaded one shrinks under `cfg(miri)`.
 
-use super::core::{Consumer, Pop, Producer, Push, RingError, FLAG_PAD, FRAME_HEADER};
+use super::core::{
+    header_word, Consumer, Pop, Producer, Push, RingError, FLAG_LAST, FLAG_PAD, FRAME_HEADER,
+};
 use super::HeapRing;
 
 const CAP: usize = 4096;
@@ -66,8 +68,10 @@ fn full_and_empty_edges() {
     let (mut p, mut c) = pair(&ring, usize::MAX);
     let mut buf = Vec::new();
     assert_eq!(c.try_pop(&mut buf).unwrap(), Pop::Empty { wake: false });
-    // 8-byte payloads take 16 bytes each: exactly CAP / 16 fit.
-    for i in 0..CAP / 16 {
+    // 8-byte payloads take 16 bytes each, and the producer keeps 8 bytes free for the next
+    // header: CAP / 16 - 1 fit.
+    let fit = CAP / 16 - 1;
+    for i in 0..fit {
         assert!(matches!(
             p.try_push(&(i as u64).to_le_bytes(), true).unwrap(),
             Push::Done { .. }
@@ -75,7 +79,7 @@ fn full_and_empty_edges() {
     }
     assert_eq!(p.try_push(&[0; 8], true).unwrap(), Push::Full);
     // Consumed bytes go back to the producer in batches of a quarter of this small ring
-    // (1 KiB, 64 frames): until then it stays full.
+    // (1 KiB, 64 frames): until then it stays full (16 bytes free, 24 needed).
     let batch = CAP / 4 / 16;
     for i in 0..batch {
         buf.clear();
@@ -94,7 +98,7 @@ fn full_and_empty_edges() {
             );
         }
     }
-    // Room for batch - 1 more; then full again.
+    // Room for batch - 1 more (1040 bytes were free); then full again.
     for _ in 1..batch {
         assert!(matches!(
             p.try_push(&[1; 8], true).unwrap(),
@@ -112,8 +116,8 @@ fn full_and_empty_edges() {
             Pop::Closed => unreachable!("not closed"),
         }
     }
-    assert_eq!(popped, CAP / 16);
-    for _ in 0..CAP / 16 {
+    assert_eq!(popped, fit);
+    for _ in 0..fit {
         assert!(matches!(
             p.try_push(&[2; 8], true).unwrap(),
             Push::Done { .. }
@@ -204,78 +208,63 @@ fn size_limit_is_checked_before_copying() {
     assert_eq!(buf.len(), 64, "nothing of the refused piece was copied");
 }
 
-/// A hostile producer writes positions and frames directly; the consumer refuses each.
+/// Writes a header word at `pos`'s offset, as a peer may (single-threaded tests only).
+fn put_word(ring: &HeapRing, pos: u64, word: u64) {
+    let off = (pos % CAP as u64) as usize;
+    // SAFETY: `off` is a multiple of 8 below CAP and the data region is 8-aligned; the tests
+    // calling this are single-threaded, so nothing reads the word meanwhile.
+    unsafe { ring.data_ptr().add(off).cast::<u64>().write(word.to_le()) };
+}
+
+/// A hostile producer writes frame headers directly; the consumer refuses each.
 #[test]
 fn hostile_positions_and_frames_are_refused() {
     use crate::sync::Ordering::Relaxed;
-    let write = |ring: &HeapRing, off: usize, len: u32, flags: u32| {
-        let mut f = [0u8; 8];
-        f[..4].copy_from_slice(&len.to_le_bytes());
-        f[4..].copy_from_slice(&flags.to_le_bytes());
-        // SAFETY: off + 8 <= CAP in every call below; the test is single-threaded.
-        unsafe { std::ptr::copy_nonoverlapping(f.as_ptr(), ring.data_ptr().add(off), 8) };
-    };
-    type Corrupt = Box<dyn Fn(&HeapRing)>;
-    let cases: Vec<(&str, Corrupt)> = vec![
-        (
-            "head beyond capacity",
-            Box::new(|r| r.header().head.store(CAP as u64 + 8, Relaxed)),
-        ),
-        (
-            "head moved backwards",
-            Box::new(|r| r.header().head.store(u64::MAX - 7, Relaxed)),
-        ),
-        (
-            "partial header",
-            Box::new(|r| r.header().head.store(4, Relaxed)),
-        ),
-        (
-            "length beyond published",
-            Box::new(move |r| {
-                write(r, 0, 64, 1);
-                r.header().head.store(16, Relaxed);
-            }),
-        ),
+    let cap = CAP as u64;
+    let half = CAP as u32 / 2;
+    // (what, the consumer's starting position, the word written there)
+    let cases: Vec<(&str, u64, u64)> = vec![
+        ("a stamp of the next frame", 0, header_word(8, 8, FLAG_LAST)),
+        ("a stamp of the last lap", cap, header_word(0, 8, FLAG_LAST)),
+        ("a stamp of the next lap", 0, header_word(cap, 8, FLAG_LAST)),
         (
             "length beyond capacity",
-            Box::new(move |r| {
-                write(r, 0, u32::MAX, 1);
-                r.header().head.store(CAP as u64, Relaxed);
-            }),
+            0,
+            header_word(0, u32::MAX, FLAG_LAST),
         ),
+        ("over half the ring", 0, header_word(0, half + 8, 0)),
         (
-            "unknown flags",
-            Box::new(move |r| {
-                write(r, 0, 0, 0x80);
-                r.header().head.store(8, Relaxed);
-            }),
+            "past the end of the region",
+            cap - 16,
+            header_word(cap - 16, 64, FLAG_LAST),
         ),
+        ("unknown flags", 0, header_word(0, 8, FLAG_PAD | FLAG_LAST)),
         (
             "padding not reaching the end",
-            Box::new(move |r| {
-                write(r, 0, 8, FLAG_PAD);
-                r.header().head.store(16, Relaxed);
-            }),
+            16,
+            header_word(16, 8, FLAG_PAD),
         ),
         (
-            "padding over the whole ring",
-            Box::new(move |r| {
-                write(r, 0, (CAP - 8) as u32, FLAG_PAD);
-                r.header().head.store(CAP as u64, Relaxed);
-            }),
+            "padding past the end",
+            16,
+            header_word(16, CAP as u32, FLAG_PAD),
+        ),
+        (
+            "padding at offset 0",
+            0,
+            header_word(0, CAP as u32 - 8, FLAG_PAD),
         ),
         (
             "an empty piece that is not the last",
-            Box::new(move |r| {
-                write(r, 0, 0, 0);
-                r.header().head.store(8, Relaxed);
-            }),
+            0,
+            header_word(0, 0, 0),
         ),
     ];
-    for (what, corrupt) in cases {
+    for (what, start, word) in cases {
         let ring = HeapRing::new(CAP);
+        ring.header().tail.store(start, Relaxed);
         let mut c = Consumer::new(ring.ring(), usize::MAX).unwrap();
-        corrupt(&ring);
+        put_word(&ring, start, word);
         let mut buf = Vec::new();
         assert!(
             matches!(c.try_pop(&mut buf), Err(RingError::Corrupted(_))),
@@ -283,17 +272,68 @@ fn hostile_positions_and_frames_are_refused() {
         );
         assert!(buf.is_empty(), "{what}: bytes were delivered");
     }
-    // A consumer that moves tail backwards is refused by the producer.
+    // Not attacks: a word without the commit bit is "nothing yet", and `head` is the
+    // producer's own business (the consumer never reads it).
+    let ring = HeapRing::new(CAP);
+    let mut c = Consumer::new(ring.ring(), usize::MAX).unwrap();
+    put_word(&ring, 0, header_word(0, 8, FLAG_LAST) & !(4 << 32));
+    ring.header().head.store(u64::MAX, Relaxed);
+    assert_eq!(c.try_pop(&mut Vec::new()), Ok(Pop::Empty { wake: false }));
+    // A consumer that moves tail past head is refused by the producer.
     let ring = HeapRing::new(CAP);
     let mut p = Producer::new(ring.ring()).unwrap();
-    for _ in 0..CAP / 16 {
+    for _ in 0..CAP / 16 - 1 {
         p.try_push(&[0; 8], true).unwrap();
     }
-    ring.header().tail.store(u64::MAX, Relaxed);
+    let head = ring.header().head.load(Relaxed);
+    ring.header().tail.store(head + 8, Relaxed);
     assert!(matches!(
         p.try_push(&[0; 8], true),
         Err(RingError::Corrupted(_))
     ));
+}
+
+/// Old payload bytes that look exactly like the header the consumer expects next are never
+/// read as a frame: the producer clears each header slot before the consumer can reach it.
+#[test]
+fn stale_bytes_never_read_as_a_frame() {
+    let ring = HeapRing::new(CAP);
+    let (mut p, mut c) = pair(&ring, usize::MAX);
+    let mut buf = Vec::new();
+    // Fill the ring with pieces whose every word is the committed header of a one-byte
+    // message at that offset's position one lap on.
+    let mut pos = 0u64;
+    while pos < CAP as u64 {
+        let piece: Vec<u8> = (0..p.max_piece() / 8)
+            .flat_map(|k| {
+                let at = pos + 8 * (k as u64 + 1) + CAP as u64;
+                header_word(at, 1, FLAG_LAST).to_le_bytes()
+            })
+            .collect();
+        if p.try_push(&piece, true).unwrap() == Push::Full {
+            break;
+        }
+        pos += (FRAME_HEADER + piece.len()) as u64;
+        buf.clear();
+        assert!(matches!(c.try_pop(&mut buf).unwrap(), Pop::Piece { .. }));
+    }
+    // Through the next lap one small message at a time, polling the empty ring after each:
+    // every poll lands on a slot that held one of those words.
+    for i in 0..CAP / 8 {
+        let m = msg(i, i % 24);
+        assert!(matches!(p.try_push(&m, true).unwrap(), Push::Done { .. }));
+        buf.clear();
+        assert!(matches!(
+            c.try_pop(&mut buf).unwrap(),
+            Pop::Piece { last: true, .. }
+        ));
+        assert_eq!(buf, m, "message {i}");
+        assert_eq!(
+            c.try_pop(&mut buf).unwrap(),
+            Pop::Empty { wake: false },
+            "after {i}"
+        );
+    }
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Hand-driven `shm:` peers for the hostile-peer tests. `Raw` is a sender that does the
 //! handshake by hand on a std `UnixStream` (hello out; the answer with the ring's memfd in by
-//! `SCM_RIGHTS`), maps the ring with memmap2 and writes it word by word; wake-ups are single
-//! bytes on the connection.
+//! `SCM_RIGHTS`), maps the ring with memmap2 and writes it as a producer would (payload, then
+//! the header word committed with a Release store) or as it likes; wake-ups are single bytes
+//! on the connection.
 //! `fake_receiver` plays the other side: a listener that hands a real `Sender` a ring of its
 //! own making.
 #![allow(dead_code)]
@@ -33,21 +34,40 @@ pub fn job(id: u32, len: usize) -> Job {
 }
 
 /// Ring layout (src/ring/header.rs, core.rs): data after a 512-byte header; `head` and
-/// `tail` are u64 byte counters on their own cache lines; frames are `len u32 | flags u32 |
-/// payload` padded to 8.
+/// `tail` are u64 byte counters on their own cache lines. A frame is one little-endian u64
+/// header word, `len | stamp << 32` with `stamp = pos as u32 | flags | COMMIT` (`pos`, the
+/// frame's position, a multiple of 8), then the payload padded to 8. The header word is the
+/// commit: the receiver polls the word at its own position and never reads `head`.
 pub const HEADER: usize = 512;
 /// The ring layout version (`LAYOUT_VERSION` in src/ring/header.rs).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 pub const HEAD: usize = 64;
 pub const TAIL: usize = 128;
 pub const PRODUCER_CLOSED: usize = 320;
 pub const CONSUMER_CLOSED: usize = 324;
 pub const LAST: u32 = 1;
 pub const PAD: u32 = 2;
+/// Set in every committed header word's stamp.
+pub const COMMIT: u32 = 4;
 /// How long a hostile connection may live after its offence.
 pub const DROP_WITHIN: Duration = Duration::from_secs(3);
 /// Ids of the hostile peer's own well-formed messages (real senders use smaller ones).
 pub const HOSTILE: u32 = 1_000_000;
+
+/// The stamp a producer commits for a frame at `pos` with `flags`.
+pub fn stamp(pos: u64, flags: u32) -> u32 {
+    pos as u32 | flags | COMMIT
+}
+
+/// A header word from its parts.
+pub fn word(len: u32, stamp: u32) -> u64 {
+    u64::from(len) | u64::from(stamp) << 32
+}
+
+/// The bytes a frame of `len` payload bytes takes: header and payload rounded up to 8.
+pub fn frame_size(len: usize) -> u64 {
+    8 + len.next_multiple_of(8) as u64
+}
 
 /// A mapped ring and the connection that carries wake-ups to the peer; cheap to clone into a
 /// thread.
@@ -73,7 +93,9 @@ impl Ring {
     pub fn u64_at(&self, off: usize) -> &AtomicU64 {
         assert!(off % 8 == 0 && off + 8 <= self.map.len());
         // SAFETY: aligned (page-aligned mapping, offset a multiple of 8), in bounds, and the
-        // mapping lives as long as `self`; every access to these words is atomic.
+        // mapping lives as long as `self`. Every access to a control word is atomic; a header
+        // slot is written plainly only as payload bytes (`write_bytes`), which happens while
+        // the receiver does not read it (before the header that commits them).
         unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(off).cast()) }
     }
 
@@ -87,22 +109,57 @@ impl Ring {
         self.u64_at(TAIL).load(Ordering::Acquire)
     }
 
-    /// Writes a frame header and payload at ring position `pos` (`pos` need not be aligned
-    /// to 8: the header is then written byte by byte), publishing nothing.
-    pub fn frame(&self, pos: u64, len: u32, flags: u32, payload: &[u8]) {
-        let off = HEADER + (pos as usize & (self.cap - 1));
-        let mut bytes = len.to_le_bytes().to_vec();
-        bytes.extend_from_slice(&flags.to_le_bytes());
-        bytes.extend_from_slice(payload);
-        assert!(off + bytes.len() <= self.map.len());
-        // SAFETY: in bounds (checked); this space lies beyond what was published, so the
-        // receiver does not read it meanwhile.
+    /// The data offset of ring position `pos`.
+    pub fn offset(&self, pos: u64) -> usize {
+        pos as usize & (self.cap - 1)
+    }
+
+    /// The header word of the frame at position `pos` (a multiple of 8).
+    pub fn slot(&self, pos: u64) -> &AtomicU64 {
+        assert!(pos % 8 == 0, "header words are 8-aligned");
+        self.u64_at(HEADER + self.offset(pos))
+    }
+
+    /// Stores `word` in the header slot at `pos` with Release: what the receiver sees as
+    /// committed there (when the word has `COMMIT` in its stamp).
+    pub fn commit_word(&self, pos: u64, word: u64) {
+        self.slot(pos).store(word, Ordering::Release);
+    }
+
+    /// Commits a header claiming `len` bytes with `flags` at `pos`, stamped with `pos`.
+    pub fn commit(&self, pos: u64, len: u32, flags: u32) {
+        self.commit_word(pos, word(len, stamp(pos, flags)));
+    }
+
+    /// Copies `bytes` into the data region at offset `off` (any alignment), plainly.
+    pub fn write_bytes(&self, off: usize, bytes: &[u8]) {
+        let at = HEADER + off;
+        assert!(at + bytes.len() <= self.map.len(), "bytes past the region");
+        // SAFETY: in bounds (checked). Callers write only bytes the receiver does not read
+        // meanwhile: a payload before the header that commits it, or a ring the receiver has
+        // not attached yet; it never accesses payload bytes atomically.
         unsafe {
-            let dst = self.map.as_mut_ptr().add(off);
+            let dst = self.map.as_mut_ptr().add(at);
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
         }
     }
 
+    /// Copies `payload` after the header slot at `pos`, committing nothing.
+    pub fn payload(&self, pos: u64, payload: &[u8]) {
+        self.write_bytes(self.offset(pos) + 8, payload);
+    }
+
+    /// A frame as a producer writes it: the payload, then the header slot just past a frame
+    /// of `len` bytes cleared, then the header claiming `len` committed. `payload` may be
+    /// shorter than `len` (the rest is whatever the ring holds).
+    pub fn frame(&self, pos: u64, len: u32, flags: u32, payload: &[u8]) {
+        self.payload(pos, payload);
+        let next = pos.wrapping_add(frame_size(len as usize));
+        self.slot(next).store(0, Ordering::Relaxed);
+        self.commit(pos, len, flags);
+    }
+
+    /// Stores `head` in the control block (which the receiver does not read) and wakes it.
     pub fn set_head(&self, head: u64) {
         self.u64_at(HEAD).store(head, Ordering::Release);
         self.notify();
@@ -186,12 +243,41 @@ impl Raw {
         }
     }
 
-    /// Publishes one frame at `head` (no wrap: the tests stay within the first lap).
+    /// Moves both positions to `pos` (a multiple of 8 for a legal start). Only before the
+    /// receiver attaches the ring, which it does in its first receive call after `connect`.
+    pub fn start_at(&mut self, pos: u64) {
+        self.u64_at(TAIL).store(pos, Ordering::Release);
+        self.u64_at(HEAD).store(pos, Ordering::Release);
+        self.head = pos;
+    }
+
+    /// The padding and frame bytes a piece of `len` bytes takes at `head`, as a producer
+    /// lays them out: a frame never wraps; padding fills the rest of the region instead.
+    pub fn footprint(&self, len: usize) -> (u64, u64) {
+        let need = frame_size(len);
+        let contiguous = (self.cap - self.offset(self.head)) as u64;
+        (if contiguous >= need { 0 } else { contiguous }, need)
+    }
+
+    /// Whether a piece of `len` bytes fits now, with the next header slot kept free.
+    pub fn has_room(&self, len: usize) -> bool {
+        let (pad, need) = self.footprint(len);
+        self.head.wrapping_sub(self.tail()) + pad + need + 8 <= self.cap as u64
+    }
+
+    /// Publishes one piece at `head` as a producer does (padding first if it does not fit
+    /// before the end of the region: the frame at offset 0 is committed, then the padding),
+    /// stores `head` in the control block and wakes the receiver. Panics without room.
     pub fn publish(&mut self, payload: &[u8], flags: u32) {
-        self.ring
-            .frame(self.head, payload.len() as u32, flags, payload);
-        self.head += 8 + payload.len().next_multiple_of(8) as u64;
-        assert!(self.head <= self.cap as u64, "stay within the first lap");
+        assert!(self.has_room(payload.len()), "no room in the ring");
+        let (pad, need) = self.footprint(payload.len());
+        let start = self.head;
+        let pos = start.wrapping_add(pad);
+        self.ring.frame(pos, payload.len() as u32, flags, payload);
+        if pad != 0 {
+            self.ring.commit(start, (pad - 8) as u32, PAD);
+        }
+        self.head = pos.wrapping_add(need);
         self.ring.set_head(self.head);
     }
 
@@ -352,9 +438,10 @@ pub fn fake_receiver(
     (format!("shm:{}", path.display()), handle)
 }
 
-/// A thread publishing frames of `len` payload bytes with `flags` (`8 + len` must divide the
-/// capacity, so no wrap padding is needed) as fast as the ring takes them, until stopped or
-/// `limit`.
+/// A thread committing frames that claim `len` payload bytes with `flags` (`8 + len` must
+/// divide the capacity, so no wrap padding is needed) from the raw sender's `head`, as fast
+/// as the ring takes them (each frame and the header slot after it, at most the whole ring),
+/// until stopped or `limit`.
 pub struct Flood {
     stop: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<u64>,
@@ -362,23 +449,24 @@ pub struct Flood {
 
 impl Flood {
     pub fn start(raw: &Raw, len: usize, flags: u32, limit: Duration) -> Flood {
-        let frame = 8 + len as u64;
+        let frame = frame_size(len);
         assert!(len % 8 == 0 && raw.cap as u64 % frame == 0);
         let (ring, stop) = (raw.ring.clone(), Arc::new(AtomicBool::new(false)));
         let halt = stop.clone();
+        let mut head = raw.head;
         let handle = std::thread::spawn(move || {
             let (cap, start) = (ring.cap as u64, Instant::now());
-            let mut head = ring.u64_at(HEAD).load(Ordering::Relaxed);
+            let room = (frame + 8).min(cap);
             let mut pieces = 0;
             while !halt.load(Ordering::Relaxed) && start.elapsed() < limit {
-                if head + frame - ring.tail() > cap {
+                if head.wrapping_sub(ring.tail()) + room > cap {
                     std::hint::spin_loop();
                     continue;
                 }
                 ring.frame(head, len as u32, flags, &[]);
-                head += frame;
+                head = head.wrapping_add(frame);
                 pieces += 1;
-                ring.u64_at(HEAD).store(head, Ordering::Release);
+                ring.u64_at(HEAD).store(head, Ordering::Relaxed);
                 if pieces % 64 == 1 {
                     ring.notify();
                 }

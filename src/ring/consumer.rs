@@ -1,0 +1,238 @@
+//! The ring's reading side: poll the header word at our position, check it, copy the
+//! payload out, and hand consumed bytes back in batches (see the frame format in `core.rs`).
+
+use super::core::{
+    align8, Ring, RingError, FLAG_COMMIT, FLAG_LAST, FLAG_MASK, FLAG_PAD, FRAME_HEADER,
+    RELEASE_BATCH,
+};
+use crate::sync::{fence, Ordering};
+
+/// Outcome of [`Consumer::try_pop`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pop {
+    /// A piece was appended to the output; `last` ends its message. `wake` means the
+    /// producer announced it sleeps on a full ring: notify it.
+    Piece { last: bool, wake: bool },
+    /// Nothing published now. `wake` as for `Piece`: finding the ring empty hands the
+    /// bytes consumed so far back to the producer, which may be asleep waiting for them.
+    Empty { wake: bool },
+    /// The producer closed its side and everything it published has been taken.
+    Closed,
+}
+
+/// The reading side. Exactly one per ring.
+pub(crate) struct Consumer {
+    ring: Ring,
+    /// Our copy of `tail`: the bytes we have consumed. Only we write the shared one.
+    tail: u64,
+    /// The `tail` we last stored in the header (handed back to the producer).
+    released: u64,
+    /// The largest message we accept, in bytes.
+    limit: usize,
+}
+
+impl Consumer {
+    /// Takes the consumer side of `ring`, accepting messages up to `limit` bytes. The
+    /// starting position is read once and must be a multiple of 8 (a peer may have written
+    /// it before we attached); from then on only our own copy of `tail` is used.
+    pub(crate) fn new(ring: Ring, limit: usize) -> Result<Consumer, RingError> {
+        let tail = ring.header().tail.load(Ordering::Relaxed);
+        if tail % 8 != 0 {
+            return Err(RingError::Corrupted("tail is not a multiple of 8"));
+        }
+        Ok(Consumer {
+            ring,
+            tail,
+            released: tail,
+            limit,
+        })
+    }
+
+    /// The bytes consumed so far (our `tail`; the header's may lag by a batch).
+    #[cfg(fuzzing)]
+    pub(crate) fn consumed(&self) -> u64 {
+        self.tail
+    }
+
+    /// Reads the header word at our position once: `None` while nothing is committed there,
+    /// else the frame's length and flags (without `FLAG_COMMIT`).
+    fn read_header(&self) -> Result<Option<(usize, u32)>, RingError> {
+        let slot = self.ring.slot(self.ring.offset(self.tail));
+        // SYNC POINT: Acquire pairs with the producer's Release store of this word in
+        // `Producer::try_push`: the payload written before it is visible.
+        let word = slot.load(Ordering::Acquire);
+        let stamp = (word >> 32) as u32;
+        if stamp & FLAG_COMMIT == 0 {
+            return Ok(None);
+        }
+        // The producer clears each slot before the frame ahead of it is committed, so a
+        // committed word here carries our own position.
+        if stamp & !FLAG_MASK != self.tail as u32 {
+            return Err(RingError::Corrupted(
+                "a frame header stamped with another position",
+            ));
+        }
+        Ok(Some((word as u32 as usize, stamp & (FLAG_LAST | FLAG_PAD))))
+    }
+
+    /// Whether the producer closed its side.
+    fn producer_closed(&self) -> bool {
+        // SYNC POINT: Acquire pairs with the Release in `Producer::close`: every header the
+        // producer committed before closing is then visible to a reload.
+        self.ring.header().producer_closed.load(Ordering::Acquire) != 0
+    }
+
+    /// Appends the next piece's payload to `out` (which holds the message's earlier pieces).
+    pub(crate) fn try_pop(&mut self, out: &mut Vec<u8>) -> Result<Pop, RingError> {
+        let mut wake = false;
+        loop {
+            let header = match self.read_header()? {
+                Some(header) => header,
+                None => {
+                    self.ring.prefetch_line_after(self.ring.offset(self.tail));
+                    wake |= self.hand_back();
+                    if !self.producer_closed() {
+                        return Ok(Pop::Empty { wake });
+                    }
+                    match self.read_header()? {
+                        Some(header) => header,
+                        None => return Ok(Pop::Closed),
+                    }
+                }
+            };
+            let (len, flags) = header;
+            let off = self.ring.offset(self.tail);
+            let contiguous = self.ring.capacity - off;
+            if flags == FLAG_PAD {
+                // A producer pads only when a frame does not fit before the end, which never
+                // happens at offset 0.
+                // (`contiguous >= 8`: offsets are multiples of 8 below the capacity.)
+                if len != contiguous - FRAME_HEADER || off == 0 {
+                    return Err(RingError::Corrupted("padding that a producer never writes"));
+                }
+                wake |= self.release(contiguous);
+                continue;
+            }
+            if flags & !FLAG_LAST != 0 {
+                return Err(RingError::Corrupted("unknown frame flags"));
+            }
+            if len == 0 && flags & FLAG_LAST == 0 {
+                // It would let a peer keep us busy forever without nearing the size limit.
+                return Err(RingError::Corrupted("an empty piece that is not the last"));
+            }
+            // The length first: rounding a length near `u32::MAX` up would overflow on 32 bits.
+            if len > self.ring.capacity / 2 {
+                return Err(RingError::Corrupted("a frame longer than half the ring"));
+            }
+            let need = FRAME_HEADER + align8(len);
+            if need > contiguous {
+                return Err(RingError::Corrupted(
+                    "a frame past the end of the data region",
+                ));
+            }
+            let total = out.len() + len;
+            if total > self.limit {
+                return Err(RingError::TooLarge {
+                    at_least: total,
+                    limit: self.limit,
+                });
+            }
+            out.reserve(len);
+            // SAFETY: `off + 8 + len <= capacity` (checked: need <= contiguous), so the source
+            // is in bounds; `out` has room for `len` more bytes (reserved); the committed bytes
+            // are initialised. Copying out before decoding means no byte is read twice.
+            unsafe {
+                let src = self.ring.data.as_ptr().add(off + FRAME_HEADER);
+                std::ptr::copy_nonoverlapping(src, out.as_mut_ptr().add(out.len()), len);
+                out.set_len(total);
+            }
+            wake |= self.release(need);
+            return Ok(Pop::Piece {
+                last: flags & FLAG_LAST != 0,
+                wake,
+            });
+        }
+    }
+
+    /// Marks `bytes` consumed, and hands them back to the producer once a batch has
+    /// gathered; true when the producer sleeps and must be woken.
+    fn release(&mut self, bytes: usize) -> bool {
+        self.tail = self.tail.wrapping_add(bytes as u64);
+        let batch = (self.ring.capacity as u64 / 4).min(RELEASE_BATCH);
+        self.tail.wrapping_sub(self.released) >= batch && self.hand_back()
+    }
+
+    /// Stores our `tail` in the header if it moved; true when the producer sleeps and must
+    /// be woken.
+    fn hand_back(&mut self) -> bool {
+        if self.released == self.tail {
+            return false;
+        }
+        self.released = self.tail;
+        let h = self.ring.header();
+        // SYNC POINT: Release pairs with the producer's Acquire load of `tail` in `has_room`:
+        // we are done reading the space we give back.
+        h.tail.store(self.tail, Ordering::Release);
+        // Dekker with `Producer::prepare_wait` (store tail, fence, load waiting).
+        fence(Ordering::SeqCst);
+        h.producer_waiting.load(Ordering::Relaxed) == 1
+    }
+
+    /// Announces a sleep on an empty ring. Returns false if something was published (or the
+    /// producer closed) meanwhile: then do not sleep. Call `end_wait` after sleeping.
+    ///
+    /// Call it after `try_pop` returned `Empty`, which hands every consumed byte back; if
+    /// some were consumed since, it returns false (do not sleep: the producer may be waiting
+    /// for them, and only `try_pop` reports the wake-up it needs).
+    #[cfg(any(fuzzing, loom))]
+    pub(crate) fn prepare_wait(&mut self) -> Result<bool, RingError> {
+        // The models' and fuzz drivers' producers never go light; a hostile one may set the
+        // flag anyway, and then there is no other process to fence.
+        self.prepare_wait_with(|| {})
+    }
+
+    /// [`Consumer::prepare_wait`], running `heavy_fence` (a `membarrier` that makes the
+    /// producer's process execute a full barrier) when the producer publishes light.
+    pub(crate) fn prepare_wait_with(
+        &mut self,
+        heavy_fence: impl FnOnce(),
+    ) -> Result<bool, RingError> {
+        if self.released != self.tail {
+            return Ok(false);
+        }
+        let h = self.ring.header();
+        h.consumer_waiting.store(1, Ordering::Relaxed);
+        // Dekker with `Producer::try_push` (commit a header, fence, load waiting), and with
+        // `Producer::go_light` (store the flag, fence, then its publishes load waiting).
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence above against the producer's fence in `go_light`.
+        if h.producer_light.load(Ordering::Relaxed) != 0 {
+            // The producer's publishes carry no fence: this one forces a full barrier on its
+            // threads between our store of `consumer_waiting` and our load of the header word.
+            heavy_fence();
+        }
+        let idle = self.read_header()?.is_none() && !self.producer_closed();
+        if !idle {
+            self.end_wait();
+        }
+        Ok(idle)
+    }
+
+    /// Ends a sleep announced by `prepare_wait`.
+    pub(crate) fn end_wait(&self) {
+        self.ring
+            .header()
+            .consumer_waiting
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// Announces that nothing more will be read; returns whether the producer sleeps and must
+    /// be woken to see it.
+    pub(crate) fn close(&self) -> bool {
+        let h = self.ring.header();
+        // SYNC POINT: Release pairs with the Acquire in `Producer::consumer_closed`.
+        h.consumer_closed.store(1, Ordering::Release);
+        fence(Ordering::SeqCst);
+        h.producer_waiting.load(Ordering::Relaxed) == 1
+    }
+}

@@ -1,0 +1,265 @@
+//! The ring's writing side: room from a cached `tail`, the payload, the next header slot
+//! cleared, then the header word committed (see the frame format in `core.rs`).
+
+use super::core::{
+    align8, header_word, Ring, RingError, FLAG_LAST, FLAG_PAD, FRAME_HEADER, MAX_PIECE,
+};
+use crate::sync::{fence, Ordering};
+
+/// Outcome of [`Producer::try_push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Push {
+    /// Published. `wake` means the consumer announced it sleeps: notify it.
+    Done { wake: bool },
+    /// Not enough room now; nothing was written.
+    Full,
+}
+
+/// The writing side. Exactly one per ring.
+pub(crate) struct Producer {
+    ring: Ring,
+    /// Our copy of `head`: only we write it.
+    head: u64,
+    /// The last `tail` we read; reloaded only when it says "full" (rtrb's cached index).
+    cached_tail: u64,
+    /// Publish with a compiler fence only (see [`Producer::go_light`]).
+    light: bool,
+}
+
+impl Producer {
+    /// Takes the producer side of `ring`, starting from its current positions.
+    pub(crate) fn new(ring: Ring) -> Result<Producer, RingError> {
+        let h = ring.header();
+        // SYNC POINT: Acquire pairs with the consumer's Release store of `tail`.
+        let tail = h.tail.load(Ordering::Acquire);
+        let head = h.head.load(Ordering::Relaxed);
+        if head.wrapping_sub(tail) > ring.capacity as u64 {
+            return Err(RingError::Corrupted(
+                "head and tail are further apart than the capacity",
+            ));
+        }
+        // Frames start at multiples of 8; a misaligned head would put a header across the
+        // end of the data region.
+        if head % 8 != 0 || tail % 8 != 0 {
+            return Err(RingError::Corrupted("positions are not multiples of 8"));
+        }
+        if head.wrapping_sub(tail) + FRAME_HEADER as u64 <= ring.capacity as u64 {
+            // The slot we commit next must read as "nothing yet". A producer before us (in the
+            // parent of a hand-off) left it clear; a fresh ring is zeroed; clearing it again
+            // costs nothing and makes that true whoever set the positions. Relaxed: the
+            // consumer reads this slot only after a commit of ours or a Release before it.
+            ring.slot(ring.offset(head)).store(0, Ordering::Relaxed);
+        }
+        Ok(Producer {
+            ring,
+            head,
+            cached_tail: tail,
+            light: false,
+        })
+    }
+
+    /// From now on, publish with a compiler fence instead of a SeqCst fence. Only for a
+    /// producer whose process is registered for expedited global `membarrier`: the consumer
+    /// sees the flag set here and runs the heavy fence before it sleeps, which stands in for
+    /// ours (`sys/membarrier.rs`).
+    pub(crate) fn go_light(&mut self) {
+        let h = self.ring.header();
+        // Relaxed, then a SeqCst fence before any light publish: with the consumer's fence in
+        // `prepare_wait_with` (store waiting, fence, load this flag), either the consumer
+        // sees the flag and runs the heavy fence, or its waiting store is visible to our
+        // first light publish's load of `consumer_waiting`.
+        h.producer_light.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        self.light = true;
+    }
+
+    /// Back to a SeqCst fence per publish (a `fork()` child whose registration failed). The
+    /// header flag stays set: the consumer's heavy fences are then merely unneeded.
+    pub(crate) fn go_fenced(&mut self) {
+        self.light = false;
+    }
+
+    /// The ring's claim token now: what [`Producer::claim`] expects to find.
+    pub(crate) fn claim_token(&self) -> u64 {
+        // Relaxed: the token guards no data (see `claim`).
+        self.ring.header().producer_claim.load(Ordering::Relaxed)
+    }
+
+    /// After a `fork()` copied this producer into two processes: takes the ring for this
+    /// process if the token is still `token` (nobody claimed since the fork), moving it on.
+    /// Returns the new token, or `None` when another process claimed first; then this
+    /// process must not publish. Every process that publishes after a fork claims first, so
+    /// a successful claim also means our copy of `head` is exact.
+    pub(crate) fn claim(&self, token: u64) -> Option<u64> {
+        let next = token.wrapping_add(1);
+        // Relaxed: the claims of all processes sharing the token are ordered by this one
+        // location's modification order, which alone decides the single winner. No data is
+        // published with the token: what the winner publishes reaches the consumer through
+        // the header words it commits (Release in `try_push`, Acquire in
+        // `Consumer::read_header`).
+        self.ring
+            .header()
+            .producer_claim
+            .compare_exchange(token, next, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()
+            .map(|_| next)
+    }
+
+    /// The largest piece payload this ring carries; longer messages go in several pieces.
+    pub(crate) fn max_piece(&self) -> usize {
+        ((self.ring.capacity / 2).min(MAX_PIECE) - FRAME_HEADER) & !7
+    }
+
+    /// Publishes one piece if there is room. `payload.len()` must be at most `max_piece`.
+    pub(crate) fn try_push(&mut self, payload: &[u8], last: bool) -> Result<Push, RingError> {
+        debug_assert!(payload.len() <= self.max_piece());
+        // The consumer refuses empty pieces that are not the last (see `try_pop`).
+        debug_assert!(last || !payload.is_empty());
+        let footprint = self.footprint(payload.len());
+        if !self.has_room(footprint.total())? {
+            return Ok(Push::Full);
+        }
+        let start = self.head;
+        let pos = start.wrapping_add(footprint.pad as u64);
+        let off = self.ring.offset(pos);
+        let next = pos.wrapping_add(footprint.need as u64);
+        // SAFETY: `off + need <= cap` (either it fit before the end, or off is 0 and need is
+        // at most half the capacity); the space is ours (has_room), and the consumer reads
+        // none of it before it sees the header committed below.
+        unsafe { self.ring.write_at(off + FRAME_HEADER, payload) };
+        // Clear the next frame's header slot (ours: `has_room` counted it), so the consumer,
+        // which polls it once it has taken this frame, finds zero until we commit there.
+        // Relaxed: the Release store below orders it before the commit the consumer acquires.
+        let next_slot = self.ring.slot(self.ring.offset(next));
+        next_slot.store(0, Ordering::Relaxed);
+        let flags = if last { FLAG_LAST } else { 0 };
+        // SYNC POINT: Release publishes the payload (and the cleared next slot); pairs with
+        // the consumer's Acquire load of this word in `Consumer::read_header`.
+        self.ring.slot(off).store(
+            header_word(pos, payload.len() as u32, flags),
+            Ordering::Release,
+        );
+        if footprint.pad != 0 {
+            // The padding is committed last: until then the consumer polls its (cleared) slot
+            // and cannot reach offset 0 before the frame there is complete.
+            // SYNC POINT: Release orders the frame's commit before this one; pairs with the
+            // consumer's Acquire load in `Consumer::read_header`.
+            let pad_len = (footprint.pad - FRAME_HEADER) as u32;
+            self.ring
+                .slot(self.ring.offset(start))
+                .store(header_word(start, pad_len, FLAG_PAD), Ordering::Release);
+        }
+        self.head = next;
+        let h = self.ring.header();
+        // Relaxed: read only by a producer that takes the ring over (`Producer::new`, after a
+        // hand-off to a child or a claim after `fork()`), which synchronises with us through
+        // the socket that carries the ring or through the claim; the consumer never reads it.
+        h.head.store(next, Ordering::Relaxed);
+        // Dekker with `Consumer::prepare_wait`: our commit store above, this SeqCst fence,
+        // then our load of `consumer_waiting`; the consumer stores `consumer_waiting`, fences,
+        // then loads the header word at its position. The two fences order the pairs, so at
+        // least one side sees the other's store: either the consumer sees the commit and
+        // stays awake, or we see it waiting. A light producer (`go_light`) leaves its half to
+        // the consumer's heavy fence. The sleeper clears its own flag when it wakes; until
+        // then every publish notifies, which costs an extra wake-up at worst, never a lost one.
+        if self.light {
+            // The consumer's heavy fence stands in for ours (`go_light`); only the compiler
+            // must keep the load after the store.
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
+        let wake = h.consumer_waiting.load(Ordering::Relaxed) == 1;
+        Ok(Push::Done { wake })
+    }
+
+    /// What a piece of `len` bytes takes at the current head.
+    fn footprint(&self, len: usize) -> Footprint {
+        let need = FRAME_HEADER + align8(len);
+        let contiguous = self.ring.capacity - self.ring.offset(self.head);
+        let pad = if contiguous >= need { 0 } else { contiguous };
+        Footprint { pad, need }
+    }
+
+    /// Whether a piece of `len` bytes fits now.
+    pub(crate) fn has_room_for(&mut self, len: usize) -> Result<bool, RingError> {
+        self.has_room(self.footprint(len).total())
+    }
+
+    /// Whether `bytes` fit now, reloading `tail` only when the cached value says no.
+    fn has_room(&mut self, bytes: usize) -> Result<bool, RingError> {
+        let cap = self.ring.capacity as u64;
+        if cap - self.head.wrapping_sub(self.cached_tail) >= bytes as u64 {
+            return Ok(true);
+        }
+        // SYNC POINT: Acquire pairs with the consumer's Release store of `tail`: the space it
+        // released is no longer read by it.
+        let tail = self.ring.header().tail.load(Ordering::Acquire);
+        let used = self.head.wrapping_sub(tail);
+        if used > cap {
+            return Err(RingError::Corrupted(
+                "tail is ahead of head or behind by more than the capacity",
+            ));
+        }
+        self.cached_tail = tail;
+        Ok(cap - used >= bytes as u64)
+    }
+
+    /// Announces a sleep on a full ring before pushing a piece of `len` bytes. Returns false
+    /// if room appeared meanwhile (or the consumer closed): then do not sleep. Call `end_wait`
+    /// after sleeping.
+    pub(crate) fn prepare_wait(&mut self, len: usize) -> Result<bool, RingError> {
+        self.ring
+            .header()
+            .producer_waiting
+            .store(1, Ordering::Relaxed);
+        // Dekker with `Consumer::try_pop`: store waiting, SeqCst fence, load tail; the consumer
+        // stores tail, fences, loads waiting. See `try_push` for the argument.
+        fence(Ordering::SeqCst);
+        let room = self.has_room(self.footprint(len).total())? || self.consumer_closed();
+        if room {
+            self.end_wait();
+        }
+        Ok(!room)
+    }
+
+    /// Ends a sleep announced by `prepare_wait`.
+    pub(crate) fn end_wait(&self) {
+        self.ring
+            .header()
+            .producer_waiting
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the consumer closed its side in an orderly way.
+    pub(crate) fn consumer_closed(&self) -> bool {
+        // SYNC POINT: Acquire pairs with the Release store in `Consumer::close`.
+        self.ring.header().consumer_closed.load(Ordering::Acquire) != 0
+    }
+
+    /// Announces that nothing more will be published. Returns whether the consumer sleeps
+    /// and must be woken to see it.
+    pub(crate) fn close(&self) -> bool {
+        let h = self.ring.header();
+        // SYNC POINT: Release after the last commit; pairs with the Acquire load in
+        // `Consumer::producer_closed`, after which a reload sees every committed frame.
+        h.producer_closed.store(1, Ordering::Release);
+        fence(Ordering::SeqCst);
+        h.consumer_waiting.load(Ordering::Relaxed) == 1
+    }
+}
+
+/// The bytes one piece takes at the producer's head.
+struct Footprint {
+    /// Padding to the end of the data region (0, or a whole padding frame).
+    pad: usize,
+    /// The frame: header and payload rounded up to 8.
+    need: usize,
+}
+
+impl Footprint {
+    /// Padding, frame, and the next header slot the producer clears.
+    fn total(&self) -> usize {
+        self.pad + self.need + FRAME_HEADER
+    }
+}
