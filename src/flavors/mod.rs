@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::SendFailure;
 
 pub(crate) mod acceptor;
+pub(crate) mod biased_lock;
 pub(crate) mod shm;
 pub(crate) mod shm_send;
 pub(crate) mod stream;

@@ -1,7 +1,8 @@
 //! The sending half of the shared-memory flavor: encode, then push the message into the ring
 //! in pieces of at most half the ring.
 //!
-//! Clones share one producer behind a mutex (the ring has exactly one producer). As on
+//! Clones share one producer behind a lock (the ring has exactly one producer), biased to the
+//! thread that sends most, which then takes it without a locked instruction. As on
 //! streams, a message is committed once its first piece is published: when `try_send` or
 //! `send_timeout` runs out of time part-way, the rest is kept and pushed before the next
 //! message, and the last clone's drop finishes it on a short-lived thread.
@@ -11,12 +12,13 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rustix::event::PollFd;
 
 use crate::addr::Address;
 use crate::channel::encode_failure;
+use crate::flavors::biased_lock::BiasedLock;
 use crate::flavors::shm::{ring_over, MAX_SLEEP};
 use crate::flavors::{Deadline, SendFail, Spin};
 use crate::handshake::{self, Hello};
@@ -36,8 +38,10 @@ pub(crate) struct ShmSender {
     conn: Arc<Holder>,
 }
 
-/// Owns the connection; its drop finishes a pending tail without blocking the caller.
-struct Holder(Mutex<Slot>);
+/// Owns the connection; its drop finishes a pending tail without blocking the caller. The
+/// lock is biased to the thread that sends most, which then takes it without a locked
+/// instruction (`biased_lock.rs`).
+struct Holder(BiasedLock<Slot>);
 
 enum Slot {
     Live(SendConn),
@@ -82,7 +86,7 @@ impl ShmSender {
         }
         let claim = producer.claim_token();
         Ok(ShmSender {
-            conn: Arc::new(Holder(Mutex::new(Slot::Live(SendConn {
+            conn: Arc::new(Holder(BiasedLock::new(Slot::Live(SendConn {
                 producer,
                 _map: map,
                 sock,
@@ -127,31 +131,10 @@ impl ShmSender {
     /// `[socket, memfd]` and the size limit, and leaves this
     /// handle (and its clones) unusable, without closing the ring.
     pub(crate) fn hand_off(&self) -> Result<(Vec<OwnedFd>, usize), Error> {
-        let mut guard = self.conn.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Slot::Live(conn) = &mut *guard else {
-            return Err(Error::Unsupported {
-                what: "handing a shared-memory sender to a second child (it has one ring)"
-                    .to_string(),
-            });
-        };
-        if !conn.claimed() {
-            return Err(Error::Unsupported {
-                what: "handing over a shared-memory sender whose ring another process \
-                       claimed after a fork()"
-                    .to_string(),
-            });
-        }
-        if conn.tail_done < conn.tail.len() || conn.broken {
-            return Err(Error::Unsupported {
-                what: "handing over a sender that is part-way through a message or broken"
-                    .to_string(),
-            });
-        }
-        let fds = vec![dup(conn.sock.as_fd())?, dup(conn._map.fd())?];
-        let limit = conn.limit;
-        // Dropped without `close`: the ring lives on in the child.
-        *guard = Slot::Moved;
-        Ok((fds, limit))
+        self.conn
+            .0
+            .with(hand_off)
+            .map_err(|e| Error::io("taking the sender for the child", e))?
     }
 
     /// Encodes one message with `encode` and pushes it into the ring.
@@ -160,55 +143,92 @@ impl ShmSender {
         deadline: Deadline,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<(), SendFail> {
-        let mut guard = self.conn.0.lock().unwrap_or_else(|p| p.into_inner());
-        let conn = match &mut *guard {
-            Slot::Live(conn) => conn,
-            Slot::Moved => return Err(SendFail::Failed(SendFailure::Moved)),
-        };
-        if !conn.claimed() {
-            return Err(SendFail::Failed(SendFailure::Forked));
-        }
-        if conn.broken || conn.producer.consumer_closed() {
-            conn.broken = true;
-            return Err(SendFail::Disconnected);
-        }
-        conn.sends = conn.sends.wrapping_add(1);
-        if conn.sends % LIVENESS_EVERY == 0 && !notify::drain(conn.sock.as_fd()) {
-            conn.broken = true;
-            return Err(SendFail::Disconnected);
-        }
-        conn.finish_tail(deadline)?;
-        conn.scratch.clear();
-        encode(&mut conn.scratch).map_err(encode_failure)?;
-        let size = conn.scratch.len();
-        if size > conn.limit {
-            return Err(SendFail::Failed(SendFailure::TooLarge {
-                size,
-                limit: conn.limit,
-            }));
-        }
-        let message = std::mem::take(&mut conn.scratch);
-        let result = match conn.push(&message, deadline) {
-            Ok(()) => Ok(()),
-            Err((fail @ (SendFail::Full | SendFail::Timeout), 0)) => Err(fail),
-            // Committed: keep the rest for the next send (or the drop).
-            Err((SendFail::Full | SendFail::Timeout, done)) => {
-                conn.tail.clear();
-                conn.tail.extend_from_slice(&message[done..]);
-                conn.tail_done = 0;
-                Ok(())
-            }
-            Err((fail, _)) => {
-                conn.broken = true;
-                Err(fail)
-            }
-        };
-        conn.scratch = message;
-        if conn.scratch.capacity() > 4 << 20 {
-            conn.scratch = Vec::new();
-        }
-        result
+        self.conn
+            .0
+            .with(|slot| send_locked(slot, deadline, encode))
+            .unwrap_or_else(|e| Err(SendFail::Failed(SendFailure::Io(e))))
     }
+}
+
+/// [`ShmSender::hand_off`], holding the lock.
+fn hand_off(guard: &mut Slot) -> Result<(Vec<OwnedFd>, usize), Error> {
+    let Slot::Live(conn) = &mut *guard else {
+        return Err(Error::Unsupported {
+            what: "handing a shared-memory sender to a second child (it has one ring)".to_string(),
+        });
+    };
+    if !conn.claimed() {
+        return Err(Error::Unsupported {
+            what: "handing over a shared-memory sender whose ring another process \
+                       claimed after a fork()"
+                .to_string(),
+        });
+    }
+    if conn.tail_done < conn.tail.len() || conn.broken {
+        return Err(Error::Unsupported {
+            what: "handing over a sender that is part-way through a message or broken".to_string(),
+        });
+    }
+    let fds = vec![dup(conn.sock.as_fd())?, dup(conn._map.fd())?];
+    let limit = conn.limit;
+    // Dropped without `close`: the ring lives on in the child.
+    *guard = Slot::Moved;
+    Ok((fds, limit))
+}
+
+/// [`ShmSender::send_with`], holding the lock.
+fn send_locked(
+    guard: &mut Slot,
+    deadline: Deadline,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+) -> Result<(), SendFail> {
+    let conn = match guard {
+        Slot::Live(conn) => conn,
+        Slot::Moved => return Err(SendFail::Failed(SendFailure::Moved)),
+    };
+    if !conn.claimed() {
+        return Err(SendFail::Failed(SendFailure::Forked));
+    }
+    if conn.broken || conn.producer.consumer_closed() {
+        conn.broken = true;
+        return Err(SendFail::Disconnected);
+    }
+    conn.sends = conn.sends.wrapping_add(1);
+    if conn.sends % LIVENESS_EVERY == 0 && !notify::drain(conn.sock.as_fd()) {
+        conn.broken = true;
+        return Err(SendFail::Disconnected);
+    }
+    conn.finish_tail(deadline)?;
+    conn.scratch.clear();
+    encode(&mut conn.scratch).map_err(encode_failure)?;
+    let size = conn.scratch.len();
+    if size > conn.limit {
+        return Err(SendFail::Failed(SendFailure::TooLarge {
+            size,
+            limit: conn.limit,
+        }));
+    }
+    let message = std::mem::take(&mut conn.scratch);
+    let result = match conn.push(&message, deadline) {
+        Ok(()) => Ok(()),
+        Err((fail @ (SendFail::Full | SendFail::Timeout), 0)) => Err(fail),
+        // Committed: keep the rest for the next send (or the drop).
+        Err((SendFail::Full | SendFail::Timeout, done)) => {
+            conn.tail.clear();
+            conn.tail.extend_from_slice(&message[done..]);
+            conn.tail_done = 0;
+            Ok(())
+        }
+        Err((fail, _)) => {
+            conn.broken = true;
+            Err(fail)
+        }
+    };
+    conn.scratch = message;
+    if conn.scratch.capacity() > 4 << 20 {
+        conn.scratch = Vec::new();
+    }
+    result
 }
 
 /// Splits the descriptors an inherited shm end arrives with (`[socket, memfd]`, see
@@ -386,7 +406,7 @@ impl SendConn {
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        let slot = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
+        let slot = self.0.get_mut();
         let Slot::Live(conn) = std::mem::replace(slot, Slot::Moved) else {
             return;
         };

@@ -52,6 +52,34 @@ pub(crate) fn heavy_fence() {
     }
 }
 
+/// `forks::generation() + 1` when this process last registered for private expedited
+/// barriers; 0 when never.
+static REGISTERED_PRIVATE: AtomicU64 = AtomicU64::new(0);
+
+/// Registers this process for expedited barriers among its own threads (once per fork
+/// generation). True when registered: [`private_fence`] then reaches every running thread
+/// of this process.
+pub(crate) fn register_private() -> bool {
+    let generation = forks::generation();
+    // Relaxed: as in `register_producer`, a cache of this process's own syscall result.
+    if REGISTERED_PRIVATE.load(Ordering::Relaxed) == generation + 1 {
+        return true;
+    }
+    let ok = membarrier(MembarrierCommand::RegisterPrivateExpedited).is_ok();
+    if ok {
+        // Relaxed: as above.
+        REGISTERED_PRIVATE.store(generation + 1, Ordering::Relaxed);
+    }
+    ok
+}
+
+/// A full barrier on every running thread of this process (needs [`register_private`]).
+/// Fails only if the process is not registered, or a seccomp filter installed since forbids
+/// the call.
+pub(crate) fn private_fence() -> std::io::Result<()> {
+    membarrier(MembarrierCommand::PrivateExpedited).map_err(std::io::Error::from)
+}
+
 /// Whether a heavy fence ever failed in this process.
 pub(crate) fn heavy_failed() -> bool {
     // Relaxed: see `heavy_fence`.
