@@ -142,7 +142,14 @@ impl<T> BiasedLock<T> {
         // `busy` and, on the owner's thread, before its next check of `bias`.
         self.bias.store(0, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if let Err(e) = membarrier::private_fence() {
+        // Registered once per process; after a `fork()` the child must register anew (its
+        // biased thread, if it is the one that forked, came along with the bias).
+        let fenced = if membarrier::register_private() {
+            membarrier::private_fence()
+        } else {
+            Err(io::Error::from(io::ErrorKind::Unsupported))
+        };
+        if let Err(e) = fenced {
             // The owner may not see the revocation: give the bias back and stay out.
             self.bias.store(owner, Ordering::Relaxed);
             return Err(io::Error::new(

@@ -95,3 +95,5 @@ mod heap {
         }
     }
 }
+#[cfg(test)]
+mod exp;
