@@ -95,5 +95,3 @@ mod heap {
         }
     }
 }
-#[cfg(test)]
-mod exp;
