@@ -315,6 +315,23 @@ fn positions_changing_between_reads() {
 /// The receiver polls the header words and never reads `head`: a sender that writes garbage
 /// there (beyond the capacity, `u64::MAX`, backwards, half a header...) while it commits its
 /// frames correctly is served like any other, across several laps and wrap paddings.
+/// Waits, as a producer would, until `len` bytes fit in the raw sender's ring, taking what
+/// the receiver delivers meanwhile into `got`; fails if the receiver stops draining or drops
+/// the raw sender.
+fn wait_for_room(raw: &Raw, rx: &Receiver<Job>, len: usize, got: &mut Vec<Job>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !raw.has_room(len) {
+        if let Ok(j) = rx.recv_timeout(Duration::from_millis(1)) {
+            got.push(j);
+        }
+        assert!(Instant::now() < deadline, "the receiver stopped draining");
+        assert!(
+            !raw.consumer_closed(),
+            "the receiver dropped the raw sender"
+        );
+    }
+}
+
 #[test]
 fn garbage_in_head_is_ignored() {
     watchdog("garbage in head", || {
@@ -348,19 +365,10 @@ fn garbage_in_head_is_ignored() {
         for i in 0..40 {
             let j = job(HOSTILE + i, 30 + 17 * i as usize);
             let bytes = encode(&j);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !raw.has_room(bytes.len()) {
-                if let Ok(j) = rx.recv_timeout(Duration::from_millis(1)) {
-                    got.push(j);
-                }
-                assert!(Instant::now() < deadline, "the receiver stopped draining");
-                assert!(
-                    !raw.consumer_closed(),
-                    "the receiver dropped a sender for garbage in `head`"
-                );
-            }
+            wait_for_room(&raw, &rx, bytes.len(), &mut got);
             // Garbage goes on being written between publishes.
             let seen = scribbles.load(Ordering::Relaxed);
+            let deadline = Instant::now() + Duration::from_secs(10);
             while scribbles.load(Ordering::Relaxed) == seen {
                 assert!(Instant::now() < deadline, "the scribbler stopped");
                 std::thread::yield_now();
@@ -417,14 +425,7 @@ fn positions_starting_near_u64_max_wrap_past_zero() {
         for i in 0..60 {
             let j = job(HOSTILE + i, 40 + 13 * i as usize);
             let bytes = encode(&j);
-            // Wait for room, as a producer would, while the receiver drains.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !raw.has_room(bytes.len()) {
-                if let Ok(j) = rx.recv_timeout(Duration::from_millis(1)) {
-                    got.push(j);
-                }
-                assert!(Instant::now() < deadline, "the receiver stopped draining");
-            }
+            wait_for_room(&raw, &rx, bytes.len(), &mut got);
             // Padding (committed after the frame at offset 0) when it does not fit.
             raw.publish(&bytes, LAST);
             sent.push(j);
