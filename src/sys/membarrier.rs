@@ -13,6 +13,9 @@
 //!
 //! Registration is per address space: a `fork()` child is not registered, so it is redone
 //! (and cached) per fork generation.
+//!
+//! `PRIVATE_EXPEDITED`, the same barrier limited to this process's threads, is the heavy half
+//! of the shm sender's biased lock (`flavors/biased_lock.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -28,16 +31,22 @@ static HEAVY_FAILED: AtomicBool = AtomicBool::new(false);
 /// Registers this process for expedited global barriers (once per fork generation). True
 /// when it is registered: a producer here may then publish with a compiler fence only.
 pub(crate) fn register_producer() -> bool {
+    register_once(&REGISTERED, MembarrierCommand::RegisterGlobalExpedited)
+}
+
+/// Runs the registration `command` once per fork generation, remembering success in `cache`
+/// (`forks::generation() + 1`; a `fork()` child is not registered).
+fn register_once(cache: &AtomicU64, command: MembarrierCommand) -> bool {
     let generation = forks::generation();
     // Relaxed: a cache of this process's own syscall result, read and written only by this
     // process's threads; registering twice is harmless.
-    if REGISTERED.load(Ordering::Relaxed) == generation + 1 {
+    if cache.load(Ordering::Relaxed) == generation + 1 {
         return true;
     }
-    let ok = membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok();
+    let ok = membarrier(command).is_ok();
     if ok {
         // Relaxed: as above.
-        REGISTERED.store(generation + 1, Ordering::Relaxed);
+        cache.store(generation + 1, Ordering::Relaxed);
     }
     ok
 }
@@ -60,17 +69,10 @@ static REGISTERED_PRIVATE: AtomicU64 = AtomicU64::new(0);
 /// generation). True when registered: [`private_fence`] then reaches every running thread
 /// of this process.
 pub(crate) fn register_private() -> bool {
-    let generation = forks::generation();
-    // Relaxed: as in `register_producer`, a cache of this process's own syscall result.
-    if REGISTERED_PRIVATE.load(Ordering::Relaxed) == generation + 1 {
-        return true;
-    }
-    let ok = membarrier(MembarrierCommand::RegisterPrivateExpedited).is_ok();
-    if ok {
-        // Relaxed: as above.
-        REGISTERED_PRIVATE.store(generation + 1, Ordering::Relaxed);
-    }
-    ok
+    register_once(
+        &REGISTERED_PRIVATE,
+        MembarrierCommand::RegisterPrivateExpedited,
+    )
 }
 
 /// A full barrier on every running thread of this process (needs [`register_private`]).
