@@ -92,6 +92,10 @@ impl<T> BiasedLock<T> {
     /// Runs `f` on the value, alone. Fails only when the bias cannot be revoked (the
     /// `membarrier` call failed: a seccomp filter installed after the first use forbids it);
     /// then `f` does not run, and the biased thread goes on using the value.
+    ///
+    /// `f` must not use this lock again (no user code inside: the shm sender encodes before
+    /// it locks). Re-entered on the slow path it would deadlock, as std's mutex does; on the
+    /// fast path it would hand out the value twice.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> io::Result<R> {
         let me = token();
         // Relaxed: a hint; the check that counts comes after the announcement below.

@@ -10,6 +10,7 @@
 //! A full ring: spin briefly, then announce the sleep in the ring and poll the rendezvous
 //! connection, where the receiver's wake-up byte arrives and where its death shows.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -31,6 +32,9 @@ use crate::{Error, Options, SendFailure};
 /// Check the receiver's liveness through the socket once per this many sends (a crashed
 /// receiver cannot set its "closed" flag; a full ring is noticed at once anyway).
 const LIVENESS_EVERY: u32 = 256;
+
+/// A thread's encoding buffer is kept between messages up to this capacity.
+const KEEP_SCRATCH: usize = 4 << 20;
 
 /// The sending half, shared by clones.
 #[derive(Clone)]
@@ -57,7 +61,6 @@ struct SendConn {
     /// gone.
     sock: OwnedFd,
     limit: usize,
-    scratch: Vec<u8>,
     /// The unpublished rest of a committed message.
     tail: Vec<u8>,
     tail_done: usize,
@@ -91,7 +94,6 @@ impl ShmSender {
                 _map: map,
                 sock,
                 limit,
-                scratch: Vec::new(),
                 tail: Vec::new(),
                 tail_done: 0,
                 sends: 0,
@@ -138,15 +140,34 @@ impl ShmSender {
     }
 
     /// Encodes one message with `encode` and pushes it into the ring.
+    ///
+    /// The message is encoded before the lock is taken, into this thread's scratch buffer:
+    /// the user's `Serialize` runs outside the lock, so one that sends through this very
+    /// sender (or a clone) cannot re-enter it.
     pub(crate) fn send_with(
         &self,
         deadline: Deadline,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<(), SendFail> {
-        self.conn
-            .0
-            .with(|slot| send_locked(slot, deadline, encode))
-            .unwrap_or_else(|e| Err(SendFail::Failed(SendFailure::Io(e))))
+        thread_local! {
+            static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+        }
+        // Taken, not borrowed: a send from inside `encode` finds an empty buffer of its own.
+        let mut message = SCRATCH.try_with(Cell::take).unwrap_or_default();
+        message.clear();
+        let result = match encode(&mut message) {
+            Ok(()) => self
+                .conn
+                .0
+                .with(|slot| send_locked(slot, deadline, &message))
+                .unwrap_or_else(|e| Err(SendFail::Failed(SendFailure::Io(e)))),
+            Err(e) => Err(encode_failure(e)),
+        };
+        // Keep the buffer for the next message, within reason.
+        if message.capacity() <= KEEP_SCRATCH {
+            let _ = SCRATCH.try_with(|cell| cell.set(message));
+        }
+        result
     }
 }
 
@@ -176,12 +197,8 @@ fn hand_off(guard: &mut Slot) -> Result<(Vec<OwnedFd>, usize), Error> {
     Ok((fds, limit))
 }
 
-/// [`ShmSender::send_with`], holding the lock.
-fn send_locked(
-    guard: &mut Slot,
-    deadline: Deadline,
-    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
-) -> Result<(), SendFail> {
+/// [`ShmSender::send_with`], holding the lock: pushes the encoded `message`.
+fn send_locked(guard: &mut Slot, deadline: Deadline, message: &[u8]) -> Result<(), SendFail> {
     let conn = match guard {
         Slot::Live(conn) => conn,
         Slot::Moved => return Err(SendFail::Failed(SendFailure::Moved)),
@@ -199,17 +216,14 @@ fn send_locked(
         return Err(SendFail::Disconnected);
     }
     conn.finish_tail(deadline)?;
-    conn.scratch.clear();
-    encode(&mut conn.scratch).map_err(encode_failure)?;
-    let size = conn.scratch.len();
+    let size = message.len();
     if size > conn.limit {
         return Err(SendFail::Failed(SendFailure::TooLarge {
             size,
             limit: conn.limit,
         }));
     }
-    let message = std::mem::take(&mut conn.scratch);
-    let result = match conn.push(&message, deadline) {
+    match conn.push(message, deadline) {
         Ok(()) => Ok(()),
         Err((fail @ (SendFail::Full | SendFail::Timeout), 0)) => Err(fail),
         // Committed: keep the rest for the next send (or the drop).
@@ -223,12 +237,7 @@ fn send_locked(
             conn.broken = true;
             Err(fail)
         }
-    };
-    conn.scratch = message;
-    if conn.scratch.capacity() > 4 << 20 {
-        conn.scratch = Vec::new();
     }
-    result
 }
 
 /// Splits the descriptors an inherited shm end arrives with (`[socket, memfd]`, see
@@ -419,5 +428,67 @@ impl Drop for Holder {
             .name("conduit-flush".to_string())
             .spawn(move || conn.finish_and_close());
         drop(spawned);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::{channel, Backend, Sender};
+
+    /// A message whose `Serialize` sends another message through a sender it finds in
+    /// `NESTED`: user code running inside `send`, as a logging or tracing hook might.
+    struct Noisy(u32);
+
+    static NESTED: Mutex<Option<Sender<Noisy>>> = Mutex::new(None);
+
+    impl Serialize for Noisy {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            if self.0 >= 100 {
+                let tx = NESTED.lock().unwrap().clone();
+                if let Some(tx) = tx {
+                    tx.send(Noisy(self.0 - 100)).unwrap();
+                }
+            }
+            s.serialize_u32(self.0)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Noisy {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            u32::deserialize(d).map(Noisy)
+        }
+    }
+
+    #[test]
+    fn a_serialize_that_sends_through_its_own_sender_does_not_reenter_the_lock() {
+        let (tx, rx) = channel::<Noisy>(Backend::Shm).unwrap();
+        *NESTED.lock().unwrap() = Some(tx.clone());
+        let tx = Arc::new(tx);
+        let sender = std::thread::spawn(move || {
+            // Nested in the first send (the lock's mutex is held: re-entering it would
+            // deadlock), then again once the lock is biased to this thread (re-entering the
+            // fast path would hand out the value twice).
+            tx.send(Noisy(105)).unwrap();
+            for i in 0..3 {
+                tx.send(Noisy(i)).unwrap();
+            }
+            tx.send(Noisy(107)).unwrap();
+        });
+        let mut got = Vec::new();
+        while got.len() < 7 {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Noisy(v)) => got.push(v),
+                Err(e) => panic!("stuck after {got:?}: {e}"),
+            }
+        }
+        sender.join().unwrap();
+        *NESTED.lock().unwrap() = None;
+        // The nested message is encoded and sent first, while the outer one waits.
+        assert_eq!(got, vec![5, 105, 0, 1, 2, 7, 107]);
     }
 }
