@@ -50,6 +50,10 @@ pub(crate) struct BiasedLock<T> {
     bias: AtomicU64,
     /// 1 while the biased thread is using the value through the fast path.
     busy: AtomicU32,
+    /// The token of the thread using the value now (either path), 0 when none: a thread
+    /// that finds its own token here is inside already (re-entry), since only it ever
+    /// stores its token and it clears it when it leaves.
+    holder: AtomicU64,
     /// Serialises every use but the biased thread's fast path; holds the token of the last
     /// thread that came through it.
     slow: Mutex<u64>,
@@ -64,14 +68,38 @@ unsafe impl<T: Send> Send for BiasedLock<T> {}
 unsafe impl<T: Send> Sync for BiasedLock<T> {}
 
 /// Leaves the fast path, also when the closure unwinds.
-struct Leave<'a>(&'a AtomicU32);
+struct Leave<'a> {
+    busy: &'a AtomicU32,
+    holder: &'a AtomicU64,
+}
 
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
+        // Relaxed: read for re-entry only by this thread (see `holder`); others write it only
+        // once they hold the value, after `busy` below has synchronised them with us.
+        self.holder.store(0, Ordering::Relaxed);
         // SYNC POINT: Release pairs with the Acquire load in `revoke`: our use of the value
         // happens before the revoker's.
-        self.0.store(0, Ordering::Release);
+        self.busy.store(0, Ordering::Release);
     }
+}
+
+/// Clears `holder` when a slow-path use ends, also when the closure unwinds.
+struct SlowLeave<'a>(&'a AtomicU64);
+
+impl Drop for SlowLeave<'_> {
+    fn drop(&mut self) {
+        // Relaxed: as in `Leave`; the mutex orders the next holder's store after this one.
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The error of a use from inside a use on the same thread.
+fn reentered() -> io::Error {
+    io::Error::other(
+        "a shared-memory sender used from inside its own send on the same thread \
+         (a Serialize implementation that sends through it)",
+    )
 }
 
 impl<T> BiasedLock<T> {
@@ -79,6 +107,7 @@ impl<T> BiasedLock<T> {
         BiasedLock {
             bias: AtomicU64::new(0),
             busy: AtomicU32::new(0),
+            holder: AtomicU64::new(0),
             slow: Mutex::new(NO_TOKEN),
             value: UnsafeCell::new(value),
         }
@@ -93,11 +122,16 @@ impl<T> BiasedLock<T> {
     /// `membarrier` call failed: a seccomp filter installed after the first use forbids it);
     /// then `f` does not run, and the biased thread goes on using the value.
     ///
-    /// `f` must not use this lock again (no user code inside: the shm sender encodes before
-    /// it locks). Re-entered on the slow path it would deadlock, as std's mutex does; on the
-    /// fast path it would hand out the value twice.
+    /// A use from inside `f` on the same thread (the shm sender runs the user's `Serialize`
+    /// inside) fails with an error instead of deadlocking or handing out the value twice.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> io::Result<R> {
         let me = token();
+        // Relaxed: only this thread stores `me` here, so seeing it means this thread is
+        // inside already (the closure called us): refuse rather than deadlock on the mutex or
+        // hand out the value twice.
+        if self.holder.load(Ordering::Relaxed) == me {
+            return Err(reentered());
+        }
         // Relaxed: a hint; the check that counts comes after the announcement below.
         if self.bias.load(Ordering::Relaxed) == me {
             self.busy.store(1, Ordering::Relaxed);
@@ -109,7 +143,12 @@ impl<T> BiasedLock<T> {
             // Relaxed: see above. The value's previous user synchronised with us through
             // `slow`, which we held when we installed the bias.
             if self.bias.load(Ordering::Relaxed) == me {
-                let _leave = Leave(&self.busy);
+                // Relaxed: see `holder`.
+                self.holder.store(me, Ordering::Relaxed);
+                let _leave = Leave {
+                    busy: &self.busy,
+                    holder: &self.holder,
+                };
                 // SAFETY: we hold the bias and have announced ourselves, so no other thread
                 // uses the value until it has seen `busy == 0` (in `revoke`), which `_leave`
                 // stores only after `f` is done, even if it unwinds.
@@ -124,9 +163,13 @@ impl<T> BiasedLock<T> {
         if owner != 0 && owner != me {
             self.revoke(owner)?;
         }
+        // Relaxed: see `holder`.
+        self.holder.store(me, Ordering::Relaxed);
+        let release = SlowLeave(&self.holder);
         // SAFETY: we hold `slow`, and the bias is ours or revoked with its owner gone (its
         // `busy = 0` synchronised with us in `revoke`): no other thread uses the value.
         let result = f(unsafe { &mut *self.value.get() });
+        drop(release);
         // Biased already, or twice in a row through here with nobody biased in between.
         let install = owner == me || (owner == 0 && *last == me && me != NO_TOKEN);
         if install {
@@ -235,6 +278,24 @@ mod tests {
             .unwrap();
         assert_ne!(lock.bias.load(std::sync::atomic::Ordering::Relaxed), me);
         assert_eq!(lock.with(|v| *v).unwrap(), 13);
+    }
+
+    #[test]
+    fn a_use_from_inside_a_use_fails_on_either_path() {
+        let lock = BiasedLock::new(0u32);
+        // The first use goes through the mutex, the third through the fast path.
+        for round in 0..3 {
+            let nested = lock.with(|v| {
+                *v += 1;
+                lock.with(|w| *w += 100).map(|_| ())
+            });
+            let err = nested.unwrap().unwrap_err();
+            assert!(
+                err.to_string().contains("inside its own send"),
+                "round {round}"
+            );
+        }
+        assert_eq!(lock.with(|v| *v).unwrap(), 3);
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //! A full ring: spin briefly, then announce the sleep in the ring and poll the rendezvous
 //! connection, where the receiver's wake-up byte arrives and where its death shows.
 
-use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -32,9 +31,6 @@ use crate::{Error, Options, SendFailure};
 /// Check the receiver's liveness through the socket once per this many sends (a crashed
 /// receiver cannot set its "closed" flag; a full ring is noticed at once anyway).
 const LIVENESS_EVERY: u32 = 256;
-
-/// A thread's encoding buffer is kept between messages up to this capacity.
-const KEEP_SCRATCH: usize = 4 << 20;
 
 /// The sending half, shared by clones.
 #[derive(Clone)]
@@ -61,6 +57,7 @@ struct SendConn {
     /// gone.
     sock: OwnedFd,
     limit: usize,
+    scratch: Vec<u8>,
     /// The unpublished rest of a committed message.
     tail: Vec<u8>,
     tail_done: usize,
@@ -94,6 +91,7 @@ impl ShmSender {
                 _map: map,
                 sock,
                 limit,
+                scratch: Vec::new(),
                 tail: Vec::new(),
                 tail_done: 0,
                 sends: 0,
@@ -140,34 +138,15 @@ impl ShmSender {
     }
 
     /// Encodes one message with `encode` and pushes it into the ring.
-    ///
-    /// The message is encoded before the lock is taken, into this thread's scratch buffer:
-    /// the user's `Serialize` runs outside the lock, so one that sends through this very
-    /// sender (or a clone) cannot re-enter it.
     pub(crate) fn send_with(
         &self,
         deadline: Deadline,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<(), SendFail> {
-        thread_local! {
-            static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-        }
-        // Taken, not borrowed: a send from inside `encode` finds an empty buffer of its own.
-        let mut message = SCRATCH.try_with(Cell::take).unwrap_or_default();
-        message.clear();
-        let result = match encode(&mut message) {
-            Ok(()) => self
-                .conn
-                .0
-                .with(|slot| send_locked(slot, deadline, &message))
-                .unwrap_or_else(|e| Err(SendFail::Failed(SendFailure::Io(e)))),
-            Err(e) => Err(encode_failure(e)),
-        };
-        // Keep the buffer for the next message, within reason.
-        if message.capacity() <= KEEP_SCRATCH {
-            let _ = SCRATCH.try_with(|cell| cell.set(message));
-        }
-        result
+        self.conn
+            .0
+            .with(|slot| send_locked(slot, deadline, encode))
+            .unwrap_or_else(|e| Err(SendFail::Failed(SendFailure::Io(e))))
     }
 }
 
@@ -197,8 +176,12 @@ fn hand_off(guard: &mut Slot) -> Result<(Vec<OwnedFd>, usize), Error> {
     Ok((fds, limit))
 }
 
-/// [`ShmSender::send_with`], holding the lock: pushes the encoded `message`.
-fn send_locked(guard: &mut Slot, deadline: Deadline, message: &[u8]) -> Result<(), SendFail> {
+/// [`ShmSender::send_with`], holding the lock.
+fn send_locked(
+    guard: &mut Slot,
+    deadline: Deadline,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+) -> Result<(), SendFail> {
     let conn = match guard {
         Slot::Live(conn) => conn,
         Slot::Moved => return Err(SendFail::Failed(SendFailure::Moved)),
@@ -216,14 +199,17 @@ fn send_locked(guard: &mut Slot, deadline: Deadline, message: &[u8]) -> Result<(
         return Err(SendFail::Disconnected);
     }
     conn.finish_tail(deadline)?;
-    let size = message.len();
+    conn.scratch.clear();
+    encode(&mut conn.scratch).map_err(encode_failure)?;
+    let size = conn.scratch.len();
     if size > conn.limit {
         return Err(SendFail::Failed(SendFailure::TooLarge {
             size,
             limit: conn.limit,
         }));
     }
-    match conn.push(message, deadline) {
+    let message = std::mem::take(&mut conn.scratch);
+    let result = match conn.push(&message, deadline) {
         Ok(()) => Ok(()),
         Err((fail @ (SendFail::Full | SendFail::Timeout), 0)) => Err(fail),
         // Committed: keep the rest for the next send (or the drop).
@@ -237,7 +223,12 @@ fn send_locked(guard: &mut Slot, deadline: Deadline, message: &[u8]) -> Result<(
             conn.broken = true;
             Err(fail)
         }
+    };
+    conn.scratch = message;
+    if conn.scratch.capacity() > 4 << 20 {
+        conn.scratch = Vec::new();
     }
+    result
 }
 
 /// Splits the descriptors an inherited shm end arrives with (`[socket, memfd]`, see
@@ -441,17 +432,22 @@ mod tests {
     use crate::{channel, Backend, Sender};
 
     /// A message whose `Serialize` sends another message through a sender it finds in
-    /// `NESTED`: user code running inside `send`, as a logging or tracing hook might.
+    /// `NESTED` (as a logging hook might) and records how that went in `OUTCOMES`.
     struct Noisy(u32);
 
     static NESTED: Mutex<Option<Sender<Noisy>>> = Mutex::new(None);
+    static OUTCOMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
     impl Serialize for Noisy {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             if self.0 >= 100 {
                 let tx = NESTED.lock().unwrap().clone();
                 if let Some(tx) = tx {
-                    tx.send(Noisy(self.0 - 100)).unwrap();
+                    let outcome = match tx.send(Noisy(self.0 - 100)) {
+                        Ok(()) => "sent".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    OUTCOMES.lock().unwrap().push(outcome);
                 }
             }
             s.serialize_u32(self.0)
@@ -465,14 +461,14 @@ mod tests {
     }
 
     #[test]
-    fn a_serialize_that_sends_through_its_own_sender_does_not_reenter_the_lock() {
+    fn a_serialize_that_sends_through_its_own_sender_gets_an_error_not_a_hang() {
         let (tx, rx) = channel::<Noisy>(Backend::Shm).unwrap();
         *NESTED.lock().unwrap() = Some(tx.clone());
         let tx = Arc::new(tx);
         let sender = std::thread::spawn(move || {
             // Nested in the first send (the lock's mutex is held: re-entering it would
             // deadlock), then again once the lock is biased to this thread (re-entering the
-            // fast path would hand out the value twice).
+            // fast path would hand out the connection twice).
             tx.send(Noisy(105)).unwrap();
             for i in 0..3 {
                 tx.send(Noisy(i)).unwrap();
@@ -480,7 +476,7 @@ mod tests {
             tx.send(Noisy(107)).unwrap();
         });
         let mut got = Vec::new();
-        while got.len() < 7 {
+        while got.len() < 5 {
             match rx.recv_timeout(Duration::from_secs(10)) {
                 Ok(Noisy(v)) => got.push(v),
                 Err(e) => panic!("stuck after {got:?}: {e}"),
@@ -488,7 +484,12 @@ mod tests {
         }
         sender.join().unwrap();
         *NESTED.lock().unwrap() = None;
-        // The nested message is encoded and sent first, while the outer one waits.
-        assert_eq!(got, vec![5, 105, 0, 1, 2, 7, 107]);
+        assert_eq!(got, vec![105, 0, 1, 2, 107], "the outer messages, in order");
+        let outcomes = OUTCOMES.lock().unwrap().clone();
+        assert_eq!(outcomes.len(), 2);
+        for outcome in outcomes {
+            assert!(outcome.contains("inside its own send"), "{outcome}");
+        }
+        assert!(rx.try_recv().is_err(), "no nested message got through");
     }
 }
