@@ -128,8 +128,9 @@ impl<T> BiasedLock<T> {
         let me = token();
         // Relaxed: only this thread stores `me` here, so seeing it means this thread is
         // inside already (the closure called us): refuse rather than deadlock on the mutex or
-        // hand out the value twice.
-        if self.holder.load(Ordering::Relaxed) == me {
+        // hand out the value twice. (Threads without a token share `NO_TOKEN`: they are
+        // never biased and do not get this check.)
+        if me != NO_TOKEN && self.holder.load(Ordering::Relaxed) == me {
             return Err(reentered());
         }
         // Relaxed: a hint; the check that counts comes after the announcement below.
