@@ -8,12 +8,12 @@
 //! time in those waits (`perf annotate`); without a lock it ran three times as fast.
 //!
 //! How: the lock is *biased* to the thread that used it twice in a row. That thread enters
-//! by announcing itself (`busy = 1`), a compiler fence, and checking that the bias is still
-//! its own; it leaves with a Release store of `busy = 0`: plain stores and loads. Any other
-//! thread takes the slow path: std's mutex, then it revokes the bias (stores `bias = 0`,
+//! by announcing itself (its token in `busy`), a compiler fence, and checking that the bias
+//! is still its own; it leaves with a Release store of `busy = 0`: plain stores and loads.
+//! Any other thread takes the slow path: std's mutex, then it revokes the bias (`bias = 0`,
 //! fences, and runs `membarrier(PRIVATE_EXPEDITED)`, which makes every running thread of the
 //! process execute a full barrier) and waits until `busy` is 0. An asymmetric Dekker: either
-//! the revoker's load sees the owner's `busy = 1` and waits for it to leave, or the owner's
+//! the revoker's load sees the owner's announcement and waits for it to leave, or the owner's
 //! check sees the revoked bias and the owner takes the slow path too. (Biased locking in
 //! JVMs and the asymmetric fences of liburcu and folly are the same pairing; the ring's
 //! light publish in `sys/membarrier.rs` is another.) A revocation costs a system call, so a
@@ -23,7 +23,7 @@
 
 use std::cell::UnsafeCell;
 use std::io;
-use std::sync::atomic::{compiler_fence, fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{compiler_fence, fence, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -48,11 +48,14 @@ fn token() -> u64 {
 pub(crate) struct BiasedLock<T> {
     /// The token of the thread the lock is biased to; 0 when none. Changed only under `slow`.
     bias: AtomicU64,
-    /// 1 while the biased thread is using the value through the fast path.
-    busy: AtomicU32,
-    /// The token of the thread using the value now (either path), 0 when none: a thread
-    /// that finds its own token here is inside already (re-entry), since only it ever
-    /// stores its token and it clears it when it leaves.
+    /// The biased thread's token while it uses the value through the fast path (or tries
+    /// to), 0 otherwise.
+    busy: AtomicU64,
+    /// The token of the thread using the value through the slow path, 0 when none.
+    ///
+    /// Only a thread itself ever stores its token in `busy` or `holder`, and it clears it
+    /// when it leaves, so a thread that finds its own token in either is inside already: a
+    /// use from inside a use (re-entry).
     holder: AtomicU64,
     /// Serialises every use but the biased thread's fast path; holds the token of the last
     /// thread that came through it.
@@ -68,19 +71,13 @@ unsafe impl<T: Send> Send for BiasedLock<T> {}
 unsafe impl<T: Send> Sync for BiasedLock<T> {}
 
 /// Leaves the fast path, also when the closure unwinds.
-struct Leave<'a> {
-    busy: &'a AtomicU32,
-    holder: &'a AtomicU64,
-}
+struct Leave<'a>(&'a AtomicU64);
 
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
-        // Relaxed: read for re-entry only by this thread (see `holder`); others write it only
-        // once they hold the value, after `busy` below has synchronised them with us.
-        self.holder.store(0, Ordering::Relaxed);
         // SYNC POINT: Release pairs with the Acquire load in `revoke`: our use of the value
         // happens before the revoker's.
-        self.busy.store(0, Ordering::Release);
+        self.0.store(0, Ordering::Release);
     }
 }
 
@@ -106,7 +103,7 @@ impl<T> BiasedLock<T> {
     pub(crate) fn new(value: T) -> Self {
         BiasedLock {
             bias: AtomicU64::new(0),
-            busy: AtomicU32::new(0),
+            busy: AtomicU64::new(0),
             holder: AtomicU64::new(0),
             slow: Mutex::new(NO_TOKEN),
             value: UnsafeCell::new(value),
@@ -126,16 +123,19 @@ impl<T> BiasedLock<T> {
     /// inside) fails with an error instead of deadlocking or handing out the value twice.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> io::Result<R> {
         let me = token();
-        // Relaxed: only this thread stores `me` here, so seeing it means this thread is
+        // Relaxed: only this thread stores `me` in either, so seeing it means this thread is
         // inside already (the closure called us): refuse rather than deadlock on the mutex or
         // hand out the value twice. (Threads without a token share `NO_TOKEN`: they are
         // never biased and do not get this check.)
-        if me != NO_TOKEN && self.holder.load(Ordering::Relaxed) == me {
+        if me != NO_TOKEN
+            && (self.busy.load(Ordering::Relaxed) == me
+                || self.holder.load(Ordering::Relaxed) == me)
+        {
             return Err(reentered());
         }
         // Relaxed: a hint; the check that counts comes after the announcement below.
         if self.bias.load(Ordering::Relaxed) == me {
-            self.busy.store(1, Ordering::Relaxed);
+            self.busy.store(me, Ordering::Relaxed);
             // The owner's half of the asymmetric Dekker with `revoke` (store `bias`, fence,
             // membarrier, load `busy`): the revoker's membarrier runs a full barrier on this
             // thread, so either our store of `busy` is visible to its load, or our load below
@@ -144,12 +144,7 @@ impl<T> BiasedLock<T> {
             // Relaxed: see above. The value's previous user synchronised with us through
             // `slow`, which we held when we installed the bias.
             if self.bias.load(Ordering::Relaxed) == me {
-                // Relaxed: see `holder`.
-                self.holder.store(me, Ordering::Relaxed);
-                let _leave = Leave {
-                    busy: &self.busy,
-                    holder: &self.holder,
-                };
+                let _leave = Leave(&self.busy);
                 // SAFETY: we hold the bias and have announced ourselves, so no other thread
                 // uses the value until it has seen `busy == 0` (in `revoke`), which `_leave`
                 // stores only after `f` is done, even if it unwinds.
@@ -187,7 +182,9 @@ impl<T> BiasedLock<T> {
     /// Takes the bias from `owner` (we hold `slow`), waiting until it has left the value.
     fn revoke(&self, owner: u64) -> io::Result<()> {
         // Relaxed, then the fence and the membarrier, which order it before our load of
-        // `busy` and, on the owner's thread, before its next check of `bias`.
+        // `busy` and, on the owner's thread, before its next check of `bias`: once the
+        // membarrier returns, the old owner can never again read its own token there (until
+        // it installs it anew, under `slow`), so two threads never both take the fast path.
         self.bias.store(0, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         // Registered once per process; after a `fork()` the child must register anew (its
