@@ -1,5 +1,6 @@
 //! A lock that costs no atomic read-modify-write while one thread uses it over and over: the
-//! shared-memory sender's per-message lock.
+//! senders' per-message lock (shared memory and streams), which also refuses a use from
+//! inside a use on the same thread.
 //!
 //! Why: a locked instruction (a mutex's acquire, its release) waits until the thread's
 //! earlier stores have left the core, and the last store of a shm send, the frame's commit,
@@ -94,7 +95,7 @@ impl Drop for SlowLeave<'_> {
 /// The error of a use from inside a use on the same thread.
 fn reentered() -> io::Error {
     io::Error::other(
-        "a shared-memory sender used from inside its own send on the same thread \
+        "a sender used from inside its own send on the same thread \
          (a Serialize implementation that sends through it)",
     )
 }

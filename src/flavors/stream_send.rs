@@ -1,7 +1,9 @@
 //! The sending half of the stream flavor: framing a message and writing it whole.
 //!
-//! Clones of a sender share one connection behind a mutex and write each message while
-//! holding it, so pieces of two messages never interleave.
+//! Clones of a sender share one connection behind a lock ([`BiasedLock`]) and write each
+//! message while holding it, so pieces of two messages never interleave. The lock also
+//! refuses a use from inside a use: a `Serialize` that sends through its own sender gets an
+//! error instead of deadlocking.
 //!
 //! A message is committed once its first byte is written: taking it back would tear the
 //! stream. So when `try_send` or `send_timeout` runs out of time part-way through a message,
@@ -13,10 +15,11 @@
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::addr::Address;
 use crate::channel::encode_failure;
+use crate::flavors::biased_lock::BiasedLock;
 use crate::flavors::{Deadline, SendFail};
 use crate::frame::{self, HEADER, PIECE_MAX};
 use crate::handshake::{self, Hello};
@@ -29,7 +32,7 @@ const IOV_MAX: usize = 1024;
 /// The sending half of a stream connection, shared by clones.
 #[derive(Clone)]
 pub(crate) struct StreamSender {
-    conn: Arc<Mutex<SendConn>>,
+    conn: Arc<BiasedLock<SendConn>>,
 }
 
 struct SendConn {
@@ -57,7 +60,7 @@ impl StreamSender {
                 .map_err(|e| Error::io("setting the socket's send buffer", e))?;
         }
         Ok(StreamSender {
-            conn: Arc::new(Mutex::new(SendConn {
+            conn: Arc::new(BiasedLock::new(SendConn {
                 fd,
                 kind,
                 limit: opts.max_message_size,
@@ -86,17 +89,20 @@ impl StreamSender {
 
     /// A close-on-exec duplicate of the connection, for inheritance by a child process.
     pub(crate) fn duplicate(&self) -> Result<(OwnedFd, StreamKind, usize), Error> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if conn.tail_done < conn.tail.len() {
-            return Err(Error::Unsupported {
-                what: "passing a sender that is part-way through a message".to_string(),
-            });
-        }
-        let fd = conn
-            .fd
-            .try_clone()
-            .map_err(|e| Error::io("duplicating the sender's descriptor", e))?;
-        Ok((fd, conn.kind, conn.limit))
+        self.conn
+            .with(|conn| {
+                if conn.tail_done < conn.tail.len() {
+                    return Err(Error::Unsupported {
+                        what: "passing a sender that is part-way through a message".to_string(),
+                    });
+                }
+                let fd = conn
+                    .fd
+                    .try_clone()
+                    .map_err(|e| Error::io("duplicating the sender's descriptor", e))?;
+                Ok((fd, conn.kind, conn.limit))
+            })
+            .unwrap_or_else(|e| Err(Error::io("locking the sender", e)))
     }
 
     /// Encodes one message with `encode` into the connection's buffer and writes it.
@@ -105,33 +111,43 @@ impl StreamSender {
         deadline: Deadline,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<(), SendFail> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if conn.broken {
-            return Err(SendFail::Disconnected);
-        }
-        if conn.kind == StreamKind::Tcp && sys::peer_closed(conn.fd.as_fd()) {
-            // A write to a closed TCP peer can succeed once; the peer never writes after the
-            // handshake, so a readable socket means it is gone.
-            conn.broken = true;
-            return Err(SendFail::Disconnected);
-        }
-        conn.finish_tail(deadline)?;
-        conn.scratch.clear();
-        conn.scratch.resize(HEADER, 0);
-        encode(&mut conn.scratch).map_err(encode_failure)?;
-        let size = conn.scratch.len() - HEADER;
-        if size > conn.limit {
-            let limit = conn.limit;
-            conn.shrink_buffers();
-            return Err(SendFail::Failed(SendFailure::TooLarge { size, limit }));
-        }
-        let result = conn.write_message(deadline);
-        conn.shrink_buffers();
-        result
+        self.conn
+            .with(|conn| conn.send(deadline, encode))
+            .unwrap_or_else(|e| Err(SendFail::Failed(SendFailure::Io(e))))
     }
 }
 
 impl SendConn {
+    /// [`StreamSender::send_with`], holding the lock.
+    fn send(
+        &mut self,
+        deadline: Deadline,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<(), SendFail> {
+        if self.broken {
+            return Err(SendFail::Disconnected);
+        }
+        if self.kind == StreamKind::Tcp && sys::peer_closed(self.fd.as_fd()) {
+            // A write to a closed TCP peer can succeed once; the peer never writes after the
+            // handshake, so a readable socket means it is gone.
+            self.broken = true;
+            return Err(SendFail::Disconnected);
+        }
+        self.finish_tail(deadline)?;
+        self.scratch.clear();
+        self.scratch.resize(HEADER, 0);
+        encode(&mut self.scratch).map_err(encode_failure)?;
+        let size = self.scratch.len() - HEADER;
+        if size > self.limit {
+            let limit = self.limit;
+            self.shrink_buffers();
+            return Err(SendFail::Failed(SendFailure::TooLarge { size, limit }));
+        }
+        let result = self.write_message(deadline);
+        self.shrink_buffers();
+        result
+    }
+
     /// Writes what is left of a committed message, waiting no longer than `deadline`.
     fn finish_tail(&mut self, deadline: Deadline) -> Result<(), SendFail> {
         if self.tail_done == self.tail.len() {
