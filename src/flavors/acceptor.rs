@@ -6,6 +6,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -43,6 +44,10 @@ pub(crate) struct Accepted {
 /// A running acceptor. Dropping it stops the thread and removes the socket file.
 pub(crate) struct Acceptor {
     incoming: cb::Receiver<Accepted>,
+    /// Connections the thread has queued in `incoming` and the receiver has not taken: a
+    /// plain load tells `take` there is nothing, where polling the channel costs a `SeqCst`
+    /// fence (crossbeam's list flavor) on every receive.
+    queued: std::sync::Arc<AtomicUsize>,
     /// Signalled by the thread after each accepted connection; the receiver polls it.
     wake: std::sync::Arc<OwnedFd>,
     /// Signalled by drop to stop the thread.
@@ -92,7 +97,9 @@ impl Acceptor {
         };
         let (wake, stop) = (eventfd()?, eventfd()?);
         let (tx, incoming) = cb::unbounded();
+        let queued = std::sync::Arc::new(AtomicUsize::new(0));
         let worker = Worker {
+            queued: queued.clone(),
             listener,
             kind,
             mine,
@@ -108,6 +115,7 @@ impl Acceptor {
             .map_err(|e| Error::io("starting the acceptor thread", e))?;
         Ok(Acceptor {
             incoming,
+            queued,
             wake,
             stop,
             thread: Some(thread),
@@ -118,7 +126,17 @@ impl Acceptor {
 
     /// A connection that passed the handshake, if one is waiting.
     pub(crate) fn take(&self) -> Option<Accepted> {
-        self.incoming.try_recv().ok()
+        // SYNC POINT: Acquire pairs with the thread's Release increment after it queued a
+        // connection, so a count we see covers one the channel hands us. A connection queued
+        // just after this load is taken on the next call; one the receiver sleeps through
+        // comes with the wake-up descriptor, written after the increment.
+        if self.queued.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let accepted = self.incoming.try_recv().ok()?;
+        // Relaxed: the count only gates polling; the channel carries the connection itself.
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        Some(accepted)
     }
 
     pub(crate) fn wake_fd(&self) -> &OwnedFd {
@@ -159,6 +177,8 @@ struct Worker {
     wake: std::sync::Arc<OwnedFd>,
     stop: std::sync::Arc<OwnedFd>,
     tx: cb::Sender<Accepted>,
+    /// The acceptor's `queued`, counted up after each connection is queued.
+    queued: std::sync::Arc<AtomicUsize>,
     pending: Vec<Pending>,
 }
 
@@ -268,6 +288,8 @@ impl Worker {
                 if self.tx.send(accepted).is_err() {
                     return None;
                 }
+                // SYNC POINT: Release pairs with the Acquire load in `Acceptor::take`.
+                self.queued.fetch_add(1, Ordering::Release);
                 let _ = rustix::io::write(self.wake.as_fd(), &1u64.to_ne_bytes());
                 let passed: Vec<BorrowedFd<'_>> = passed.iter().map(|f| f.as_fd()).collect();
                 let _ = self.reply(&p.fd, &answer, &passed);
