@@ -95,8 +95,8 @@ impl Drop for SlowLeave<'_> {
 /// The error of a use from inside a use on the same thread.
 fn reentered() -> io::Error {
     io::Error::other(
-        "a sender used from inside its own send on the same thread \
-         (a Serialize implementation that sends through it)",
+        "a sender or receiver used from inside its own send or receive on the same thread \
+         (a Serialize or Deserialize implementation that uses it)",
     )
 }
 

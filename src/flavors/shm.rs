@@ -11,13 +11,14 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags};
 
 use crate::addr::Address;
 use crate::flavors::acceptor::{Acceptor, Mode};
+use crate::flavors::biased_lock::BiasedLock;
 pub(crate) use crate::flavors::shm_send::ShmSender;
 use crate::flavors::shm_send::{dup, inherited_parts};
 use crate::flavors::{Deadline, RecvFail};
@@ -73,7 +74,9 @@ pub(crate) fn pair(opts: &Options) -> Result<(ShmSender, ShmReceiver), Error> {
 
 /// The receiving half: the rings of every connected sender.
 pub(crate) struct ShmReceiver {
-    state: Mutex<RecvState>,
+    /// Biased to the thread that receives (`biased_lock.rs`): no locked instruction per
+    /// message, and a `Deserialize` that receives from its own receiver gets an error.
+    state: BiasedLock<RecvState>,
     acceptor: Option<Acceptor>,
     limit: usize,
     /// `sys::forks::generation()` when made: after a fork, drop leaves the rings' flags alone.
@@ -103,7 +106,7 @@ struct Conn {
 impl ShmReceiver {
     fn new(acceptor: Option<Acceptor>, limit: usize) -> Self {
         ShmReceiver {
-            state: Mutex::new(RecvState {
+            state: BiasedLock::new(RecvState {
                 conns: Vec::new(),
                 next: 0,
                 ever_connected: false,
@@ -127,22 +130,27 @@ impl ShmReceiver {
     /// `[socket, memfd]` and the size limit. This handle then
     /// reports `Disconnected`; the ring is not closed.
     pub(crate) fn hand_off(&self) -> Result<(Vec<OwnedFd>, usize), Error> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let ([conn], None) = (&state.conns[..], &self.acceptor) else {
-            return Err(Error::Unsupported {
-                what: "passing a bound or already handed-off shared-memory receiver to a \
-                       child (bind in the child instead)"
-                    .to_string(),
-            });
-        };
-        if !conn.assembling.is_empty() {
-            return Err(Error::Unsupported {
-                what: "passing a receiver that is part-way through a message".to_string(),
-            });
-        }
-        let fds = vec![dup(conn.sock.as_fd())?, dup(conn._map.fd())?];
-        // Forgotten without `close`: the ring lives on in the child.
-        state.conns.clear();
+        let fds = self
+            .state
+            .with(|state| {
+                let ([conn], None) = (&state.conns[..], &self.acceptor) else {
+                    return Err(Error::Unsupported {
+                        what: "passing a bound or already handed-off shared-memory receiver \
+                               to a child (bind in the child instead)"
+                            .to_string(),
+                    });
+                };
+                if !conn.assembling.is_empty() {
+                    return Err(Error::Unsupported {
+                        what: "passing a receiver that is part-way through a message".to_string(),
+                    });
+                }
+                let fds = vec![dup(conn.sock.as_fd())?, dup(conn._map.fd())?];
+                // Forgotten without `close`: the ring lives on in the child.
+                state.conns.clear();
+                Ok(fds)
+            })
+            .map_err(|e| Error::io("locking the receiver", e))??;
         Ok((fds, self.limit))
     }
 
@@ -174,10 +182,12 @@ impl ShmReceiver {
             hup: false,
             dead: false,
         };
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.conns.push(conn);
-        state.ever_connected = true;
-        Ok(())
+        self.state
+            .with(|state| {
+                state.conns.push(conn);
+                state.ever_connected = true;
+            })
+            .map_err(|e| Error::io("locking the receiver", e))
     }
 
     /// Binds `shm:PATH` and starts accepting senders of `T`.
@@ -211,46 +221,65 @@ impl ShmReceiver {
                     }
                 }
             }
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            // Spin a fixed number of checks before sleeping (a clock read per call measurably
-            // slowed 8-byte streams here; the sender's spin, rarer, is time-based).
-            let spins = if matches!(deadline, Deadline::Now) {
-                1
-            } else {
-                RECV_SPINS
-            };
-            for spin in 0..spins {
-                if let Some(value) = state.take(&decode) {
-                    return Ok(value);
-                }
-                if state.conns.is_empty() {
-                    break;
-                }
-                if spin % YIELD_EVERY == YIELD_EVERY - 1 {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-            if state.conns.is_empty() && state.ever_connected {
-                return Err(RecvFail::Disconnected);
-            }
-            let timeout = deadline.remaining();
-            if polled && timeout.is_some_and(|t| t.is_zero()) {
-                return Err(match deadline {
-                    Deadline::Now => RecvFail::Empty,
-                    _ => RecvFail::Timeout,
-                });
-            }
-            state
-                .sleep(self.acceptor.as_ref(), timeout)
+            let acceptor = self.acceptor.as_ref();
+            let round = self
+                .state
+                .with(|state| state.round(deadline, polled, acceptor, &decode))
                 .map_err(RecvFail::Io)?;
-            polled = true;
+            match round {
+                Some(result) => return result,
+                None => polled = true,
+            }
         }
     }
 }
 
 impl RecvState {
+    /// Spins over the rings, then sleeps once: a message or a final failure, or `None`
+    /// after the sleep (go round again, taking new senders first).
+    fn round<T>(
+        &mut self,
+        deadline: Deadline,
+        polled: bool,
+        acceptor: Option<&Acceptor>,
+        decode: &impl Fn(&[u8]) -> Result<T, String>,
+    ) -> Option<Result<T, RecvFail>> {
+        // Spin a fixed number of checks before sleeping (a clock read per call measurably
+        // slowed 8-byte streams here; the sender's spin, rarer, is time-based).
+        let spins = if matches!(deadline, Deadline::Now) {
+            1
+        } else {
+            RECV_SPINS
+        };
+        for spin in 0..spins {
+            if let Some(value) = self.take(decode) {
+                return Some(Ok(value));
+            }
+            if self.conns.is_empty() {
+                break;
+            }
+            if spin % YIELD_EVERY == YIELD_EVERY - 1 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        if self.conns.is_empty() && self.ever_connected {
+            return Some(Err(RecvFail::Disconnected));
+        }
+        let timeout = deadline.remaining();
+        if polled && timeout.is_some_and(|t| t.is_zero()) {
+            return Some(Err(match deadline {
+                Deadline::Now => RecvFail::Empty,
+                _ => RecvFail::Timeout,
+            }));
+        }
+        match self.sleep(acceptor, timeout) {
+            Ok(()) => None,
+            Err(e) => Some(Err(RecvFail::Io(e))),
+        }
+    }
+
     /// A complete message from the rings, taken in turn; drops broken or finished rings.
     fn take<T>(&mut self, decode: &impl Fn(&[u8]) -> Result<T, String>) -> Option<T> {
         let n = self.conns.len();
@@ -368,7 +397,7 @@ impl Drop for ShmReceiver {
             // Another process may still be receiving from these rings (see `sys/forks.rs`).
             return;
         }
-        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let state = self.state.get_mut();
         for conn in &state.conns {
             if conn.consumer.close() {
                 notify::wake(conn.sock.as_fd());

@@ -8,12 +8,12 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
 
 use rustix::event::{PollFd, PollFlags};
 
 use crate::addr::Address;
 use crate::flavors::acceptor::{Acceptor, Mode};
+use crate::flavors::biased_lock::BiasedLock;
 pub(crate) use crate::flavors::stream_send::StreamSender;
 use crate::flavors::{Deadline, RecvFail};
 use crate::frame::FrameReader;
@@ -46,7 +46,9 @@ pub(crate) fn pair(pipe: bool, opts: &Options) -> Result<(StreamSender, StreamRe
 
 /// The receiving half: every connection it serves, and the acceptor for bound addresses.
 pub(crate) struct StreamReceiver {
-    state: Mutex<RecvState>,
+    /// Biased to the thread that receives (`biased_lock.rs`); a `Deserialize` that receives
+    /// from its own receiver gets an error instead of deadlocking.
+    state: BiasedLock<RecvState>,
     acceptor: Option<Acceptor>,
     /// The stream's kind, for anonymous and inherited receivers.
     kind: Option<StreamKind>,
@@ -103,7 +105,7 @@ impl StreamReceiver {
     pub(crate) fn from_fd(fd: OwnedFd, kind: StreamKind, opts: &Options) -> Result<Self, Error> {
         sys::set_nonblocking(&fd).map_err(|e| Error::io("configuring the stream", e))?;
         Ok(StreamReceiver {
-            state: Mutex::new(RecvState {
+            state: BiasedLock::new(RecvState {
                 conns: vec![RecvConn::new(fd, opts.max_message_size)],
                 next: 0,
                 ever_connected: true,
@@ -116,23 +118,27 @@ impl StreamReceiver {
 
     /// A close-on-exec duplicate of an anonymous receiver's stream, for a child process.
     pub(crate) fn duplicate(&self) -> Result<(OwnedFd, StreamKind, usize), Error> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (Some(kind), [conn]) = (self.kind, &state.conns[..]) else {
-            return Err(Error::Unsupported {
-                what: "passing a bound receiver to another process (bind in the child instead)"
-                    .to_string(),
-            });
-        };
-        if conn.reader.mid_message() {
-            return Err(Error::Unsupported {
-                what: "passing a receiver that has already buffered data".to_string(),
-            });
-        }
-        let fd = conn
-            .fd
-            .try_clone()
-            .map_err(|e| Error::io("duplicating the receiver's descriptor", e))?;
-        Ok((fd, kind, state.limit))
+        self.state
+            .with(|state| {
+                let (Some(kind), [conn]) = (self.kind, &state.conns[..]) else {
+                    return Err(Error::Unsupported {
+                        what: "passing a bound receiver to another process (bind in the child \
+                               instead)"
+                            .to_string(),
+                    });
+                };
+                if conn.reader.mid_message() {
+                    return Err(Error::Unsupported {
+                        what: "passing a receiver that has already buffered data".to_string(),
+                    });
+                }
+                let fd = conn
+                    .fd
+                    .try_clone()
+                    .map_err(|e| Error::io("duplicating the receiver's descriptor", e))?;
+                Ok((fd, kind, state.limit))
+            })
+            .unwrap_or_else(|e| Err(Error::io("locking the receiver", e)))
     }
 
     /// Binds a `unix:` or `tcp:` address and starts accepting senders of `T`.
@@ -140,7 +146,7 @@ impl StreamReceiver {
         let mine = Hello::for_type::<T>(opts.max_message_size);
         let acceptor = Acceptor::bind(addr, parsed, mine, Mode::Stream)?;
         Ok(StreamReceiver {
-            state: Mutex::new(RecvState {
+            state: BiasedLock::new(RecvState {
                 conns: Vec::new(),
                 next: 0,
                 ever_connected: false,
@@ -161,20 +167,32 @@ impl StreamReceiver {
         deadline: Deadline,
         decode: impl Fn(&[u8]) -> Result<T, String>,
     ) -> Result<T, RecvFail> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.state
+            .with(|state| state.recv(self.acceptor.as_ref(), deadline, &decode))
+            .unwrap_or_else(|e| Err(RecvFail::Io(e)))
+    }
+}
+
+impl RecvState {
+    /// [`StreamReceiver::recv_with`], holding the lock.
+    fn recv<T>(
+        &mut self,
+        acceptor: Option<&Acceptor>,
+        deadline: Deadline,
+        decode: &impl Fn(&[u8]) -> Result<T, String>,
+    ) -> Result<T, RecvFail> {
         let mut polled = false;
         loop {
-            if let Some(acceptor) = &self.acceptor {
+            if let Some(acceptor) = acceptor {
                 while let Some(accepted) = acceptor.take() {
-                    let limit = state.limit;
-                    state.conns.push(RecvConn::new(accepted.fd, limit));
-                    state.ever_connected = true;
+                    self.conns.push(RecvConn::new(accepted.fd, self.limit));
+                    self.ever_connected = true;
                 }
             }
-            if let Some(value) = state.take_buffered(&decode) {
+            if let Some(value) = self.take_buffered(decode) {
                 return Ok(value);
             }
-            if state.conns.is_empty() && state.ever_connected {
+            if self.conns.is_empty() && self.ever_connected {
                 return Err(RecvFail::Disconnected);
             }
             let timeout = deadline.remaining();
@@ -186,15 +204,11 @@ impl StreamReceiver {
                     _ => RecvFail::Timeout,
                 });
             }
-            state
-                .poll(self.acceptor.as_ref(), timeout)
-                .map_err(RecvFail::Io)?;
+            self.poll(acceptor, timeout).map_err(RecvFail::Io)?;
             polled = true;
         }
     }
-}
 
-impl RecvState {
     /// A complete message from the connections, taken in turn; drops broken connections.
     fn take_buffered<T>(&mut self, decode: &impl Fn(&[u8]) -> Result<T, String>) -> Option<T> {
         let n = self.conns.len();

@@ -1,14 +1,15 @@
 //! A `Serialize` implementation that sends through the sender it is being sent with (a
 //! logging hook, say) gets an error for that inner send, on every backend that serializes,
 //! instead of deadlocking on the sender's lock or interleaving two messages. The outer
-//! messages are delivered whole and in order; the inner ones never are.
+//! messages are delivered whole and in order; the inner ones never are. Likewise a
+//! `Deserialize` that receives from the receiver it is being received by.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use conduit::{channel, Backend, Receiver, Sender};
+use conduit::{channel, Backend, Receiver, Sender, TryRecvError};
 
 /// A message whose `Serialize` sends another message through the sender it finds in
 /// `NESTED` and records how that went in `OUTCOMES`.
@@ -89,4 +90,74 @@ fn a_serialize_that_sends_through_its_own_sender_gets_an_error_not_a_hang() {
     let rx = Receiver::<Noisy>::bind("tcp:127.0.0.1:0").unwrap();
     let tx = Sender::<Noisy>::connect(&rx.local_addr().unwrap()).unwrap();
     check("tcp", tx, rx);
+}
+
+/// A message whose `Deserialize` tries to receive from the receiver it finds in `NESTED_RX`
+/// and records how that went in `RX_OUTCOMES`.
+struct Greedy(u32);
+
+static NESTED_RX: Mutex<Option<Arc<Receiver<Greedy>>>> = Mutex::new(None);
+static RX_OUTCOMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+impl Serialize for Greedy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Greedy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = u32::deserialize(d)?;
+        if value >= 100 {
+            let rx = NESTED_RX.lock().unwrap().clone();
+            if let Some(rx) = rx {
+                let outcome = match rx.try_recv() {
+                    Ok(Greedy(v)) => format!("received {v}"),
+                    Err(TryRecvError::Io(e)) => e.to_string(),
+                    Err(e) => format!("{e:?}"),
+                };
+                RX_OUTCOMES.lock().unwrap().push(outcome);
+            }
+        }
+        Ok(Greedy(value))
+    }
+}
+
+/// Sends 105, 1, 2, 107 at once, then receives them on another thread (so a deadlock fails
+/// the test instead of hanging it): the nested receive inside the first message meets the
+/// lock's mutex, inside the last the lock is biased to the receiving thread.
+fn check_rx(name: &str, tx: Sender<Greedy>, rx: Receiver<Greedy>) {
+    RX_OUTCOMES.lock().unwrap().clear();
+    for v in [105, 1, 2, 107] {
+        tx.send(Greedy(v)).unwrap();
+    }
+    let rx = Arc::new(rx);
+    *NESTED_RX.lock().unwrap() = Some(rx.clone());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let got: Vec<u32> = (0..4).map(|_| rx.recv().unwrap().0).collect();
+        let _ = done_tx.send(got);
+    });
+    let got = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{name}: the receiver is stuck"));
+    *NESTED_RX.lock().unwrap() = None;
+    assert_eq!(got, vec![105, 1, 2, 107], "{name}: every message, in order");
+    let outcomes = RX_OUTCOMES.lock().unwrap().clone();
+    assert_eq!(outcomes.len(), 2, "{name}: {outcomes:?}");
+    for outcome in outcomes {
+        assert!(outcome.contains("inside its own"), "{name}: {outcome}");
+    }
+}
+
+/// One test, so the backends take turns with the shared statics.
+#[test]
+fn a_deserialize_that_receives_from_its_own_receiver_gets_an_error_not_a_hang() {
+    for backend in [Backend::Shm, Backend::Socket, Backend::Pipe] {
+        let (tx, rx) = channel::<Greedy>(backend).unwrap();
+        check_rx(&format!("{backend:?}"), tx, rx);
+    }
+    let rx = Receiver::<Greedy>::bind("tcp:127.0.0.1:0").unwrap();
+    let tx = Sender::<Greedy>::connect(&rx.local_addr().unwrap()).unwrap();
+    check_rx("tcp", tx, rx);
 }
