@@ -1,6 +1,6 @@
-//! A lock that costs no atomic read-modify-write while one thread uses it over and over: the
-//! senders' per-message lock (shared memory and streams), which also refuses a use from
-//! inside a use on the same thread.
+//! A lock that costs no atomic read-modify-write while one thread uses it over and over:
+//! every sender's and receiver's per-message lock (shared memory and streams), which also
+//! refuses a use from inside a use on the same thread.
 //!
 //! Why: a locked instruction (a mutex's acquire, its release) waits until the thread's
 //! earlier stores have left the core, and the last store of a shm send, the frame's commit,
@@ -120,8 +120,9 @@ impl<T> BiasedLock<T> {
     /// `membarrier` call failed: a seccomp filter installed after the first use forbids it);
     /// then `f` does not run, and the biased thread goes on using the value.
     ///
-    /// A use from inside `f` on the same thread (the shm sender runs the user's `Serialize`
-    /// inside) fails with an error instead of deadlocking or handing out the value twice.
+    /// A use from inside `f` on the same thread (senders run the user's `Serialize` inside,
+    /// receivers its `Deserialize`) fails with an error instead of deadlocking or handing out
+    /// the value twice.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> io::Result<R> {
         let me = token();
         // Relaxed: only this thread stores `me` in either, so seeing it means this thread is
