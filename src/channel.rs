@@ -1,6 +1,7 @@
 //! The public `Sender<T>` and `Receiver<T>`: a private flavor enum, matched in each method
 //! (crossbeam-channel's `channel.rs` pattern).
 
+use std::io;
 use std::marker::PhantomData;
 use std::time::Duration;
 
@@ -346,11 +347,22 @@ impl<T: Message> Receiver<T> {
     }
 
     fn recv_until(&self, deadline: Deadline) -> Result<T, RecvFail> {
-        match &self.flavor {
-            ReceiverFlavor::Thread(r) => r.recv(deadline),
-            ReceiverFlavor::Stream(r) => r.recv_with(deadline, codec::decode::<T>),
-            ReceiverFlavor::Shm(r) => r.recv_with(deadline, codec::decode::<T>),
+        // Decoded straight into this slot; the flavors report only whether it was filled
+        // (see `codec::decode_into`).
+        let mut slot = None;
+        {
+            let mut decode = |bytes: &[u8]| codec::decode_into(bytes, &mut slot);
+            match &self.flavor {
+                ReceiverFlavor::Thread(r) => return r.recv(deadline),
+                ReceiverFlavor::Stream(r) => r.recv_with(deadline, &mut decode)?,
+                ReceiverFlavor::Shm(r) => r.recv_with(deadline, &mut decode)?,
+            }
         }
+        slot.ok_or_else(|| {
+            RecvFail::Io(io::Error::other(
+                "a receive reported a message it did not decode",
+            ))
+        })
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags};
 
 use crate::addr::Address;
+use crate::codec::Decode;
 use crate::flavors::acceptor::{Acceptor, Mode};
 use crate::flavors::biased_lock::BiasedLock;
 pub(crate) use crate::flavors::shm_send::ShmSender;
@@ -205,11 +206,11 @@ impl ShmReceiver {
     }
 
     /// Receives one message, decoded by `decode`, waiting until `deadline`.
-    pub(crate) fn recv_with<T>(
+    pub(crate) fn recv_with(
         &self,
         deadline: Deadline,
-        decode: impl Fn(&[u8]) -> Result<T, String>,
-    ) -> Result<T, RecvFail> {
+        decode: &mut Decode<'_>,
+    ) -> Result<(), RecvFail> {
         let mut polled = false;
         loop {
             if let Some(acceptor) = &self.acceptor {
@@ -224,7 +225,7 @@ impl ShmReceiver {
             let acceptor = self.acceptor.as_ref();
             let round = self
                 .state
-                .with(|state| state.round(deadline, polled, acceptor, &decode))
+                .with(|state| state.round(deadline, polled, acceptor, decode))
                 .map_err(RecvFail::Io)?;
             match round {
                 Some(result) => return result,
@@ -237,13 +238,13 @@ impl ShmReceiver {
 impl RecvState {
     /// Spins over the rings, then sleeps once: a message or a final failure, or `None`
     /// after the sleep (go round again, taking new senders first).
-    fn round<T>(
+    fn round(
         &mut self,
         deadline: Deadline,
         polled: bool,
         acceptor: Option<&Acceptor>,
-        decode: &impl Fn(&[u8]) -> Result<T, String>,
-    ) -> Option<Result<T, RecvFail>> {
+        decode: &mut Decode<'_>,
+    ) -> Option<Result<(), RecvFail>> {
         // Spin a fixed number of checks before sleeping (a clock read per call measurably
         // slowed 8-byte streams here; the sender's spin, rarer, is time-based).
         let spins = if matches!(deadline, Deadline::Now) {
@@ -252,8 +253,8 @@ impl RecvState {
             RECV_SPINS
         };
         for spin in 0..spins {
-            if let Some(value) = self.take(decode) {
-                return Some(Ok(value));
+            if self.take(decode) {
+                return Some(Ok(()));
             }
             if self.conns.is_empty() {
                 break;
@@ -281,9 +282,9 @@ impl RecvState {
     }
 
     /// A complete message from the rings, taken in turn; drops broken or finished rings.
-    fn take<T>(&mut self, decode: &impl Fn(&[u8]) -> Result<T, String>) -> Option<T> {
+    fn take(&mut self, decode: &mut Decode<'_>) -> bool {
         let n = self.conns.len();
-        let mut found = None;
+        let mut found = false;
         'conns: for k in 0..n {
             let i = (self.next + k) % n;
             let conn = &mut self.conns[i];
@@ -303,9 +304,9 @@ impl RecvState {
                             conn.assembling = Vec::new();
                         }
                         match decoded {
-                            Ok(value) => {
+                            Ok(()) => {
                                 self.next = i + 1;
-                                found = Some(value);
+                                found = true;
                                 break 'conns;
                             }
                             // Well framed but not a `T`: the peer is broken or hostile.

@@ -12,6 +12,7 @@ use std::os::fd::OwnedFd;
 use rustix::event::{PollFd, PollFlags};
 
 use crate::addr::Address;
+use crate::codec::Decode;
 use crate::flavors::acceptor::{Acceptor, Mode};
 use crate::flavors::biased_lock::BiasedLock;
 pub(crate) use crate::flavors::stream_send::StreamSender;
@@ -162,25 +163,25 @@ impl StreamReceiver {
     }
 
     /// Receives one message, decoded by `decode`, waiting until `deadline`.
-    pub(crate) fn recv_with<T>(
+    pub(crate) fn recv_with(
         &self,
         deadline: Deadline,
-        decode: impl Fn(&[u8]) -> Result<T, String>,
-    ) -> Result<T, RecvFail> {
+        decode: &mut Decode<'_>,
+    ) -> Result<(), RecvFail> {
         self.state
-            .with(|state| state.recv(self.acceptor.as_ref(), deadline, &decode))
+            .with(|state| state.recv(self.acceptor.as_ref(), deadline, decode))
             .unwrap_or_else(|e| Err(RecvFail::Io(e)))
     }
 }
 
 impl RecvState {
     /// [`StreamReceiver::recv_with`], holding the lock.
-    fn recv<T>(
+    fn recv(
         &mut self,
         acceptor: Option<&Acceptor>,
         deadline: Deadline,
-        decode: &impl Fn(&[u8]) -> Result<T, String>,
-    ) -> Result<T, RecvFail> {
+        decode: &mut Decode<'_>,
+    ) -> Result<(), RecvFail> {
         let mut polled = false;
         loop {
             if let Some(acceptor) = acceptor {
@@ -189,8 +190,8 @@ impl RecvState {
                     self.ever_connected = true;
                 }
             }
-            if let Some(value) = self.take_buffered(decode) {
-                return Ok(value);
+            if self.take_buffered(decode) {
+                return Ok(());
             }
             if self.conns.is_empty() && self.ever_connected {
                 return Err(RecvFail::Disconnected);
@@ -210,17 +211,17 @@ impl RecvState {
     }
 
     /// A complete message from the connections, taken in turn; drops broken connections.
-    fn take_buffered<T>(&mut self, decode: &impl Fn(&[u8]) -> Result<T, String>) -> Option<T> {
+    fn take_buffered(&mut self, decode: &mut Decode<'_>) -> bool {
         let n = self.conns.len();
-        let mut found = None;
+        let mut found = false;
         for k in 0..n {
             let i = (self.next + k) % n;
             let conn = &mut self.conns[i];
             match conn.reader.next_message() {
                 Ok(Some(bytes)) => match decode(bytes) {
-                    Ok(value) => {
+                    Ok(()) => {
                         self.next = i + 1;
-                        found = Some(value);
+                        found = true;
                         break;
                     }
                     // Well framed but not a `T`: the peer is broken or hostile.
