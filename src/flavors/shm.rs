@@ -285,8 +285,17 @@ impl RecvState {
     fn take(&mut self, decode: &mut Decode<'_>) -> bool {
         let n = self.conns.len();
         let mut found = false;
+        if self.next >= n {
+            self.next = 0;
+        }
         'conns: for k in 0..n {
-            let i = (self.next + k) % n;
+            // In turn from `next` (below `n`, checked above), without a
+            // division per ring (a `div` was a third of this loop's time at 8 bytes).
+            let i = if self.next + k < n {
+                self.next + k
+            } else {
+                self.next + k - n
+            };
             let conn = &mut self.conns[i];
             loop {
                 match conn.consumer.try_pop(&mut conn.assembling) {

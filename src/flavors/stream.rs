@@ -214,8 +214,17 @@ impl RecvState {
     fn take_buffered(&mut self, decode: &mut Decode<'_>) -> bool {
         let n = self.conns.len();
         let mut found = false;
+        if self.next >= n {
+            self.next = 0;
+        }
         for k in 0..n {
-            let i = (self.next + k) % n;
+            // In turn from `next` (below `n`, checked above), without a
+            // division per ring (a `div` was a third of this loop's time at 8 bytes).
+            let i = if self.next + k < n {
+                self.next + k
+            } else {
+                self.next + k - n
+            };
             let conn = &mut self.conns[i];
             match conn.reader.next_message() {
                 Ok(Some(bytes)) => match decode(bytes) {
