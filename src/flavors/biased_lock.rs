@@ -1,34 +1,35 @@
-//! A lock that costs no atomic read-modify-write while one thread uses it over and over:
-//! every sender's and receiver's per-message lock (shared memory and streams), which also
-//! refuses a use from inside a use on the same thread.
+//! A lock that costs one atomic read-modify-write per use while one thread uses it over and
+//! over (std's mutex costs two): every sender's and receiver's per-message lock (shared
+//! memory and streams). It also refuses a use from inside a use on the same thread.
 //!
-//! Why: a locked instruction (a mutex's acquire, its release) waits until the thread's
-//! earlier stores have left the core, and the last store of a shm send, the frame's commit,
-//! waits for the consumer's copy of that cache line to be invalidated. With std's `Mutex`
-//! around each send, an 8-byte stream between two processes spent about 40% of the sender's
-//! time in those waits (`perf annotate`); without a lock it ran three times as fast.
+//! Why: a locked instruction waits until the thread's earlier stores have left the core,
+//! and the last store of a shm send, the frame's commit, waits for the consumer's copy of
+//! that cache line to be invalidated. With std's `Mutex` around each send, an 8-byte stream
+//! between two processes spent about 40% of the sender's time in those waits (`perf
+//! annotate`): the release (`xchg`) right after the commit waited for it. Here the release
+//! is a plain store, and the entry's compare-exchange comes at the next use, when those
+//! stores have long left.
 //!
 //! How: the lock is *biased* to the thread that used it twice in a row. That thread enters
-//! by announcing itself (its token in `busy`), a compiler fence, and checking that the bias
-//! is still its own; it leaves with a Release store of `busy = 0`: plain stores and loads.
-//! Any other thread takes the slow path: std's mutex, then it revokes the bias (`bias = 0`,
-//! fences, and runs `membarrier(PRIVATE_EXPEDITED)`, which makes every running thread of the
-//! process execute a full barrier) and waits until `busy` is 0. An asymmetric Dekker: either
-//! the revoker's load sees the owner's announcement and waits for it to leave, or the owner's
-//! check sees the revoked bias and the owner takes the slow path too. (Biased locking in
-//! JVMs and the asymmetric fences of liburcu and folly are the same pairing; the ring's
-//! light publish in `sys/membarrier.rs` is another.) A revocation costs a system call, so a
-//! thread is biased only after two uses in a row through the slow path; threads that take
-//! turns keep using the mutex. Without `membarrier` (a kernel before 4.14, a sandbox that
-//! forbids it) nothing is ever biased.
+//! by claiming `busy` (compare-exchange 0 → its token) and checking that the bias is still
+//! its own; it leaves with a Release store of `busy = 0`. Any other thread takes the slow
+//! path: std's mutex, then it revokes the bias (`bias = 0`, a SeqCst fence) and waits until
+//! `busy` is 0. A Dekker pairing: either the revoker's load sees the owner's claim and waits
+//! for it to leave, or the owner's check sees the revoked bias and the owner leaves `busy`
+//! and takes the slow path too. The claim must be a compare-exchange, not a plain store:
+//! a thread that read the bias as its own just before being preempted may announce itself
+//! long after the bias moved on, and a plain store would overwrite the new owner's
+//! announcement, letting a revoker in beside it. (Session 3's version did that, with a
+//! `membarrier` standing in for the owner's fence; AddressSanitizer's slower threads caught
+//! it as duplicated and corrupted messages in `many_producers`.) A failed claim just takes
+//! the slow path. A thread is biased only after two uses in a row through the slow path, so
+//! threads that take turns keep using the mutex.
 
 use std::cell::UnsafeCell;
 use std::io;
-use std::sync::atomic::{compiler_fence, fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
-
-use crate::sys::membarrier;
 
 /// A token no thread has: the bias is never set to it.
 const NO_TOKEN: u64 = u64::MAX;
@@ -116,11 +117,9 @@ impl<T> BiasedLock<T> {
         self.value.get_mut()
     }
 
-    /// Runs `f` on the value, alone. Fails only when the bias cannot be revoked (the
-    /// `membarrier` call failed: a seccomp filter installed after the first use forbids it);
-    /// then `f` does not run, and the biased thread goes on using the value.
+    /// Runs `f` on the value, alone.
     ///
-    /// A use from inside `f` on the same thread (senders run the user's `Serialize` inside,
+    /// Fails only for a use from inside `f` on the same thread (senders run the user's `Serialize` inside,
     /// receivers its `Deserialize`) fails with an error instead of deadlocking or handing out
     /// the value twice.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> io::Result<R> {
@@ -135,31 +134,35 @@ impl<T> BiasedLock<T> {
         {
             return Err(reentered());
         }
-        // Relaxed: a hint; the check that counts comes after the announcement below.
-        if self.bias.load(Ordering::Relaxed) == me {
-            self.busy.store(me, Ordering::Relaxed);
-            // The owner's half of the asymmetric Dekker with `revoke` (store `bias`, fence,
-            // membarrier, load `busy`): the revoker's membarrier runs a full barrier on this
-            // thread, so either our store of `busy` is visible to its load, or our load below
-            // sees its store of `bias`. Here only the compiler must keep them in order.
-            compiler_fence(Ordering::SeqCst);
-            // Relaxed: see above. The value's previous user synchronised with us through
-            // `slow`, which we held when we installed the bias.
-            if self.bias.load(Ordering::Relaxed) == me {
+        // Relaxed: a hint, possibly stale; the check that counts comes after the claim.
+        if self.bias.load(Ordering::Relaxed) == me
+            // SYNC POINT: SeqCst, the owner's half of the Dekker with `revoke` (store `bias`,
+            // SeqCst fence, load `busy`); Acquire also pairs with the Release in `Leave`, so
+            // the previous fast-path use happens before ours.
+            && self
+                .busy
+                .compare_exchange(0, me, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        {
+            // SeqCst: ordered after the claim in the single total order, so either this
+            // sees the revoker's `bias = 0` or the revoker's load of `busy` sees our claim.
+            if self.bias.load(Ordering::SeqCst) == me {
                 let _leave = Leave(&self.busy);
-                // SAFETY: we hold the bias and have announced ourselves, so no other thread
-                // uses the value until it has seen `busy == 0` (in `revoke`), which `_leave`
-                // stores only after `f` is done, even if it unwinds.
+                // SAFETY: we hold the bias and have claimed `busy`, so no other thread uses
+                // the value until it has seen `busy == 0` (in `revoke`), which `_leave`
+                // stores only after `f` is done, even if it unwinds. A thread with a stale
+                // bias claims `busy` only while it is 0 and gives it back unused.
                 return Ok(f(unsafe { &mut *self.value.get() }));
             }
-            // Revoked meanwhile: the revoker may be waiting for us. Release, as in `Leave`.
+            // Revoked meanwhile (or never ours): the revoker may be waiting for us. Release,
+            // as in `Leave`.
             self.busy.store(0, Ordering::Release);
         }
         let mut last = self.slow.lock().unwrap_or_else(PoisonError::into_inner);
         // Relaxed: `bias` changes only under `slow`, which we hold.
         let owner = self.bias.load(Ordering::Relaxed);
         if owner != 0 && owner != me {
-            self.revoke(owner)?;
+            self.revoke();
         }
         // Relaxed: see `holder`.
         self.holder.store(me, Ordering::Relaxed);
@@ -173,37 +176,18 @@ impl<T> BiasedLock<T> {
         if install {
             // Relaxed: only we act on our own token here (on the fast path); other threads'
             // uses synchronise with ours through `slow` (before) or `revoke` (after).
-            if membarrier::register_private() {
-                self.bias.store(me, Ordering::Relaxed);
-            }
+            self.bias.store(me, Ordering::Relaxed);
         }
         *last = me;
         Ok(result)
     }
 
-    /// Takes the bias from `owner` (we hold `slow`), waiting until it has left the value.
-    fn revoke(&self, owner: u64) -> io::Result<()> {
-        // Relaxed, then the fence and the membarrier, which order it before our load of
-        // `busy` and, on the owner's thread, before its next check of `bias`: once the
-        // membarrier returns, the old owner can never again read its own token there (until
-        // it installs it anew, under `slow`), so two threads never both take the fast path.
+    /// Takes the bias (we hold `slow`), waiting until its owner has left the value.
+    fn revoke(&self) {
+        // Relaxed, then the SeqCst fence, which orders it before our load of `busy`: the
+        // revoker's half of the Dekker with the claim in `with`.
         self.bias.store(0, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        // Registered once per process; after a `fork()` the child must register anew (its
-        // biased thread, if it is the one that forked, came along with the bias).
-        let fenced = if membarrier::register_private() {
-            membarrier::private_fence()
-        } else {
-            Err(io::Error::from(io::ErrorKind::Unsupported))
-        };
-        if let Err(e) = fenced {
-            // The owner may not see the revocation: give the bias back and stay out.
-            self.bias.store(owner, Ordering::Relaxed);
-            return Err(io::Error::new(
-                e.kind(),
-                format!("cannot take the sender from the thread that used it last: {e}"),
-            ));
-        }
         let mut turns = 0u32;
         // SYNC POINT: Acquire pairs with the owner's Release store in `Leave`: its use of the
         // value happens before ours.
@@ -218,12 +202,12 @@ impl<T> BiasedLock<T> {
                 std::thread::sleep(Duration::from_micros(50));
             }
         }
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
     use super::BiasedLock;
@@ -269,9 +253,7 @@ mod tests {
             lock.with(|v| *v += 1).unwrap();
         }
         let me = super::token();
-        if crate::sys::membarrier::register_private() {
-            assert_eq!(lock.bias.load(std::sync::atomic::Ordering::Relaxed), me);
-        }
+        assert_eq!(lock.bias.load(std::sync::atomic::Ordering::Relaxed), me);
         let other = lock.clone();
         std::thread::spawn(move || other.with(|v| *v += 10).unwrap())
             .join()
@@ -315,5 +297,57 @@ mod tests {
         assert!(panicked.is_err());
         // The panicking thread held the bias (three uses); revoking must not wait forever.
         assert_eq!(lock.with(|v| *v).unwrap(), 6);
+    }
+
+    /// A thread that finds the bias its own but `busy` claimed by another thread (one that
+    /// read a stale bias and will give `busy` back unused) must leave that claim alone. The
+    /// session-3 lock stored its own token over it and then 0: a revoker waiting for the
+    /// real owner would then have gone in beside it.
+    #[test]
+    fn another_threads_claim_is_never_overwritten() {
+        const OTHER: u64 = u64::MAX - 1;
+        let lock = BiasedLock::new(0u32);
+        lock.bias.store(super::token(), Ordering::Relaxed);
+        lock.busy.store(OTHER, Ordering::Relaxed);
+        lock.with(|v| *v += 1).unwrap();
+        assert_eq!(
+            lock.busy.load(Ordering::Relaxed),
+            OTHER,
+            "another thread's claim was overwritten"
+        );
+        assert_eq!(lock.with(|v| *v).unwrap(), 1);
+    }
+
+    /// Threads that block inside (yield, sleep) while others revoke: every use alone.
+    #[test]
+    fn one_thread_at_a_time_while_users_block_inside() {
+        for _ in 0..3 {
+            let lock = Arc::new(BiasedLock::new((0u64, 0u64)));
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let lock = lock.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..1000u64 {
+                            lock.with(|(a, b)| {
+                                assert_eq!(*a, *b, "another thread was inside");
+                                *a += 1;
+                                if i % 3 == 0 {
+                                    std::thread::yield_now();
+                                } else if i % 17 == 0 {
+                                    std::thread::sleep(std::time::Duration::from_micros(20));
+                                }
+                                *b += 1;
+                            })
+                            .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let mut lock = Arc::into_inner(lock).unwrap();
+            assert_eq!(*lock.get_mut(), (4000, 4000));
+        }
     }
 }

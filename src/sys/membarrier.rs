@@ -13,9 +13,6 @@
 //!
 //! Registration is per address space: a `fork()` child is not registered, so it is redone
 //! (and cached) per fork generation.
-//!
-//! `PRIVATE_EXPEDITED`, the same barrier limited to this process's threads, is the heavy half
-//! of the shm sender's biased lock (`flavors/biased_lock.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -59,27 +56,6 @@ pub(crate) fn heavy_fence() {
         // Relaxed: a sticky hint read by this process's own sleepers; no data rides on it.
         HEAVY_FAILED.store(true, Ordering::Relaxed);
     }
-}
-
-/// `forks::generation() + 1` when this process last registered for private expedited
-/// barriers; 0 when never.
-static REGISTERED_PRIVATE: AtomicU64 = AtomicU64::new(0);
-
-/// Registers this process for expedited barriers among its own threads (once per fork
-/// generation). True when registered: [`private_fence`] then reaches every running thread
-/// of this process.
-pub(crate) fn register_private() -> bool {
-    register_once(
-        &REGISTERED_PRIVATE,
-        MembarrierCommand::RegisterPrivateExpedited,
-    )
-}
-
-/// A full barrier on every running thread of this process (needs [`register_private`]).
-/// Fails only if the process is not registered, or a seccomp filter installed since forbids
-/// the call.
-pub(crate) fn private_fence() -> std::io::Result<()> {
-    membarrier(MembarrierCommand::PrivateExpedited).map_err(std::io::Error::from)
 }
 
 /// Whether a heavy fence ever failed in this process.
