@@ -119,9 +119,9 @@ impl<T> BiasedLock<T> {
 
     /// Runs `f` on the value, alone.
     ///
-    /// Fails only for a use from inside `f` on the same thread (senders run the user's `Serialize` inside,
-    /// receivers its `Deserialize`) fails with an error instead of deadlocking or handing out
-    /// the value twice.
+    /// Fails only for a use from inside `f` on the same thread (senders run the user's
+    /// `Serialize` inside, receivers its `Deserialize`): an error instead of a deadlock or
+    /// the value handed out twice.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> io::Result<R> {
         let me = token();
         // Relaxed: only this thread stores `me` in either, so seeing it means this thread is
