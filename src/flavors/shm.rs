@@ -75,8 +75,9 @@ pub(crate) fn pair(opts: &Options) -> Result<(ShmSender, ShmReceiver), Error> {
 
 /// The receiving half: the rings of every connected sender.
 pub(crate) struct ShmReceiver {
-    /// Biased to the thread that receives (`biased_lock.rs`): no locked instruction per
-    /// message, and a `Deserialize` that receives from its own receiver gets an error.
+    /// Biased to the thread that receives (`biased_lock.rs`): one locked instruction per
+    /// message instead of a mutex's two, and a `Deserialize` that receives from its own
+    /// receiver gets an error.
     state: BiasedLock<RecvState>,
     acceptor: Option<Acceptor>,
     limit: usize,

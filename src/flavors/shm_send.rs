@@ -2,7 +2,8 @@
 //! in pieces of at most half the ring.
 //!
 //! Clones share one producer behind a lock (the ring has exactly one producer), biased to the
-//! thread that sends most, which then takes it without a locked instruction. As on
+//! thread that sends most, which then takes it with one compare-exchange and releases it
+//! with a plain store (`biased_lock.rs`). As on
 //! streams, a message is committed once its first piece is published: when `try_send` or
 //! `send_timeout` runs out of time part-way, the rest is kept and pushed before the next
 //! message, and the last clone's drop finishes it on a short-lived thread.
