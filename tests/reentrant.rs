@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use conduit::{channel, Backend, Receiver, Sender, TryRecvError};
+use conduit::{channel, Backend, Message, Receiver, Sender, TryRecvError};
 
 /// A message whose `Serialize` sends another message through the sender it finds in
 /// `NESTED` and records how that went in `OUTCOMES`.
@@ -80,16 +80,21 @@ fn check(name: &str, tx: Sender<Noisy>, rx: Receiver<Noisy>) {
     );
 }
 
-/// One test, so the backends take turns with the shared statics.
-#[test]
-fn a_serialize_that_sends_through_its_own_sender_gets_an_error_not_a_hang() {
+/// Runs `check` on a pair of every backend that serializes, one after another (the tests
+/// share statics).
+fn each_serializing_pair<T: Message>(check: impl Fn(&str, Sender<T>, Receiver<T>)) {
     for backend in [Backend::Shm, Backend::Socket, Backend::Pipe] {
-        let (tx, rx) = channel::<Noisy>(backend).unwrap();
+        let (tx, rx) = channel::<T>(backend).unwrap();
         check(&format!("{backend:?}"), tx, rx);
     }
-    let rx = Receiver::<Noisy>::bind("tcp:127.0.0.1:0").unwrap();
-    let tx = Sender::<Noisy>::connect(&rx.local_addr().unwrap()).unwrap();
+    let rx = Receiver::<T>::bind("tcp:127.0.0.1:0").unwrap();
+    let tx = Sender::<T>::connect(&rx.local_addr().unwrap()).unwrap();
     check("tcp", tx, rx);
+}
+
+#[test]
+fn a_serialize_that_sends_through_its_own_sender_gets_an_error_not_a_hang() {
+    each_serializing_pair(check);
 }
 
 /// A message whose `Deserialize` tries to receive from the receiver it finds in `NESTED_RX`
@@ -150,14 +155,7 @@ fn check_rx(name: &str, tx: Sender<Greedy>, rx: Receiver<Greedy>) {
     }
 }
 
-/// One test, so the backends take turns with the shared statics.
 #[test]
 fn a_deserialize_that_receives_from_its_own_receiver_gets_an_error_not_a_hang() {
-    for backend in [Backend::Shm, Backend::Socket, Backend::Pipe] {
-        let (tx, rx) = channel::<Greedy>(backend).unwrap();
-        check_rx(&format!("{backend:?}"), tx, rx);
-    }
-    let rx = Receiver::<Greedy>::bind("tcp:127.0.0.1:0").unwrap();
-    let tx = Sender::<Greedy>::connect(&rx.local_addr().unwrap()).unwrap();
-    check_rx("tcp", tx, rx);
+    each_serializing_pair(check_rx);
 }
