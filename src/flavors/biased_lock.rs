@@ -1,68 +1,118 @@
-//! A lock that costs one atomic read-modify-write per use while one thread uses it over and
-//! over (std's mutex costs two): every sender's and receiver's per-message lock (shared
-//! memory and streams). It also refuses a use from inside a use on the same thread.
+//! A lock that costs no atomic read-modify-write and no fence while one thread uses it over
+//! and over: every sender's and receiver's per-message lock (shared memory and streams). It
+//! also refuses a use from inside a use on the same thread.
 //!
-//! Why: a locked instruction waits until the thread's earlier stores have left the core,
-//! and the last store of a shm send, the frame's commit, waits for the consumer's copy of
-//! that cache line to be invalidated. With std's `Mutex` around each send, an 8-byte stream
-//! between two processes spent about 40% of the sender's time in those waits (`perf
-//! annotate`): the release (`xchg`) right after the commit waited for it. Here the release
-//! is a plain store, and the entry's compare-exchange comes at the next use, when those
-//! stores have long left.
+//! Why: a locked instruction (or `mfence`) waits until the thread's earlier stores have
+//! left the core, and the last stores of a shm send, the frame's payload and commit, wait
+//! for the consumer's copy of those cache lines to be invalidated. One locked instruction
+//! per message on the sending side of a bare two-process ring costs ~37 ns per message here
+//! (2.6 → 40 ns, measured with a scratch program); std's `Mutex` costs two.
 //!
-//! How: the lock is *biased* to the thread that used it twice in a row. That thread enters
-//! by claiming `busy` (compare-exchange 0 → its token) and checking that the bias is still
-//! its own; it leaves with a Release store of `busy = 0`. Any other thread takes the slow
-//! path: std's mutex, then it revokes the bias (`bias = 0`, a SeqCst fence) and waits until
-//! `busy` is 0. A Dekker pairing: either the revoker's load sees the owner's claim and waits
-//! for it to leave, or the owner's check sees the revoked bias and the owner leaves `busy`
-//! and takes the slow path too. The claim must be a compare-exchange, not a plain store:
-//! a thread that read the bias as its own just before being preempted may announce itself
-//! long after the bias moved on, and a plain store would overwrite the new owner's
-//! announcement, letting a revoker in beside it. (Session 3's version did that, with a
-//! `membarrier` standing in for the owner's fence; AddressSanitizer's slower threads caught
-//! it as duplicated and corrupted messages in `many_producers`.) A failed claim just takes
-//! the slow path. A thread is biased only after two uses in a row through the slow path, so
-//! threads that take turns keep using the mutex.
+//! How: the lock is *biased* to a thread that used it several times in a row. Each thread
+//! has a [`Presence`] of its own, on the heap, where it writes the address of the lock it is
+//! entering. The biased thread enters with a plain store of that address, a compiler fence,
+//! and a check that the bias still names it; it leaves with a Release store of 0. Any other
+//! thread takes the slow path: std's mutex, then it revokes the bias (`bias = 0`, then
+//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, which makes every running thread of the
+//! process execute a full barrier) and waits until the owner's presence no longer names
+//! this lock. An asymmetric Dekker pairing, as in liburcu's "memb" flavour and folly's
+//! `asymmetricHeavyBarrier`: either the revoker's load sees the owner's announcement and
+//! waits for it to leave, or the owner's check sees the revoked bias and it withdraws and
+//! takes the slow path too.
+//!
+//! Only a thread itself writes its presence. Session 3's lock had one announcement word
+//! per lock, written with plain stores by whichever thread believed it was the owner: a
+//! thread that read the bias as its own just before being preempted could write it long
+//! after the bias had moved on, over the new owner's announcement, and let a revoker in
+//! beside that owner (AddressSanitizer's slower threads caught it as duplicated and
+//! corrupted messages). Session 4 made that write a compare-exchange, which is correct but
+//! is the locked instruction above. Here a stale thread can only write its own presence.
+//!
+//! A revocation costs a `membarrier` (15–22 µs here with the owner running), so the bias is
+//! earned by a streak of uses in a row through the slow path, and the streak needed doubles
+//! at every revocation: threads that take turns stay on the mutex. Without `membarrier`
+//! (old kernels, seccomp), the owner runs a SeqCst fence after its store instead and the
+//! revoker a SeqCst fence: one fence per use. After a `fork()` a bias installed before it
+//! is not used until the thread re-earns it: the child may not be registered for
+//! `membarrier`, and the fast path checks the fork generation.
 
 use std::cell::UnsafeCell;
 use std::io;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// A token no thread has: the bias is never set to it.
-const NO_TOKEN: u64 = u64::MAX;
+use crate::sys::{forks, membarrier};
 
-/// This thread's token: unique in the process, never 0 (which means "no bias").
-fn token() -> u64 {
+/// A token no thread has: the slow path's re-entry check skips it.
+const NO_TOKEN: u64 = u64::MAX;
+/// Uses in a row through the slow path that earn the first bias.
+const FIRST_STREAK: u32 = 2;
+/// The most the streak needed grows to (it doubles at every revocation).
+const MAX_STREAK: u32 = 1 << 16;
+
+/// Where one thread says which biased lock it is using through the fast path. Each thread
+/// has one on the heap (a lock whose bias names it keeps it alive), and only that thread
+/// writes it.
+pub(crate) struct Presence {
+    /// Unique in the process: who holds a lock through the slow path (`holder`).
+    token: u64,
+    /// The address of the lock this thread is entering or using through its fast path; 0
+    /// when none.
+    inside: AtomicUsize,
+}
+
+impl Presence {
+    fn addr(&self) -> usize {
+        self as *const Presence as usize
+    }
+}
+
+thread_local! {
+    static PRESENCE: Arc<Presence> = Arc::new(Presence {
+        token: next_token(),
+        inside: AtomicUsize::new(0),
+    });
+}
+
+/// A token for a new thread: unique in the process, never `NO_TOKEN`.
+fn next_token() -> u64 {
     /// The next token to hand out.
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    thread_local! {
-        // Relaxed: only uniqueness matters, which the counter's modification order gives.
-        static TOKEN: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    // A thread whose thread-locals are being destroyed takes the slow path.
-    TOKEN.try_with(|t| *t).unwrap_or(NO_TOKEN)
+    // Relaxed: only uniqueness matters, which the counter's modification order gives.
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A value behind a lock biased to the thread that uses it most (see the module docs).
 pub(crate) struct BiasedLock<T> {
-    /// The token of the thread the lock is biased to; 0 when none. Changed only under `slow`.
-    bias: AtomicU64,
-    /// The biased thread's token while it uses the value through the fast path (or tries
-    /// to), 0 otherwise.
-    busy: AtomicU64,
-    /// The token of the thread using the value through the slow path, 0 when none.
-    ///
-    /// Only a thread itself ever stores its token in `busy` or `holder`, and it clears it
-    /// when it leaves, so a thread that finds its own token in either is inside already: a
-    /// use from inside a use (re-entry).
+    /// The address of the biased thread's [`Presence`]; 0 when none. Changed only under
+    /// `slow` (where `Slow::owner` keeps that presence alive, so no other thread's presence
+    /// can have the address meanwhile).
+    bias: AtomicUsize,
+    /// `forks::generation()` when the bias was installed; the fast path needs the current
+    /// one. Changed only under `slow`.
+    bias_gen: AtomicU64,
+    /// Whether the owner enters with a compiler fence only, the revoker running
+    /// `membarrier` (else both run SeqCst fences). Changed only under `slow`, with the bias.
+    light: AtomicBool,
+    /// The token of the thread using the value through the slow path, 0 when none. Only a
+    /// thread itself stores its token here and clears it when it leaves, so a thread that
+    /// finds its own token is inside already: a use from inside a use (re-entry).
     holder: AtomicU64,
-    /// Serialises every use but the biased thread's fast path; holds the token of the last
-    /// thread that came through it.
-    slow: Mutex<u64>,
+    /// Serialises every use but the biased thread's fast path.
+    slow: Mutex<Slow>,
     value: UnsafeCell<T>,
+}
+
+/// The slow path's bookkeeping, under the mutex.
+struct Slow {
+    /// The presence `bias` points at, kept alive while it does.
+    owner: Option<Arc<Presence>>,
+    /// The token of the last thread through the slow path, and how many uses in a row it made.
+    last: u64,
+    streak: u32,
+    /// The streak that earns the bias: `FIRST_STREAK`, doubled at every revocation.
+    needed: u32,
 }
 
 // SAFETY: the value moves with the lock; `T: Send` is all a move between threads needs.
@@ -73,7 +123,7 @@ unsafe impl<T: Send> Send for BiasedLock<T> {}
 unsafe impl<T: Send> Sync for BiasedLock<T> {}
 
 /// Leaves the fast path, also when the closure unwinds.
-struct Leave<'a>(&'a AtomicU64);
+struct Leave<'a>(&'a AtomicUsize);
 
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
@@ -88,7 +138,8 @@ struct SlowLeave<'a>(&'a AtomicU64);
 
 impl Drop for SlowLeave<'_> {
     fn drop(&mut self) {
-        // Relaxed: as in `Leave`; the mutex orders the next holder's store after this one.
+        // Relaxed: only this thread acts on its own token here (the re-entry check); the
+        // mutex orders the next holder's uses after ours.
         self.0.store(0, Ordering::Relaxed);
     }
 }
@@ -104,10 +155,16 @@ fn reentered() -> io::Error {
 impl<T> BiasedLock<T> {
     pub(crate) fn new(value: T) -> Self {
         BiasedLock {
-            bias: AtomicU64::new(0),
-            busy: AtomicU64::new(0),
+            bias: AtomicUsize::new(0),
+            bias_gen: AtomicU64::new(0),
+            light: AtomicBool::new(false),
             holder: AtomicU64::new(0),
-            slow: Mutex::new(NO_TOKEN),
+            slow: Mutex::new(Slow {
+                owner: None,
+                last: NO_TOKEN,
+                streak: 0,
+                needed: FIRST_STREAK,
+            }),
             value: UnsafeCell::new(value),
         }
     }
@@ -117,81 +174,175 @@ impl<T> BiasedLock<T> {
         self.value.get_mut()
     }
 
+    /// This lock's address: what a presence holds while its thread is inside.
+    fn addr(&self) -> usize {
+        self as *const Self as usize
+    }
+
     /// Runs `f` on the value, alone.
     ///
-    /// Fails only for a use from inside `f` on the same thread (senders run the user's
+    /// Fails for a use from inside `f` on the same thread (senders run the user's
     /// `Serialize` inside, receivers its `Deserialize`): an error instead of a deadlock or
-    /// the value handed out twice.
+    /// the value handed out twice. (And, in theory, when revoking the bias fails: see
+    /// `revoke`.)
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> io::Result<R> {
-        let me = token();
-        // Relaxed: only this thread stores `me` in either, so seeing it means this thread is
-        // inside already (the closure called us): refuse rather than deadlock on the mutex or
-        // hand out the value twice. (Threads without a token share `NO_TOKEN`: they are
-        // never biased and do not get this check.)
-        if me != NO_TOKEN
-            && (self.busy.load(Ordering::Relaxed) == me
-                || self.holder.load(Ordering::Relaxed) == me)
-        {
-            return Err(reentered());
-        }
-        // Relaxed: a hint, possibly stale; the check that counts comes after the claim.
-        if self.bias.load(Ordering::Relaxed) == me
-            // SYNC POINT: SeqCst, the owner's half of the Dekker with `revoke` (store `bias`,
-            // SeqCst fence, load `busy`); Acquire also pairs with the Release in `Leave`, so
-            // the previous fast-path use happens before ours.
-            && self
-                .busy
-                .compare_exchange(0, me, Ordering::SeqCst, Ordering::Relaxed)
-                .is_ok()
-        {
-            // SeqCst: ordered after the claim in the single total order, so either this
-            // sees the revoker's `bias = 0` or the revoker's load of `busy` sees our claim.
-            if self.bias.load(Ordering::SeqCst) == me {
-                let _leave = Leave(&self.busy);
-                // SAFETY: we hold the bias and have claimed `busy`, so no other thread uses
-                // the value until it has seen `busy == 0` (in `revoke`), which `_leave`
-                // stores only after `f` is done, even if it unwinds. A thread with a stale
-                // bias claims `busy` only while it is 0 and gives it back unused.
+        // A thread whose thread-locals are being destroyed has no presence: slow path.
+        let me = PRESENCE.try_with(Arc::as_ptr).ok();
+        // SAFETY: the pointer is this thread's own presence, which its thread-local keeps
+        // alive until the thread's thread-locals are destroyed; that cannot begin while this
+        // call runs on the thread (and `try_with` failed if it had begun).
+        let me: Option<&Presence> = me.map(|p| unsafe { &*p });
+        if let Some(p) = me {
+            // Relaxed: only this thread writes its presence and its token into `holder`, so
+            // finding either means this thread is inside already (the closure called us):
+            // refuse rather than deadlock on the mutex or hand out the value twice.
+            if p.inside.load(Ordering::Relaxed) == self.addr()
+                || self.holder.load(Ordering::Relaxed) == p.token
+            {
+                return Err(reentered());
+            }
+            if self.enter_fast(p) {
+                let _leave = Leave(&p.inside);
+                // SAFETY: we hold the bias and our presence names this lock (`enter_fast`),
+                // so no other thread uses the value until a revoker has seen our presence
+                // cleared, which `_leave` does only after `f` is done, even if it unwinds.
                 return Ok(f(unsafe { &mut *self.value.get() }));
             }
-            // Revoked meanwhile (or never ours): the revoker may be waiting for us. Release,
-            // as in `Leave`.
-            self.busy.store(0, Ordering::Release);
         }
-        let mut last = self.slow.lock().unwrap_or_else(PoisonError::into_inner);
+        self.with_slow(me, f)
+    }
+
+    /// The fast path's entry: true when `p`'s thread holds the bias and has announced itself
+    /// in `p` so that no revoker goes in beside it.
+    fn enter_fast(&self, p: &Presence) -> bool {
+        // Relaxed: a hint; the check that counts comes after the announcement. A presence
+        // already naming a lock (we are inside another one's fast path) takes the slow path.
+        if self.bias.load(Ordering::Relaxed) != p.addr() || p.inside.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        // Relaxed, then a fence: the owner's half of the Dekker with `revoke` (store `bias`,
+        // heavy fence, load this presence).
+        p.inside.store(self.addr(), Ordering::Relaxed);
+        // Relaxed: stored with the bias, under `slow`, and the same for every install in a
+        // fork generation (`install`), so whichever install's value we read, it is our own.
+        if self.light.load(Ordering::Relaxed) {
+            // The revoker's `membarrier` runs a full barrier on this thread, which stands in
+            // for ours; only the compiler must keep the load below after the store above.
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
+        // Relaxed: ordered after our announcement by the fence (ours or the revoker's); the
+        // generation check keeps a bias installed before a `fork()` off the fast path.
+        if self.bias.load(Ordering::Relaxed) == p.addr()
+            && self.bias_gen.load(Ordering::Relaxed) == forks::generation()
+        {
+            return true;
+        }
+        // Revoked meanwhile: the revoker may be waiting for us. Release, as in `Leave`.
+        p.inside.store(0, Ordering::Release);
+        false
+    }
+
+    /// [`BiasedLock::with`] through the mutex.
+    fn with_slow<R>(&self, me: Option<&Presence>, f: impl FnOnce(&mut T) -> R) -> io::Result<R> {
+        let mut slow = self.slow.lock().unwrap_or_else(PoisonError::into_inner);
         // Relaxed: `bias` changes only under `slow`, which we hold.
         let owner = self.bias.load(Ordering::Relaxed);
-        if owner != 0 && owner != me {
-            self.revoke();
+        if owner != 0 && Some(owner) != me.map(Presence::addr) {
+            self.revoke(&mut slow)?;
         }
+        let token = me.map_or(NO_TOKEN, |p| p.token);
         // Relaxed: see `holder`.
-        self.holder.store(me, Ordering::Relaxed);
+        self.holder.store(token, Ordering::Relaxed);
         let release = SlowLeave(&self.holder);
         // SAFETY: we hold `slow`, and the bias is ours or revoked with its owner gone (its
-        // `busy = 0` synchronised with us in `revoke`): no other thread uses the value.
+        // presence cleared, which synchronised with us in `revoke`): no other thread uses
+        // the value.
         let result = f(unsafe { &mut *self.value.get() });
         drop(release);
-        // Biased already, or twice in a row through here with nobody biased in between.
-        let install = owner == me || (owner == 0 && *last == me && me != NO_TOKEN);
-        if install {
-            // Relaxed: only we act on our own token here (on the fast path); other threads'
-            // uses synchronise with ours through `slow` (before) or `revoke` (after).
-            self.bias.store(me, Ordering::Relaxed);
+        if let Some(p) = me {
+            self.count_use(&mut slow, p);
         }
-        *last = me;
         Ok(result)
     }
 
-    /// Takes the bias (we hold `slow`), waiting until its owner has left the value.
-    fn revoke(&self) {
-        // Relaxed, then the SeqCst fence, which orders it before our load of `busy`: the
-        // revoker's half of the Dekker with the claim in `with`.
+    /// Counts a slow-path use by `p`'s thread, and biases the lock to it once it has made
+    /// enough in a row (or refreshes its bias after a `fork()`). Under `slow`.
+    fn count_use(&self, slow: &mut Slow, p: &Presence) {
+        let generation = forks::generation();
+        // Relaxed (both): changed only under `slow`, which we hold.
+        if self.bias.load(Ordering::Relaxed) == p.addr() {
+            // Ours already, and we came through here: nested in another lock's fast path,
+            // or installed before a `fork()`.
+            if self.bias_gen.load(Ordering::Relaxed) != generation {
+                self.install(slow, generation);
+            }
+            return;
+        }
+        if slow.last == p.token {
+            slow.streak = slow.streak.saturating_add(1);
+        } else {
+            slow.last = p.token;
+            slow.streak = 1;
+        }
+        if slow.streak >= slow.needed {
+            self.install(slow, generation);
+        }
+    }
+
+    /// Biases the lock to this thread. Under `slow`, with no other owner.
+    fn install(&self, slow: &mut Slow, generation: u64) {
+        let Ok(presence) = PRESENCE.try_with(Arc::clone) else {
+            return;
+        };
+        // The same answer for every install in this fork generation: a thread reading `light`
+        // as stored by another install than its own reads the same value (and an install
+        // from another generation never passes the fast path's generation check).
+        let light = membarrier::private_registered();
+        // Relaxed (all three): read by this thread's fast path (after these stores, in
+        // program order) and by other threads under `slow`; any other thread's fast-path
+        // hint compares `bias` with its own presence, which has another address.
+        self.light.store(light, Ordering::Relaxed);
+        self.bias_gen.store(generation, Ordering::Relaxed);
+        self.bias.store(presence.addr(), Ordering::Relaxed);
+        slow.owner = Some(presence);
+    }
+
+    /// Takes the bias away from its owner (we hold `slow`), waiting until the owner has left
+    /// the value.
+    fn revoke(&self, slow: &mut Slow) -> io::Result<()> {
+        // Relaxed: the fence below orders it before our load of the owner's presence: the
+        // revoker's half of the Dekker with `enter_fast`.
         self.bias.store(0, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
+        // Relaxed (both): changed only under `slow`, which we hold.
+        if self.bias_gen.load(Ordering::Relaxed) != forks::generation() {
+            // Installed before a `fork()` of this process: no thread here passes the fast
+            // path's generation check, so none is inside through it.
+        } else if self.light.load(Ordering::Relaxed) {
+            if let Err(e) = membarrier::private_fence() {
+                // Cannot happen once this process registered (`install`); if it did, the
+                // owner keeps the bias rather than share the value.
+                if let Some(owner) = &slow.owner {
+                    // Relaxed: as in `install`.
+                    self.bias.store(owner.addr(), Ordering::Relaxed);
+                }
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("taking a sender or receiver from the thread it is biased to: {e}"),
+                ));
+            }
+        } else {
+            fence(Ordering::SeqCst);
+        }
+        slow.needed = slow.needed.saturating_mul(2).min(MAX_STREAK);
+        let Some(owner) = slow.owner.take() else {
+            return Ok(());
+        };
         let mut turns = 0u32;
-        // SYNC POINT: Acquire pairs with the owner's Release store in `Leave`: its use of the
-        // value happens before ours.
-        while self.busy.load(Ordering::Acquire) != 0 {
+        // SYNC POINT: Acquire pairs with the owner's Release store in `Leave` (and in
+        // `enter_fast`'s withdrawal): its use of the value happens before ours.
+        while owner.inside.load(Ordering::Acquire) == self.addr() {
             // The owner may be blocked in a send (a full ring): back off to short sleeps.
             turns += 1;
             if turns < 64 {
@@ -202,152 +353,10 @@ impl<T> BiasedLock<T> {
                 std::thread::sleep(Duration::from_micros(50));
             }
         }
+        Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::Ordering;
-    use std::sync::Arc;
-
-    use super::BiasedLock;
-
-    #[test]
-    fn one_thread_at_a_time_however_threads_take_turns() {
-        // Each thread runs bursts of uses (so it gets biased), then yields to the others:
-        // revocations at every switch. A lost exclusion shows as a torn pair or a lost count.
-        let lock = Arc::new(BiasedLock::new((0u64, 0u64)));
-        let threads: Vec<_> = (0..4)
-            .map(|t| {
-                let lock = lock.clone();
-                std::thread::spawn(move || {
-                    for round in 0..200 {
-                        for _ in 0..(1 + (round + t) % 7) {
-                            lock.with(|(a, b)| {
-                                assert_eq!(*a, *b, "another thread was inside");
-                                *a += 1;
-                                std::hint::spin_loop();
-                                *b += 1;
-                            })
-                            .unwrap();
-                        }
-                        std::thread::yield_now();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        let total: u64 = (0..4u64)
-            .map(|t| (0..200u64).map(|r| 1 + (r + t) % 7).sum::<u64>())
-            .sum();
-        let mut lock = Arc::into_inner(lock).unwrap();
-        assert_eq!(*lock.get_mut(), (total, total));
-    }
-
-    #[test]
-    fn a_biased_thread_gets_the_fast_path_and_others_revoke_it() {
-        let lock = Arc::new(BiasedLock::new(0u32));
-        for _ in 0..3 {
-            lock.with(|v| *v += 1).unwrap();
-        }
-        let me = super::token();
-        assert_eq!(lock.bias.load(std::sync::atomic::Ordering::Relaxed), me);
-        let other = lock.clone();
-        std::thread::spawn(move || other.with(|v| *v += 10).unwrap())
-            .join()
-            .unwrap();
-        assert_ne!(lock.bias.load(std::sync::atomic::Ordering::Relaxed), me);
-        assert_eq!(lock.with(|v| *v).unwrap(), 13);
-    }
-
-    #[test]
-    fn a_use_from_inside_a_use_fails_on_either_path() {
-        let lock = BiasedLock::new(0u32);
-        // The first use goes through the mutex, the third through the fast path.
-        for round in 0..3 {
-            let nested = lock.with(|v| {
-                *v += 1;
-                lock.with(|w| *w += 100).map(|_| ())
-            });
-            let err = nested.unwrap().unwrap_err();
-            assert!(
-                err.to_string().contains("inside its own send"),
-                "round {round}"
-            );
-        }
-        assert_eq!(lock.with(|v| *v).unwrap(), 3);
-    }
-
-    #[test]
-    fn a_panic_inside_leaves_the_lock_usable() {
-        let lock = Arc::new(BiasedLock::new(0u32));
-        for _ in 0..3 {
-            lock.with(|v| *v += 1).unwrap();
-        }
-        let l = lock.clone();
-        let panicked = std::thread::spawn(move || {
-            for _ in 0..3 {
-                l.with(|v| *v += 1).unwrap();
-            }
-            l.with(|_| panic!("inside the lock")).unwrap();
-        })
-        .join();
-        assert!(panicked.is_err());
-        // The panicking thread held the bias (three uses); revoking must not wait forever.
-        assert_eq!(lock.with(|v| *v).unwrap(), 6);
-    }
-
-    /// A thread that finds the bias its own but `busy` claimed by another thread (one that
-    /// read a stale bias and will give `busy` back unused) must leave that claim alone. The
-    /// session-3 lock stored its own token over it and then 0: a revoker waiting for the
-    /// real owner would then have gone in beside it.
-    #[test]
-    fn another_threads_claim_is_never_overwritten() {
-        const OTHER: u64 = u64::MAX - 1;
-        let lock = BiasedLock::new(0u32);
-        lock.bias.store(super::token(), Ordering::Relaxed);
-        lock.busy.store(OTHER, Ordering::Relaxed);
-        lock.with(|v| *v += 1).unwrap();
-        assert_eq!(
-            lock.busy.load(Ordering::Relaxed),
-            OTHER,
-            "another thread's claim was overwritten"
-        );
-        assert_eq!(lock.with(|v| *v).unwrap(), 1);
-    }
-
-    /// Threads that block inside (yield, sleep) while others revoke: every use alone.
-    #[test]
-    fn one_thread_at_a_time_while_users_block_inside() {
-        for _ in 0..3 {
-            let lock = Arc::new(BiasedLock::new((0u64, 0u64)));
-            let threads: Vec<_> = (0..4)
-                .map(|_| {
-                    let lock = lock.clone();
-                    std::thread::spawn(move || {
-                        for i in 0..1000u64 {
-                            lock.with(|(a, b)| {
-                                assert_eq!(*a, *b, "another thread was inside");
-                                *a += 1;
-                                if i % 3 == 0 {
-                                    std::thread::yield_now();
-                                } else if i % 17 == 0 {
-                                    std::thread::sleep(std::time::Duration::from_micros(20));
-                                }
-                                *b += 1;
-                            })
-                            .unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for t in threads {
-                t.join().unwrap();
-            }
-            let mut lock = Arc::into_inner(lock).unwrap();
-            assert_eq!(*lock.get_mut(), (4000, 4000));
-        }
-    }
-}
+#[path = "biased_lock_tests.rs"]
+mod tests;
