@@ -124,9 +124,10 @@ impl Producer {
         let off = self.ring.offset(pos);
         let next = pos.wrapping_add(footprint.need as u64);
         // SAFETY: `off + need <= cap` (either it fit before the end, or off is 0 and need is
-        // at most half the capacity); the space is ours (has_room), and the consumer reads
+        // at most half the capacity), and `need` is the header and `align8(len)`; off is a
+        // multiple of 8 (positions are); the space is ours (has_room), and the consumer reads
         // none of it before it sees the header committed below.
-        unsafe { self.ring.write_at(off + FRAME_HEADER, payload) };
+        unsafe { self.ring.write_padded(off + FRAME_HEADER, payload) };
         // Clear the next frame's header slot (ours: `has_room` counted it), so the consumer,
         // which polls it once it has taken this frame, finds zero until we commit there.
         // Relaxed: the Release store below orders it before the commit the consumer acquires.
