@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 
@@ -35,6 +35,11 @@ const RECV_SPINS: u32 = 2000;
 /// While spinning, give the core away this often: a no-op when nothing else is runnable here,
 /// and the peer's chance to run when it shares our core.
 const YIELD_EVERY: u32 = 128;
+/// After taking this many messages in a row without waiting (the senders were ahead), a
+/// receiver that runs dry pauses before it polls again (`RecvState::slip`).
+const SLIP_AFTER: u32 = 8;
+/// How long that pause lasts.
+const SLIP_FOR: Duration = Duration::from_micros(2);
 /// Reassembly capacity kept between messages, per sender.
 const KEEP_ASSEMBLY: usize = 8 << 20;
 /// The longest sleep when this process cannot run heavy fences (`sys/membarrier.rs`).
@@ -89,6 +94,8 @@ struct RecvState {
     conns: Vec<Conn>,
     next: usize,
     ever_connected: bool,
+    /// Messages taken in a row without waiting (see `SLIP_AFTER`).
+    behind: u32,
 }
 
 /// One sender's ring, as the receiver sees it.
@@ -112,6 +119,7 @@ impl ShmReceiver {
                 conns: Vec::new(),
                 next: 0,
                 ever_connected: false,
+                behind: 0,
             }),
             acceptor,
             limit,
@@ -255,12 +263,19 @@ impl RecvState {
         };
         for spin in 0..spins {
             if self.take(decode) {
+                self.behind = if spin == 0 {
+                    self.behind.saturating_add(1)
+                } else {
+                    0
+                };
                 return Some(Ok(()));
             }
             if self.conns.is_empty() {
                 break;
             }
-            if spin % YIELD_EVERY == YIELD_EVERY - 1 {
+            if spin == 0 && spins > 1 && std::mem::take(&mut self.behind) >= SLIP_AFTER {
+                Self::slip();
+            } else if spin % YIELD_EVERY == YIELD_EVERY - 1 {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -279,6 +294,24 @@ impl RecvState {
         match self.sleep(acceptor, timeout) {
             Ok(()) => None,
             Err(e) => Some(Err(RecvFail::Io(e))),
+        }
+    }
+
+    /// Lets the senders get ahead before polling again, after a run of messages that were
+    /// all waiting (FastForward's "temporal slipping", Giacomoni et al., PPoPP 2008). A
+    /// receiver that caught up polls the header slot a sender is about to write; each poll
+    /// takes the cache line away from the sender's core, whose stores to that line then
+    /// wait for it back, and its later stores queue behind them. Pausing lets the sender
+    /// fill lines the receiver is not reading, and the receiver then takes them in a batch.
+    /// Only after `SLIP_AFTER` messages taken without waiting: a ping-pong never gets here
+    /// (its reply is never waiting when `recv` starts), and the cost, at most `SLIP_FOR` of
+    /// extra latency for a message sent just after a backlog drains, falls on streams.
+    fn slip() {
+        let until = Instant::now() + SLIP_FOR;
+        while Instant::now() < until {
+            for _ in 0..16 {
+                std::hint::spin_loop();
+            }
         }
     }
 
