@@ -33,8 +33,9 @@
 //! at every revocation: threads that take turns stay on the mutex. Without `membarrier`
 //! (old kernels, seccomp), the owner runs a SeqCst fence after its store instead and the
 //! revoker a SeqCst fence: one fence per use. After a `fork()` a bias installed before it
-//! is not used until the thread re-earns it: the child may not be registered for
-//! `membarrier`, and the fast path checks the fork generation.
+//! is not used on the fast path (which checks the fork generation: the child may not be
+//! registered for `membarrier`); the owner's next use goes through the mutex and installs
+//! it again for the new generation.
 
 use std::cell::UnsafeCell;
 use std::io;
