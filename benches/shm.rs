@@ -10,11 +10,13 @@
 //!
 //! Groups:
 //!
-//! - `rtt_64B/{floor,shm,unix,shm_bytes,unix_bytes}`: a ping-pong round trip with a 64-byte
-//!   message between this process and a child process. `floor` is two processes spinning on a shared `MAP_SHARED`
-//!   memfd page: the parent stores a counter on one cache line, the child sees it and stores
-//!   it back on another line, the parent waits for it. Raw atomics, no system call, no
-//!   encoding: the machine's own cost of one cross-process (cross-core) round trip.
+//! - `rtt_64B/{floor,floor_frames,shm,unix,shm_bytes,unix_bytes}`: a ping-pong round trip
+//!   with a 64-byte message between this process and a child process. `floor` and
+//!   `floor_frames` are bare shared memory and raw atomics (`floors/mod.rs`): `floor` a
+//!   counter bounced over one cache line each way, the machine's own cost of one
+//!   cross-process (cross-core) round trip; `floor_frames` a 64-byte message in a bare ring
+//!   of frames laid out as conduit's, two cache lines each way, the least a framed ring can
+//!   do for 64 bytes.
 //! - `oneway_{8B,4KiB,1MiB}/{shm,unix}`: one-way throughput from a child to this process.
 //!   The child streams N+1 messages on command; the clock starts when the first one arrives
 //!   and stops when the last one does, so a measurement is the steady-state receive rate of
@@ -50,19 +52,17 @@
 //! reaped (killed if need be) when their benchmark ends; socket files live in a private
 //! temporary directory removed at the end.
 
-use std::fs::File;
 use std::hint::black_box;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conduit::{Message, Receiver, Sender};
+
+mod floors;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
-use memmap2::MmapMut;
 use serde::{Deserialize, Serialize};
 
 /// Which child role this process plays; unset in the parent.
@@ -76,14 +76,6 @@ const QUICK: &str = "CONDUIT_BENCH_QUICK";
 
 /// The longest wait for a child to start or to leave.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// The floor's shared page: the parent's counter, and the child's echo two lines further
-/// (past the adjacent-line prefetcher's pair), so each line has one writer.
-const FLOOR_PING: usize = 0;
-const FLOOR_PONG: usize = 128;
-const FLOOR_LEN: usize = 4096;
-/// The floor counter value that tells the child to leave.
-const FLOOR_STOP: u64 = u64::MAX;
 
 const SIZES: [(&str, usize); 3] = [("8B", 8), ("4KiB", 4 << 10), ("1MiB", 1 << 20)];
 
@@ -258,63 +250,6 @@ impl Drop for ChildGuard {
     }
 }
 
-/// The floor's shared page and the child spinning on it.
-struct Floor {
-    map: MmapMut,
-    seq: u64,
-    _child: ChildGuard,
-}
-
-/// The atomic at byte `off` of a shared page.
-fn slot(map: &MmapMut, off: usize) -> &AtomicU64 {
-    assert!(off + 8 <= map.len() && off % 8 == 0);
-    // SAFETY: in bounds and 8-aligned (a page-aligned mapping, offset a multiple of 8); the
-    // page is only ever accessed through atomics, by both processes, while `map` lives.
-    unsafe { AtomicU64::from_ptr(map.as_ptr().add(off).cast::<u64>().cast_mut()) }
-}
-
-impl Floor {
-    fn start() -> Floor {
-        // No MFD_CLOEXEC: the child inherits the descriptor; we close ours right after.
-        // SAFETY: a valid NUL-terminated name; no other argument is a pointer.
-        let fd = unsafe { libc::memfd_create(c"conduit-bench-floor".as_ptr(), 0) };
-        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-        // SAFETY: `fd` was just created and is owned by nobody else.
-        let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(FLOOR_LEN as u64)
-            .expect("sizing the floor page");
-        // SAFETY: a memfd only this benchmark and its child use, never truncated while mapped.
-        let map = unsafe { MmapMut::map_mut(&file) }.expect("mapping the floor page");
-        let child = ChildGuard::spawn("floor", &[(ARG_A, file.as_raw_fd().to_string())]);
-        drop(file);
-        Floor {
-            map,
-            seq: 0,
-            _child: child,
-        }
-    }
-
-    fn round_trips(&mut self, iters: u64) -> Duration {
-        let ping = slot(&self.map, FLOOR_PING);
-        let pong = slot(&self.map, FLOOR_PONG);
-        let start = Instant::now();
-        for _ in 0..iters {
-            self.seq += 1;
-            ping.store(self.seq, Ordering::Release);
-            while pong.load(Ordering::Acquire) != self.seq {
-                std::hint::spin_loop();
-            }
-        }
-        start.elapsed()
-    }
-}
-
-impl Drop for Floor {
-    fn drop(&mut self) {
-        slot(&self.map, FLOOR_PING).store(FLOOR_STOP, Ordering::Release);
-    }
-}
-
 /// Ping-pong over two channels of one backend: we send on `fwd` to the child's receiver,
 /// the child echoes on `back` to ours.
 struct PingPong<T> {
@@ -369,12 +304,18 @@ fn rtt(c: &mut Criterion, plan: &Plan, dir: &Path) {
     plan.apply(&mut g, plan.rtt_time, plan.rtt_samples);
     // Peers start on first use, so a filtered-out benchmark spawns nothing, and stop (are
     // dropped) right after their benchmark, so no spinning child disturbs the next one.
-    let mut floor: Option<Floor> = None;
+    let mut floor: Option<floors::Floor> = None;
     g.bench_function("floor", |b| {
-        let floor = floor.get_or_insert_with(Floor::start);
+        let floor = floor.get_or_insert_with(floors::Floor::start);
         b.iter_custom(|iters| floor.round_trips(iters));
     });
     drop(floor);
+    let mut frames: Option<floors::Frames> = None;
+    g.bench_function("floor_frames", |b| {
+        let frames = frames.get_or_insert_with(floors::Frames::start);
+        b.iter_custom(|iters| frames.round_trips(iters));
+    });
+    drop(frames);
     for scheme in ["shm", "unix"] {
         bench_ping::<Msg64>(&mut g, scheme, "struct", scheme.to_string(), dir);
     }
@@ -486,7 +427,8 @@ mod child {
         die_with_parent();
         let arg = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} unset"));
         match role {
-            "floor" => floor(arg(ARG_A).parse().expect("a descriptor number")),
+            "floor" => floors::floor_child(),
+            "floor_frames" => floors::frames_child(),
             "echo" => match arg(ARG_SIZE).as_str() {
                 "struct" => echo::<Msg64>(&arg(ARG_A), &arg(ARG_B)),
                 "bytes" => echo::<Raw64>(&arg(ARG_A), &arg(ARG_B)),
@@ -515,29 +457,6 @@ mod child {
         let ppid = unsafe { libc::getppid() };
         if parent.is_some_and(|p| p != ppid.to_string()) {
             std::process::exit(1);
-        }
-    }
-
-    /// Echoes the parent's counter from one line to another until told to stop.
-    fn floor(fd: i32) {
-        // SAFETY: the descriptor was inherited from the parent for us alone.
-        let file = unsafe { File::from_raw_fd(fd) };
-        // SAFETY: the parent sized the memfd and never truncates it.
-        let map = unsafe { MmapMut::map_mut(&file) }.expect("mapping the floor page");
-        let ping = slot(&map, FLOOR_PING);
-        let pong = slot(&map, FLOOR_PONG);
-        let mut last = 0;
-        loop {
-            let seen = ping.load(Ordering::Acquire);
-            if seen == last {
-                std::hint::spin_loop();
-                continue;
-            }
-            if seen == FLOOR_STOP {
-                return;
-            }
-            pong.store(seen, Ordering::Release);
-            last = seen;
         }
     }
 
