@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use memmap2::MmapMut;
+use memmap2::MmapRaw;
 
 use super::{ChildGuard, ARG_A};
 
@@ -40,36 +40,37 @@ const FRAME: usize = (8 + PAYLOAD + 7) & !7;
 
 /// A memfd the child inherits (no `MFD_CLOEXEC`), sized and mapped here; our descriptor is
 /// closed when the returned file drops, after the child is spawned.
-fn shared(name: &std::ffi::CStr, len: usize) -> (File, MmapMut) {
+fn shared(name: &std::ffi::CStr, len: usize) -> (File, MmapRaw) {
     // SAFETY: a valid NUL-terminated name; no other argument is a pointer.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
     assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
     // SAFETY: `fd` was just created and is owned by nobody else.
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(len as u64).expect("sizing the floor's memfd");
-    // SAFETY: a memfd only this benchmark and its child use, never truncated while mapped.
-    let map = unsafe { MmapMut::map_mut(&file) }.expect("mapping the floor's memfd");
+    // A raw mapping: the child writes it too, so it is only ever reached through raw
+    // pointers and atomics, never as a slice.
+    let map = MmapRaw::map_raw(&file).expect("mapping the floor's memfd");
     (file, map)
 }
 
 /// The parent's memfd, inherited by a child at the descriptor number in `ARG_A`.
-fn inherited() -> MmapMut {
+fn inherited() -> MmapRaw {
     let fd: i32 = std::env::var(ARG_A)
         .expect("the floor's descriptor")
         .parse()
         .expect("a descriptor number");
     // SAFETY: the descriptor was inherited from the parent for us alone.
     let file = unsafe { File::from_raw_fd(fd) };
-    // SAFETY: the parent sized the memfd and never truncates it.
-    unsafe { MmapMut::map_mut(&file) }.expect("mapping the floor's memfd")
+    MmapRaw::map_raw(&file).expect("mapping the floor's memfd")
 }
 
 /// The atomic at byte `off` of a shared mapping.
-fn slot(map: &MmapMut, off: usize) -> &AtomicU64 {
+fn slot(map: &MmapRaw, off: usize) -> &AtomicU64 {
     assert!(off + 8 <= map.len() && off % 8 == 0);
-    // SAFETY: in bounds and 8-aligned (a page-aligned mapping, offset a multiple of 8); the
-    // word is only ever accessed through atomics, by both processes, while `map` lives.
-    unsafe { AtomicU64::from_ptr(map.as_ptr().add(off).cast::<u64>().cast_mut()) }
+    // SAFETY: in bounds and 8-aligned (a page-aligned mapping, offset a multiple of 8) of a
+    // memfd that only this benchmark and its child hold and neither truncates; the word is
+    // only ever accessed through atomics, by both processes, while `map` lives.
+    unsafe { AtomicU64::from_ptr(map.as_mut_ptr().add(off).cast::<u64>()) }
 }
 
 /// Spins until `word` holds `want`; false if `STOP` turns up instead.
@@ -87,7 +88,7 @@ fn wait_for(word: &AtomicU64, want: u64) -> bool {
 
 /// The one-line floor: the shared page and the child spinning on it.
 pub struct Floor {
-    map: MmapMut,
+    map: MmapRaw,
     seq: u64,
     _child: ChildGuard,
 }
@@ -167,7 +168,7 @@ impl Ring {
     }
 
     /// Writes `msg` and then its header.
-    fn send(&mut self, map: &mut MmapMut, msg: &[u8; PAYLOAD]) {
+    fn send(&mut self, map: &MmapRaw, msg: &[u8; PAYLOAD]) {
         let (off, seq) = self.advance();
         // SAFETY: `off + FRAME <= map.len()` (`advance` keeps frames inside their ring, and
         // the rings inside the mapping), and raw pointers, not a slice, so no reference
@@ -183,7 +184,7 @@ impl Ring {
     }
 
     /// Waits for the next frame and copies its payload out; false at `STOP`.
-    fn recv(&mut self, map: &MmapMut, msg: &mut [u8; PAYLOAD]) -> bool {
+    fn recv(&mut self, map: &MmapRaw, msg: &mut [u8; PAYLOAD]) -> bool {
         let (off, seq) = self.advance();
         if !wait_for(slot(map, off), seq) {
             return false;
@@ -197,7 +198,7 @@ impl Ring {
     }
 
     /// Tells the peer reading this ring to leave: `STOP` in the next header it waits on.
-    fn stop(&mut self, map: &MmapMut) {
+    fn stop(&mut self, map: &MmapRaw) {
         let (off, _) = self.advance();
         // Release pairs with the peer's Acquire in `wait_for`.
         slot(map, off).store(STOP, Ordering::Release);
@@ -206,7 +207,7 @@ impl Ring {
 
 /// The framed floor: a ring each way in one mapping and the child echoing on them.
 pub struct Frames {
-    map: MmapMut,
+    map: MmapRaw,
     out: Ring,
     back: Ring,
     msg: [u8; PAYLOAD],
@@ -229,7 +230,7 @@ impl Frames {
     pub fn round_trips(&mut self, iters: u64) -> Duration {
         let start = Instant::now();
         for _ in 0..iters {
-            self.out.send(&mut self.map, &self.msg);
+            self.out.send(&self.map, &self.msg);
             let echoed = self.back.recv(&self.map, &mut self.msg);
             assert!(echoed, "the framed floor's child left");
         }
@@ -245,10 +246,10 @@ impl Drop for Frames {
 
 /// Copies each 64-byte message from the parent's ring into a frame of its own ring.
 pub fn frames_child() {
-    let mut map = inherited();
+    let map = inherited();
     let (mut inbound, mut outbound) = (Ring::new(0), Ring::new(RING));
     let mut msg = [0u8; PAYLOAD];
     while inbound.recv(&map, &mut msg) {
-        outbound.send(&mut map, &msg);
+        outbound.send(&map, &msg);
     }
 }
