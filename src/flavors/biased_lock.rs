@@ -186,6 +186,7 @@ impl<T> BiasedLock<T> {
     /// `Serialize` inside, receivers its `Deserialize`): an error instead of a deadlock or
     /// the value handed out twice. (And, in theory, when revoking the bias fails: see
     /// `revoke`.)
+    #[inline]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> io::Result<R> {
         // A thread whose thread-locals are being destroyed has no presence: slow path.
         let me = PRESENCE.try_with(Arc::as_ptr).ok();
@@ -215,6 +216,7 @@ impl<T> BiasedLock<T> {
 
     /// The fast path's entry: true when `p`'s thread holds the bias and has announced itself
     /// in `p` so that no revoker goes in beside it.
+    #[inline]
     fn enter_fast(&self, p: &Presence) -> bool {
         // Relaxed: a hint; the check that counts comes after the announcement. A presence
         // already naming a lock (we are inside another one's fast path) takes the slow path.
@@ -246,6 +248,7 @@ impl<T> BiasedLock<T> {
     }
 
     /// [`BiasedLock::with`] through the mutex.
+    #[cold]
     fn with_slow<R>(&self, me: Option<&Presence>, f: impl FnOnce(&mut T) -> R) -> io::Result<R> {
         let mut slow = self.slow.lock().unwrap_or_else(PoisonError::into_inner);
         // Relaxed: `bias` changes only under `slow`, which we hold.

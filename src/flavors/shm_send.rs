@@ -273,11 +273,15 @@ impl SendConn {
     /// Whether this process may publish into the ring: always, unless a `fork()` since we
     /// last looked copied this handle; then whether we are the first of the copies to claim
     /// the ring. One atomic load on the fast path.
+    #[inline]
     fn claimed(&mut self) -> bool {
         let generation = sys::forks::generation();
-        if generation == self.fork_gen {
-            return true;
-        }
+        generation == self.fork_gen || self.claim_after_fork(generation)
+    }
+
+    /// [`SendConn::claimed`] after a `fork()`: claims the ring if no other copy did.
+    #[cold]
+    fn claim_after_fork(&mut self, generation: u64) -> bool {
         match self.producer.claim(self.claim) {
             Some(next) => {
                 // The generation read before the claim: a fork after it makes us claim again.
@@ -296,10 +300,17 @@ impl SendConn {
     }
 
     /// Pushes what is left of a committed message, waiting no longer than `deadline`.
+    #[inline]
     fn finish_tail(&mut self, deadline: Deadline) -> Result<(), SendFail> {
         if self.tail_done == self.tail.len() {
             return Ok(());
         }
+        self.push_tail(deadline)
+    }
+
+    /// [`SendConn::finish_tail`] when part of a message is left.
+    #[cold]
+    fn push_tail(&mut self, deadline: Deadline) -> Result<(), SendFail> {
         let tail = std::mem::take(&mut self.tail);
         let result = self.push(&tail[self.tail_done..], deadline);
         self.tail = tail;
@@ -321,6 +332,7 @@ impl SendConn {
 
     /// Publishes `bytes` (the rest of one message) in pieces. On failure, also returns how
     /// many bytes were published.
+    #[inline]
     fn push(&mut self, bytes: &[u8], deadline: Deadline) -> Result<(), (SendFail, usize)> {
         let max = self.producer.max_piece();
         let mut done = 0;

@@ -83,6 +83,7 @@ impl Consumer {
     }
 
     /// Appends the next piece's payload to `out` (which holds the message's earlier pieces).
+    #[inline]
     pub(crate) fn try_pop(&mut self, out: &mut Vec<u8>) -> Result<Pop, RingError> {
         let mut wake = false;
         loop {
@@ -156,6 +157,7 @@ impl Consumer {
 
     /// Marks `bytes` consumed, and hands them back to the producer once a batch has
     /// gathered; true when the producer sleeps and must be woken.
+    #[inline]
     fn release(&mut self, bytes: usize) -> bool {
         self.tail = self.tail.wrapping_add(bytes as u64);
         let batch = (self.ring.capacity as u64 / 4).min(RELEASE_BATCH);

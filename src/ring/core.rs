@@ -228,6 +228,7 @@ impl Ring {
 
     /// The frame-header word at data offset `off` (a multiple of 8 below the capacity).
     #[cfg(not(all(test, loom)))]
+    #[inline]
     pub(super) fn slot(&self, off: usize) -> &AtomicU64 {
         assert!(
             off % 8 == 0 && off < self.capacity,

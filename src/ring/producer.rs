@@ -111,6 +111,7 @@ impl Producer {
     }
 
     /// Publishes one piece if there is room. `payload.len()` must be at most `max_piece`.
+    #[inline]
     pub(crate) fn try_push(&mut self, payload: &[u8], last: bool) -> Result<Push, RingError> {
         debug_assert!(payload.len() <= self.max_piece());
         // The consumer refuses empty pieces that are not the last (see `try_pop`).
@@ -188,11 +189,19 @@ impl Producer {
     }
 
     /// Whether `bytes` fit now, reloading `tail` only when the cached value says no.
+    #[inline]
     fn has_room(&mut self, bytes: usize) -> Result<bool, RingError> {
         let cap = self.ring.capacity as u64;
         if cap - self.head.wrapping_sub(self.cached_tail) >= bytes as u64 {
             return Ok(true);
         }
+        self.reload_tail(bytes)
+    }
+
+    /// [`Producer::has_room`] when the cached `tail` says no: reloads it.
+    #[cold]
+    fn reload_tail(&mut self, bytes: usize) -> Result<bool, RingError> {
+        let cap = self.ring.capacity as u64;
         // SYNC POINT: Acquire pairs with the consumer's Release store of `tail`: the space it
         // released is no longer read by it.
         let tail = self.ring.header().tail.load(Ordering::Acquire);

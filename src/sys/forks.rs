@@ -19,6 +19,7 @@ extern "C" fn after_fork() {
 }
 
 /// The number of forks this process has made or come from since conduit first asked.
+#[inline]
 pub(crate) fn generation() -> u64 {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
