@@ -247,6 +247,7 @@ impl ShmReceiver {
 impl RecvState {
     /// Spins over the rings, then sleeps once: a message or a final failure, or `None`
     /// after the sleep (go round again, taking new senders first).
+    #[inline]
     fn round(
         &mut self,
         deadline: Deadline,

@@ -153,6 +153,7 @@ impl Ring {
         Ok(unsafe { Ring::from_parts(base.cast(), data, capacity) })
     }
 
+    #[inline]
     pub(super) fn header(&self) -> &RingHeader {
         // SAFETY: `from_parts` callers guarantee the header stays valid while `self` lives.
         unsafe { self.header.as_ref() }
@@ -190,6 +191,7 @@ impl Ring {
         self.header().consumer_closed.store(1, Ordering::Release);
     }
 
+    #[inline]
     pub(super) fn offset(&self, pos: u64) -> usize {
         (pos & (self.capacity as u64 - 1)) as usize
     }
@@ -200,6 +202,7 @@ impl Ring {
     ///
     /// # Safety
     /// `off + align8(src.len()) <= capacity`, and those bytes are owned by the caller's side.
+    #[inline]
     pub(super) unsafe fn write_padded(&self, off: usize, src: &[u8]) {
         debug_assert!(off % 8 == 0 && off + align8(src.len()) <= self.capacity);
         // SAFETY: in bounds per the caller; the region is not being read by the peer because

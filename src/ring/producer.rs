@@ -106,6 +106,7 @@ impl Producer {
     }
 
     /// The largest piece payload this ring carries; longer messages go in several pieces.
+    #[inline]
     pub(crate) fn max_piece(&self) -> usize {
         ((self.ring.capacity / 2).min(MAX_PIECE) - FRAME_HEADER) & !7
     }
@@ -242,6 +243,7 @@ impl Producer {
     }
 
     /// Whether the consumer closed its side in an orderly way.
+    #[inline]
     pub(crate) fn consumer_closed(&self) -> bool {
         // SYNC POINT: Acquire pairs with the Release store in `Consumer::close`.
         self.ring.header().consumer_closed.load(Ordering::Acquire) != 0
