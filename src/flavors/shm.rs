@@ -80,9 +80,9 @@ pub(crate) fn pair(opts: &Options) -> Result<(ShmSender, ShmReceiver), Error> {
 
 /// The receiving half: the rings of every connected sender.
 pub(crate) struct ShmReceiver {
-    /// Biased to the thread that receives (`biased_lock.rs`): one locked instruction per
-    /// message instead of a mutex's two, and a `Deserialize` that receives from its own
-    /// receiver gets an error.
+    /// Biased to the thread that receives (`biased_lock.rs`): no locked instruction and no
+    /// fence per message while one thread receives, and a `Deserialize` that receives from
+    /// its own receiver gets an error.
     state: BiasedLock<RecvState>,
     acceptor: Option<Acceptor>,
     limit: usize,
