@@ -40,10 +40,9 @@ impl<'de> Deserialize<'de> for Noisy {
     }
 }
 
-/// Sends 105, 0, 1, 2, 107 from another thread: the first nested send happens inside the
-/// sender's first use (its lock's mutex is held: re-entering it would deadlock), the second
-/// once the lock is biased to that thread (re-entering the fast path would hand out the
-/// connection twice).
+/// Sends 105, 0, 1, 2, 107 from another thread: both nested sends happen inside a use of the
+/// sender (its lock is held: re-entering it would deadlock or hand out the connection twice),
+/// the first on the sender's first use, the second after several.
 fn check(name: &str, tx: Sender<Noisy>, rx: Receiver<Noisy>) {
     OUTCOMES.lock().unwrap().clear();
     *NESTED.lock().unwrap() = Some(tx.clone());
@@ -129,8 +128,8 @@ impl<'de> Deserialize<'de> for Greedy {
 }
 
 /// Sends 105, 1, 2, 107 at once, then receives them on another thread (so a deadlock fails
-/// the test instead of hanging it): the nested receive inside the first message meets the
-/// lock's mutex, inside the last the lock is biased to the receiving thread.
+/// the test instead of hanging it): the nested receives inside the first and the last
+/// message meet the receiver's lock, held by their own thread.
 fn check_rx(name: &str, tx: Sender<Greedy>, rx: Receiver<Greedy>) {
     RX_OUTCOMES.lock().unwrap().clear();
     for v in [105, 1, 2, 107] {

@@ -5,9 +5,10 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::SendFailure;
+use lock::LockFail;
 
 pub(crate) mod acceptor;
-pub(crate) mod biased_lock;
+pub(crate) mod lock;
 pub(crate) mod shm;
 pub(crate) mod shm_send;
 pub(crate) mod stream;
@@ -30,6 +31,23 @@ impl Deadline {
         match Instant::now().checked_add(timeout) {
             Some(at) => Deadline::At(at),
             None => Deadline::Never,
+        }
+    }
+
+    /// What a send reports when this deadline passes: `Full` for `try_send`, else `Timeout`.
+    pub(crate) fn send_expired(&self) -> SendFail {
+        match self {
+            Deadline::Now => SendFail::Full,
+            _ => SendFail::Timeout,
+        }
+    }
+
+    /// What a receive reports when this deadline passes: `Empty` for `try_recv`, else
+    /// `Timeout`.
+    pub(crate) fn recv_expired(&self) -> RecvFail {
+        match self {
+            Deadline::Now => RecvFail::Empty,
+            _ => RecvFail::Timeout,
         }
     }
 
@@ -95,6 +113,28 @@ impl From<io::Error> for SendFail {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::NotConnected => SendFail::Disconnected,
             _ => SendFail::Failed(SendFailure::Io(e)),
+        }
+    }
+}
+
+impl From<(LockFail, Deadline)> for SendFail {
+    fn from((fail, deadline): (LockFail, Deadline)) -> Self {
+        match fail {
+            // Another clone is inside: it holds the connection until its own message is out.
+            LockFail::Busy => deadline.send_expired(),
+            LockFail::Reentered => {
+                SendFail::Failed(SendFailure::Io(io::Error::other(LockFail::REENTERED)))
+            }
+        }
+    }
+}
+
+impl From<(LockFail, Deadline)> for RecvFail {
+    fn from((fail, deadline): (LockFail, Deadline)) -> Self {
+        match fail {
+            // Another thread is receiving: whatever arrives is its to take.
+            LockFail::Busy => deadline.recv_expired(),
+            LockFail::Reentered => RecvFail::Io(io::Error::other(LockFail::REENTERED)),
         }
     }
 }

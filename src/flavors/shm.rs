@@ -19,7 +19,7 @@ use rustix::event::{PollFd, PollFlags};
 use crate::addr::Address;
 use crate::codec::Decode;
 use crate::flavors::acceptor::{Acceptor, Mode};
-use crate::flavors::biased_lock::BiasedLock;
+use crate::flavors::lock::{HandleLock, LockFail};
 pub(crate) use crate::flavors::shm_send::ShmSender;
 use crate::flavors::shm_send::{dup, inherited_parts};
 use crate::flavors::{Deadline, RecvFail};
@@ -74,16 +74,17 @@ pub(crate) fn pair(opts: &Options) -> Result<(ShmSender, ShmReceiver), Error> {
     let map = Arc::new(map);
     let tx = ShmSender::from_parts(map.clone(), OwnedFd::from(a), opts.max_message_size)?;
     let rx = ShmReceiver::new(None, opts.max_message_size);
-    rx.add(OwnedFd::from(b), map)?;
+    let conn = Conn::attach(OwnedFd::from(b), map, opts.max_message_size)?;
+    rx.state.lock(Deadline::Never).map_err(LockFail::into_error)?.add(conn);
     Ok((tx, rx))
 }
 
 /// The receiving half: the rings of every connected sender.
 pub(crate) struct ShmReceiver {
-    /// Biased to the thread that receives (`biased_lock.rs`): no locked instruction and no
-    /// fence per message while one thread receives, and a `Deserialize` that receives from
-    /// its own receiver gets an error.
-    state: BiasedLock<RecvState>,
+    /// Held by the thread receiving (`lock.rs`): `try_recv` on another thread reports
+    /// `Empty` instead of waiting for it, and a `Deserialize` that receives from its own
+    /// receiver gets an error.
+    state: HandleLock<RecvState>,
     acceptor: Option<Acceptor>,
     limit: usize,
     /// `sys::forks::generation()` when made: after a fork, drop leaves the rings' flags alone.
@@ -115,7 +116,7 @@ struct Conn {
 impl ShmReceiver {
     fn new(acceptor: Option<Acceptor>, limit: usize) -> Self {
         ShmReceiver {
-            state: BiasedLock::new(RecvState {
+            state: HandleLock::new(RecvState {
                 conns: Vec::new(),
                 next: 0,
                 ever_connected: false,
@@ -132,7 +133,8 @@ impl ShmReceiver {
     pub(crate) fn from_inherited(fds: Vec<OwnedFd>, limit: usize) -> Result<Self, Error> {
         let (sock, map) = inherited_parts(fds, "inherited shm receiver")?;
         let rx = ShmReceiver::new(None, limit);
-        rx.add(sock, map)?;
+        let conn = Conn::attach(sock, map, limit)?;
+        rx.state.lock(Deadline::Never).map_err(LockFail::into_error)?.add(conn);
         Ok(rx)
     }
 
@@ -140,64 +142,23 @@ impl ShmReceiver {
     /// `[socket, memfd]` and the size limit. This handle then
     /// reports `Disconnected`; the ring is not closed.
     pub(crate) fn hand_off(&self) -> Result<(Vec<OwnedFd>, usize), Error> {
-        let fds = self
-            .state
-            .with(|state| {
-                let ([conn], None) = (&state.conns[..], &self.acceptor) else {
-                    return Err(Error::Unsupported {
-                        what: "passing a bound or already handed-off shared-memory receiver \
-                               to a child (bind in the child instead)"
-                            .to_string(),
-                    });
-                };
-                if !conn.assembling.is_empty() {
-                    return Err(Error::Unsupported {
-                        what: "passing a receiver that is part-way through a message".to_string(),
-                    });
-                }
-                let fds = vec![dup(conn.sock.as_fd())?, dup(conn._map.fd())?];
-                // Forgotten without `close`: the ring lives on in the child.
-                state.conns.clear();
-                Ok(fds)
-            })
-            .map_err(|e| Error::io("locking the receiver", e))??;
+        let mut state = self.state.lock(Deadline::Never).map_err(LockFail::into_error)?;
+        let ([conn], None) = (&state.conns[..], &self.acceptor) else {
+            return Err(Error::Unsupported {
+                what: "passing a bound or already handed-off shared-memory receiver to a child \
+                       (bind in the child instead)"
+                    .to_string(),
+            });
+        };
+        if !conn.assembling.is_empty() {
+            return Err(Error::Unsupported {
+                what: "passing a receiver that is part-way through a message".to_string(),
+            });
+        }
+        let fds = vec![dup(conn.sock.as_fd())?, dup(conn._map.fd())?];
+        // Forgotten without `close`: the ring lives on in the child.
+        state.conns.clear();
         Ok((fds, self.limit))
-    }
-
-    /// Serves one more sender's ring.
-    fn add(&self, sock: OwnedFd, map: Arc<SharedMap>) -> Result<(), Error> {
-        let ring = ring_over(&map).map_err(|e| Error::io("mapping a ring", e))?;
-        ring.validate()
-            .map_err(|e| Error::io("checking a ring", io::Error::other(e.to_string())))?;
-        sys::set_nonblocking(&sock).map_err(|e| Error::io("configuring the connection", e))?;
-
-        let consumer = match Consumer::new(ring, self.limit) {
-            Ok(consumer) => consumer,
-            Err(e) => {
-                // Tell the peer we will not read it (it wrote positions before we attached).
-                if let Ok(ring) = ring_over(&map) {
-                    ring.close_as_consumer();
-                }
-                return Err(Error::io(
-                    "attaching to a ring",
-                    io::Error::other(e.to_string()),
-                ));
-            }
-        };
-        let conn = Conn {
-            consumer,
-            _map: map,
-            sock,
-            assembling: Vec::new(),
-            hup: false,
-            dead: false,
-        };
-        self.state
-            .with(|state| {
-                state.conns.push(conn);
-                state.ever_connected = true;
-            })
-            .map_err(|e| Error::io("locking the receiver", e))
     }
 
     /// Binds `shm:PATH` and starts accepting senders of `T`.
@@ -222,21 +183,13 @@ impl ShmReceiver {
     ) -> Result<(), RecvFail> {
         let mut polled = false;
         loop {
-            if let Some(acceptor) = &self.acceptor {
-                while let Some(accepted) = acceptor.take() {
-                    if let Some(map) = accepted.ring {
-                        // A sender whose ring cannot be attached (its peer tampered with it)
-                        // is dropped alone; the receiver goes on serving the others.
-                        let _ = self.add(accepted.fd, Arc::new(map));
-                    }
-                }
-            }
+            // Taken again after each sleep, so a thread waiting for it gets its turn.
+            let mut state = self.state.lock(deadline).map_err(|f| (f, deadline))?;
             let acceptor = self.acceptor.as_ref();
-            let round = self
-                .state
-                .with(|state| state.round(deadline, polled, acceptor, decode))
-                .map_err(RecvFail::Io)?;
-            match round {
+            if let Some(acceptor) = acceptor {
+                state.accept(acceptor, self.limit);
+            }
+            match state.round(deadline, polled, acceptor, decode) {
                 Some(result) => return result,
                 None => polled = true,
             }
@@ -244,7 +197,56 @@ impl ShmReceiver {
     }
 }
 
+impl Conn {
+    /// Checks and attaches to one more sender's ring, accepting messages up to `limit`.
+    fn attach(sock: OwnedFd, map: Arc<SharedMap>, limit: usize) -> Result<Conn, Error> {
+        let ring = ring_over(&map).map_err(|e| Error::io("mapping a ring", e))?;
+        ring.validate()
+            .map_err(|e| Error::io("checking a ring", io::Error::other(e.to_string())))?;
+        sys::set_nonblocking(&sock).map_err(|e| Error::io("configuring the connection", e))?;
+        let consumer = match Consumer::new(ring, limit) {
+            Ok(consumer) => consumer,
+            Err(e) => {
+                // Tell the peer we will not read it (it wrote positions before we attached).
+                if let Ok(ring) = ring_over(&map) {
+                    ring.close_as_consumer();
+                }
+                return Err(Error::io(
+                    "attaching to a ring",
+                    io::Error::other(e.to_string()),
+                ));
+            }
+        };
+        Ok(Conn {
+            consumer,
+            _map: map,
+            sock,
+            assembling: Vec::new(),
+            hup: false,
+            dead: false,
+        })
+    }
+}
+
 impl RecvState {
+    /// Serves one more sender's ring.
+    fn add(&mut self, conn: Conn) {
+        self.conns.push(conn);
+        self.ever_connected = true;
+    }
+
+    /// Serves the senders the acceptor has taken since we last looked. A sender whose ring
+    /// cannot be attached (its peer tampered with it) is dropped alone.
+    fn accept(&mut self, acceptor: &Acceptor, limit: usize) {
+        while let Some(accepted) = acceptor.take() {
+            if let Some(map) = accepted.ring {
+                if let Ok(conn) = Conn::attach(accepted.fd, Arc::new(map), limit) {
+                    self.add(conn);
+                }
+            }
+        }
+    }
+
     /// Spins over the rings, then sleeps once: a message or a final failure, or `None`
     /// after the sleep (go round again, taking new senders first).
     #[inline]
@@ -287,10 +289,7 @@ impl RecvState {
         }
         let timeout = deadline.remaining();
         if polled && timeout.is_some_and(|t| t.is_zero()) {
-            return Some(Err(match deadline {
-                Deadline::Now => RecvFail::Empty,
-                _ => RecvFail::Timeout,
-            }));
+            return Some(Err(deadline.recv_expired()));
         }
         match self.sleep(acceptor, timeout) {
             Ok(()) => None,

@@ -1,10 +1,9 @@
 //! The sending half of the shared-memory flavor: encode, then push the message into the ring
 //! in pieces of at most half the ring.
 //!
-//! Clones share one producer behind a lock (the ring has exactly one producer), biased to the
-//! thread that sends most, which then takes it with one compare-exchange and releases it
-//! with a plain store (`biased_lock.rs`). As on
-//! streams, a message is committed once its first piece is published: when `try_send` or
+//! Clones share one producer behind a lock (the ring has exactly one producer; `lock.rs`):
+//! `try_send` does not wait for a clone that holds it, `send_timeout` waits no longer than its
+//! deadline. As on streams, a message is committed once its first piece is published: when `try_send` or
 //! `send_timeout` runs out of time part-way, the rest is kept and pushed before the next
 //! message, and the last clone's drop finishes it on a short-lived thread.
 //!
@@ -19,7 +18,7 @@ use rustix::event::PollFd;
 
 use crate::addr::Address;
 use crate::channel::encode_failure;
-use crate::flavors::biased_lock::BiasedLock;
+use crate::flavors::lock::{HandleLock, LockFail};
 use crate::flavors::shm::{ring_over, MAX_SLEEP};
 use crate::flavors::{Deadline, SendFail, Spin};
 use crate::handshake::{self, Hello};
@@ -39,10 +38,8 @@ pub(crate) struct ShmSender {
     conn: Arc<Holder>,
 }
 
-/// Owns the connection; its drop finishes a pending tail without blocking the caller. The
-/// lock is biased to the thread that sends most, which then takes it without a locked
-/// instruction (`biased_lock.rs`).
-struct Holder(BiasedLock<Slot>);
+/// Owns the connection; its drop finishes a pending tail without blocking the caller.
+struct Holder(HandleLock<Slot>);
 
 enum Slot {
     Live(SendConn),
@@ -87,7 +84,7 @@ impl ShmSender {
         }
         let claim = producer.claim_token();
         Ok(ShmSender {
-            conn: Arc::new(Holder(BiasedLock::new(Slot::Live(SendConn {
+            conn: Arc::new(Holder(HandleLock::new(Slot::Live(SendConn {
                 producer,
                 _map: map,
                 sock,
@@ -132,10 +129,8 @@ impl ShmSender {
     /// `[socket, memfd]` and the size limit, and leaves this
     /// handle (and its clones) unusable, without closing the ring.
     pub(crate) fn hand_off(&self) -> Result<(Vec<OwnedFd>, usize), Error> {
-        self.conn
-            .0
-            .with(hand_off)
-            .map_err(|e| Error::io("taking the sender for the child", e))?
+        let mut slot = self.conn.0.lock(Deadline::Never).map_err(LockFail::into_error)?;
+        hand_off(&mut slot)
     }
 
     /// Encodes one message with `encode` and pushes it into the ring.
@@ -144,10 +139,8 @@ impl ShmSender {
         deadline: Deadline,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<(), SendFail> {
-        self.conn
-            .0
-            .with(|slot| send_locked(slot, deadline, encode))
-            .unwrap_or_else(|e| Err(SendFail::Failed(SendFailure::Io(e))))
+        let mut slot = self.conn.0.lock(deadline).map_err(|f| (f, deadline))?;
+        send_locked(&mut slot, deadline, encode)
     }
 }
 
@@ -371,10 +364,7 @@ impl SendConn {
         }
         let remaining = deadline.remaining();
         if remaining.is_some_and(|d| d.is_zero()) {
-            return Err(match deadline {
-                Deadline::Now => SendFail::Full,
-                _ => SendFail::Timeout,
-            });
+            return Err(deadline.send_expired());
         }
         if self.producer.consumer_closed() {
             return Err(SendFail::Disconnected);

@@ -14,7 +14,7 @@ use rustix::event::{PollFd, PollFlags};
 use crate::addr::Address;
 use crate::codec::Decode;
 use crate::flavors::acceptor::{Acceptor, Mode};
-use crate::flavors::biased_lock::BiasedLock;
+use crate::flavors::lock::{HandleLock, LockFail};
 pub(crate) use crate::flavors::stream_send::StreamSender;
 use crate::flavors::{Deadline, RecvFail};
 use crate::frame::FrameReader;
@@ -47,9 +47,10 @@ pub(crate) fn pair(pipe: bool, opts: &Options) -> Result<(StreamSender, StreamRe
 
 /// The receiving half: every connection it serves, and the acceptor for bound addresses.
 pub(crate) struct StreamReceiver {
-    /// Biased to the thread that receives (`biased_lock.rs`); a `Deserialize` that receives
-    /// from its own receiver gets an error instead of deadlocking.
-    state: BiasedLock<RecvState>,
+    /// Held by the thread receiving (`lock.rs`): `try_recv` on another thread reports
+    /// `Empty` instead of waiting for it, and a `Deserialize` that receives from its own
+    /// receiver gets an error instead of deadlocking.
+    state: HandleLock<RecvState>,
     acceptor: Option<Acceptor>,
     /// The stream's kind, for anonymous and inherited receivers.
     kind: Option<StreamKind>,
@@ -106,7 +107,7 @@ impl StreamReceiver {
     pub(crate) fn from_fd(fd: OwnedFd, kind: StreamKind, opts: &Options) -> Result<Self, Error> {
         sys::set_nonblocking(&fd).map_err(|e| Error::io("configuring the stream", e))?;
         Ok(StreamReceiver {
-            state: BiasedLock::new(RecvState {
+            state: HandleLock::new(RecvState {
                 conns: vec![RecvConn::new(fd, opts.max_message_size)],
                 next: 0,
                 ever_connected: true,
@@ -119,27 +120,23 @@ impl StreamReceiver {
 
     /// A close-on-exec duplicate of an anonymous receiver's stream, for a child process.
     pub(crate) fn duplicate(&self) -> Result<(OwnedFd, StreamKind, usize), Error> {
-        self.state
-            .with(|state| {
-                let (Some(kind), [conn]) = (self.kind, &state.conns[..]) else {
-                    return Err(Error::Unsupported {
-                        what: "passing a bound receiver to another process (bind in the child \
-                               instead)"
-                            .to_string(),
-                    });
-                };
-                if conn.reader.mid_message() {
-                    return Err(Error::Unsupported {
-                        what: "passing a receiver that has already buffered data".to_string(),
-                    });
-                }
-                let fd = conn
-                    .fd
-                    .try_clone()
-                    .map_err(|e| Error::io("duplicating the receiver's descriptor", e))?;
-                Ok((fd, kind, state.limit))
-            })
-            .unwrap_or_else(|e| Err(Error::io("locking the receiver", e)))
+        let state = self.state.lock(Deadline::Never).map_err(LockFail::into_error)?;
+        let (Some(kind), [conn]) = (self.kind, &state.conns[..]) else {
+            return Err(Error::Unsupported {
+                what: "passing a bound receiver to another process (bind in the child instead)"
+                    .to_string(),
+            });
+        };
+        if conn.reader.mid_message() {
+            return Err(Error::Unsupported {
+                what: "passing a receiver that has already buffered data".to_string(),
+            });
+        }
+        let fd = conn
+            .fd
+            .try_clone()
+            .map_err(|e| Error::io("duplicating the receiver's descriptor", e))?;
+        Ok((fd, kind, state.limit))
     }
 
     /// Binds a `unix:` or `tcp:` address and starts accepting senders of `T`.
@@ -147,7 +144,7 @@ impl StreamReceiver {
         let mine = Hello::for_type::<T>(opts.max_message_size);
         let acceptor = Acceptor::bind(addr, parsed, mine, Mode::Stream)?;
         Ok(StreamReceiver {
-            state: BiasedLock::new(RecvState {
+            state: HandleLock::new(RecvState {
                 conns: Vec::new(),
                 next: 0,
                 ever_connected: false,
@@ -168,9 +165,8 @@ impl StreamReceiver {
         deadline: Deadline,
         decode: &mut Decode<'_>,
     ) -> Result<(), RecvFail> {
-        self.state
-            .with(|state| state.recv(self.acceptor.as_ref(), deadline, decode))
-            .unwrap_or_else(|e| Err(RecvFail::Io(e)))
+        let mut state = self.state.lock(deadline).map_err(|f| (f, deadline))?;
+        state.recv(self.acceptor.as_ref(), deadline, decode)
     }
 }
 
@@ -200,10 +196,7 @@ impl RecvState {
             // Past the deadline, one look at what is ready (made above) is all we owe: peers
             // that keep streaming bytes must not hold the caller beyond it.
             if polled && timeout.is_some_and(|t| t.is_zero()) {
-                return Err(match deadline {
-                    Deadline::Now => RecvFail::Empty,
-                    _ => RecvFail::Timeout,
-                });
+                return Err(deadline.recv_expired());
             }
             self.poll(acceptor, timeout).map_err(RecvFail::Io)?;
             polled = true;

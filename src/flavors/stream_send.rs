@@ -1,9 +1,10 @@
 //! The sending half of the stream flavor: framing a message and writing it whole.
 //!
-//! Clones of a sender share one connection behind a lock ([`BiasedLock`]) and write each
-//! message while holding it, so pieces of two messages never interleave. The lock also
-//! refuses a use from inside a use: a `Serialize` that sends through its own sender gets an
-//! error instead of deadlocking.
+//! Clones of a sender share one connection behind a lock ([`HandleLock`]) and write each
+//! message while holding it, so pieces of two messages never interleave. `try_send` does not
+//! wait for a clone that holds it (it reports `Full`), `send_timeout` waits no longer than
+//! its deadline, and a `Serialize` that sends through its own sender gets an error instead of
+//! deadlocking.
 //!
 //! A message is committed once its first byte is written: taking it back would tear the
 //! stream. So when `try_send` or `send_timeout` runs out of time part-way through a message,
@@ -19,7 +20,8 @@ use std::sync::Arc;
 
 use crate::addr::Address;
 use crate::channel::encode_failure;
-use crate::flavors::biased_lock::BiasedLock;
+use crate::flavors::lock::HandleLock;
+use crate::flavors::lock::LockFail;
 use crate::flavors::{Deadline, SendFail};
 use crate::frame::{self, HEADER, PIECE_MAX};
 use crate::handshake::{self, Hello};
@@ -32,7 +34,7 @@ const IOV_MAX: usize = 1024;
 /// The sending half of a stream connection, shared by clones.
 #[derive(Clone)]
 pub(crate) struct StreamSender {
-    conn: Arc<BiasedLock<SendConn>>,
+    conn: Arc<HandleLock<SendConn>>,
 }
 
 struct SendConn {
@@ -60,7 +62,7 @@ impl StreamSender {
                 .map_err(|e| Error::io("setting the socket's send buffer", e))?;
         }
         Ok(StreamSender {
-            conn: Arc::new(BiasedLock::new(SendConn {
+            conn: Arc::new(HandleLock::new(SendConn {
                 fd,
                 kind,
                 limit: opts.max_message_size,
@@ -89,20 +91,17 @@ impl StreamSender {
 
     /// A close-on-exec duplicate of the connection, for inheritance by a child process.
     pub(crate) fn duplicate(&self) -> Result<(OwnedFd, StreamKind, usize), Error> {
-        self.conn
-            .with(|conn| {
-                if conn.tail_done < conn.tail.len() {
-                    return Err(Error::Unsupported {
-                        what: "passing a sender that is part-way through a message".to_string(),
-                    });
-                }
-                let fd = conn
-                    .fd
-                    .try_clone()
-                    .map_err(|e| Error::io("duplicating the sender's descriptor", e))?;
-                Ok((fd, conn.kind, conn.limit))
-            })
-            .unwrap_or_else(|e| Err(Error::io("locking the sender", e)))
+        let conn = self.conn.lock(Deadline::Never).map_err(LockFail::into_error)?;
+        if conn.tail_done < conn.tail.len() {
+            return Err(Error::Unsupported {
+                what: "passing a sender that is part-way through a message".to_string(),
+            });
+        }
+        let fd = conn
+            .fd
+            .try_clone()
+            .map_err(|e| Error::io("duplicating the sender's descriptor", e))?;
+        Ok((fd, conn.kind, conn.limit))
     }
 
     /// Encodes one message with `encode` into the connection's buffer and writes it.
@@ -111,9 +110,8 @@ impl StreamSender {
         deadline: Deadline,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<(), SendFail> {
-        self.conn
-            .with(|conn| conn.send(deadline, encode))
-            .unwrap_or_else(|e| Err(SendFail::Failed(SendFailure::Io(e))))
+        let mut conn = self.conn.lock(deadline).map_err(|f| (f, deadline))?;
+        conn.send(deadline, encode)
     }
 }
 
@@ -288,10 +286,7 @@ fn write_all(
                     _ => sys::wait_writable(fd, wait)?,
                 };
                 if !ready && deadline.remaining().is_some_and(|d| d.is_zero()) {
-                    return Err(match deadline {
-                        Deadline::Now => SendFail::Full,
-                        _ => SendFail::Timeout,
-                    });
+                    return Err(deadline.send_expired());
                 }
             }
             Err(e) => return Err(e.into()),

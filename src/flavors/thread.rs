@@ -177,34 +177,63 @@ fn recv_one<T>(rx: &cb::Receiver<T>, deadline: Deadline) -> Result<T, RecvFail> 
 }
 
 impl<T> Named<T> {
+    /// Receives from the live generation. The state's lock is held only to look at or change
+    /// which generation is live, never while waiting, so threads sharing the receiver wait
+    /// in crossbeam, each within its own deadline.
     fn recv(&self, deadline: Deadline) -> Result<T, RecvFail> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(rx) = state.current.as_ref() {
-                match recv_one(rx, deadline) {
-                    Err(RecvFail::Disconnected) => state.current = None,
-                    other => return other,
+            let rx = self.live(deadline)?;
+            match recv_one(&rx, deadline) {
+                Err(RecvFail::Disconnected) => self.retire(&rx),
+                other => return other,
+            }
+        }
+    }
+
+    /// The live generation: the current one, else the next one a sender started.
+    /// `Disconnected` when none is left after a sender has connected; before the first
+    /// sender, waits for it within the deadline.
+    fn live(&self, deadline: Deadline) -> Result<cb::Receiver<T>, RecvFail> {
+        loop {
+            {
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(rx) = &state.current {
+                    return Ok(rx.clone());
+                }
+                match self.generations.try_recv() {
+                    Ok(rx) => {
+                        state.current = Some(rx.clone());
+                        state.ever_connected = true;
+                        return Ok(rx);
+                    }
+                    Err(_) if state.ever_connected => return Err(RecvFail::Disconnected),
+                    Err(_) => {}
                 }
             }
-            // No live generation: take the next one if a sender has connected since.
-            let next = match self.generations.try_recv() {
-                Ok(rx) => rx,
-                Err(_) if state.ever_connected => return Err(RecvFail::Disconnected),
-                // Nobody has connected yet: wait for the first sender within the deadline.
-                Err(_) => match deadline {
-                    Deadline::Now => return Err(RecvFail::Empty),
-                    Deadline::Never => self
-                        .generations
-                        .recv()
-                        .map_err(|_| RecvFail::Disconnected)?,
-                    Deadline::At(at) => self
-                        .generations
-                        .recv_deadline(at)
-                        .map_err(|_| RecvFail::Timeout)?,
-                },
+            // Nobody has connected yet: wait (outside the lock) until a first generation is
+            // there to take, then take it above, where the generations stay in order.
+            let mut ready = cb::Select::new();
+            ready.recv(&self.generations);
+            let arrived = match deadline {
+                Deadline::Now => false,
+                Deadline::At(at) => ready.ready_deadline(at).is_ok(),
+                Deadline::Never => {
+                    ready.ready();
+                    true
+                }
             };
-            state.current = Some(next);
-            state.ever_connected = true;
+            if !arrived {
+                return Err(deadline.recv_expired());
+            }
+        }
+    }
+
+    /// Moves on from `done`, a generation whose senders are all gone and which is drained
+    /// (unless another thread already has).
+    fn retire(&self, done: &cb::Receiver<T>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.current.as_ref().is_some_and(|c| c.same_channel(done)) {
+            state.current = None;
         }
     }
 }

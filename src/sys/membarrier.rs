@@ -11,10 +11,6 @@
 //! a registered producer needs only a compiler fence (liburcu's "memb" flavour and folly's
 //! `asymmetricHeavyBarrier` use the same pairing).
 //!
-//! The same pairing within one process, `MEMBARRIER_CMD_PRIVATE_EXPEDITED`, lets the biased
-//! lock's owner enter with a plain store and a compiler fence while a thread that takes the
-//! lock from it pays for the barrier (`flavors/biased_lock.rs`).
-//!
 //! Registration is per address space and this code does not count on a `fork()` child
 //! inheriting it, so it is redone (and cached) per fork generation.
 
@@ -26,9 +22,6 @@ use super::forks;
 
 /// `forks::generation() + 1` when this process last registered; 0 when never.
 static REGISTERED: AtomicU64 = AtomicU64::new(0);
-/// For private expedited barriers (the biased lock): `(generation + 1) << 1`, plus 1 when
-/// registering succeeded in that generation; 0 before the first answer.
-static REGISTERED_PRIVATE: AtomicU64 = AtomicU64::new(0);
 /// Set once a heavy fence failed in this process: its sleeps are then kept short.
 static HEAVY_FAILED: AtomicBool = AtomicBool::new(false);
 
@@ -36,39 +29,6 @@ static HEAVY_FAILED: AtomicBool = AtomicBool::new(false);
 /// when it is registered: a producer here may then publish with a compiler fence only.
 pub(crate) fn register_producer() -> bool {
     register_once(&REGISTERED, MembarrierCommand::RegisterGlobalExpedited)
-}
-
-/// Whether this process is registered for expedited private barriers: registers once per
-/// fork generation and keeps the answer, success or failure, for the whole generation, so
-/// every caller in it gets the same one. (The biased lock relies on that: its owner and a
-/// revoker must agree on who runs the barrier.) True: [`private_fence`] works in this
-/// process until it forks.
-pub(crate) fn private_registered() -> bool {
-    let tag = (forks::generation() + 1) << 1;
-    loop {
-        // Relaxed: a process-local cache of a syscall's result; the compare-exchange below
-        // makes one answer per generation win, whatever the order of the threads.
-        let seen = REGISTERED_PRIVATE.load(Ordering::Relaxed);
-        if seen & !1 == tag {
-            return seen & 1 == 1;
-        }
-        let ok = membarrier(MembarrierCommand::RegisterPrivateExpedited).is_ok();
-        let answer = tag | u64::from(ok);
-        // Relaxed: as above. If another thread answered first, its answer stands.
-        if REGISTERED_PRIVATE
-            .compare_exchange(seen, answer, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            return ok;
-        }
-    }
-}
-
-/// A full barrier on every running thread of this process (threads not running pass one
-/// before they run again). Fails only when the process is not registered
-/// ([`private_registered`] false in this fork generation).
-pub(crate) fn private_fence() -> std::io::Result<()> {
-    membarrier(MembarrierCommand::PrivateExpedited).map_err(Into::into)
 }
 
 /// Runs the registration `command` once per fork generation, remembering success in `cache`
