@@ -1,5 +1,7 @@
 //! The ring's reading side: poll the header word at our position, check it, copy the
-//! payload out, and hand consumed bytes back in batches (see the frame format in `core.rs`).
+//! payload out, and hand the consumed bytes back at once (see the frame format in `core.rs`);
+//! whether the producer sleeps and needs a wake-up is checked with a fence only once a batch
+//! has gathered, when it says it waits, or when the ring runs dry.
 
 use super::core::{
     align8, Ring, RingError, FLAG_COMMIT, FLAG_LAST, FLAG_MASK, FLAG_PAD, FRAME_HEADER,
@@ -23,10 +25,11 @@ pub(crate) enum Pop {
 /// The reading side. Exactly one per ring.
 pub(crate) struct Consumer {
     ring: Ring,
-    /// Our copy of `tail`: the bytes we have consumed. Only we write the shared one.
+    /// Our copy of `tail`: the bytes we have consumed. Only we write the shared one, after
+    /// every frame.
     tail: u64,
-    /// The `tail` we last stored in the header (handed back to the producer).
-    released: u64,
+    /// Our `tail` when we last checked, behind a fence, whether the producer sleeps.
+    checked: u64,
     /// The largest message we accept, in bytes.
     limit: usize,
 }
@@ -43,12 +46,12 @@ impl Consumer {
         Ok(Consumer {
             ring,
             tail,
-            released: tail,
+            checked: tail,
             limit,
         })
     }
 
-    /// The bytes consumed so far (our `tail`; the header's may lag by a batch).
+    /// The bytes consumed so far (our `tail`, as stored in the header).
     #[cfg(fuzzing)]
     pub(crate) fn consumed(&self) -> u64 {
         self.tail
@@ -155,36 +158,52 @@ impl Consumer {
         }
     }
 
-    /// Marks `bytes` consumed, and hands them back to the producer once a batch has
-    /// gathered; true when the producer sleeps and must be woken.
+    /// Marks `bytes` consumed and hands them back to the producer; true when the producer
+    /// sleeps and must be woken.
+    ///
+    /// The store is cheap while the producer does not look (it reads `tail` only when its
+    /// cached copy says the ring is full), and it lets one receive from a full ring make room
+    /// for the next send at once. Telling whether the producer sleeps is what costs: the
+    /// wake-up Dekker needs a SeqCst fence after the store, which waits for the store buffer
+    /// to drain. That runs only once a batch of bytes has gathered since the last check, or
+    /// when a plain load finds the producer announcing a sleep, or when the ring runs dry
+    /// (`hand_back`): the producer sleeps only after spinning, and a sleeping producer is
+    /// woken by whichever comes first.
     #[inline]
     fn release(&mut self, bytes: usize) -> bool {
         self.tail = self.tail.wrapping_add(bytes as u64);
+        let h = self.ring.header();
+        // SYNC POINT: Release pairs with the producer's Acquire load of `tail` in
+        // `Producer::reload_tail`: we are done reading the space we give back.
+        h.tail.store(self.tail, Ordering::Release);
         let batch = (self.ring.capacity as u64 / 4).min(RELEASE_BATCH);
-        self.tail.wrapping_sub(self.released) >= batch && self.hand_back()
+        // Relaxed: a hint only; the check that counts is `hand_back`'s, behind its fence.
+        if self.tail.wrapping_sub(self.checked) >= batch
+            || h.producer_waiting.load(Ordering::Relaxed) == 1
+        {
+            return self.hand_back();
+        }
+        false
     }
 
-    /// Stores our `tail` in the header if it moved; true when the producer sleeps and must
-    /// be woken.
+    /// Checks, behind a fence, whether the producer sleeps waiting for the bytes consumed
+    /// since the last check; true when it must be woken.
     fn hand_back(&mut self) -> bool {
-        if self.released == self.tail {
+        if self.checked == self.tail {
             return false;
         }
-        self.released = self.tail;
-        let h = self.ring.header();
-        // SYNC POINT: Release pairs with the producer's Acquire load of `tail` in `has_room`:
-        // we are done reading the space we give back.
-        h.tail.store(self.tail, Ordering::Release);
-        // Dekker with `Producer::prepare_wait` (store tail, fence, load waiting).
+        self.checked = self.tail;
+        // Dekker with `Producer::prepare_wait` (store waiting, fence, load tail): our store of
+        // `tail` in `release`, this fence, then the load of waiting.
         fence(Ordering::SeqCst);
-        h.producer_waiting.load(Ordering::Relaxed) == 1
+        self.ring.header().producer_waiting.load(Ordering::Relaxed) == 1
     }
 
     /// Announces a sleep on an empty ring. Returns false if something was published (or the
     /// producer closed) meanwhile: then do not sleep. Call `end_wait` after sleeping.
     ///
-    /// Call it after `try_pop` returned `Empty`, which hands every consumed byte back; if
-    /// some were consumed since, it returns false (do not sleep: the producer may be waiting
+    /// Call it after `try_pop` returned `Empty`, which checks for a sleeping producer; if
+    /// bytes were consumed since, it returns false (do not sleep: the producer may be waiting
     /// for them, and only `try_pop` reports the wake-up it needs).
     #[cfg(any(fuzzing, loom))]
     pub(crate) fn prepare_wait(&mut self) -> Result<bool, RingError> {
@@ -199,7 +218,7 @@ impl Consumer {
         &mut self,
         heavy_fence: impl FnOnce(),
     ) -> Result<bool, RingError> {
-        if self.released != self.tail {
+        if self.checked != self.tail {
             return Ok(false);
         }
         let h = self.ring.header();

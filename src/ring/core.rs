@@ -48,11 +48,12 @@ pub(super) const FLAG_MASK: u32 = 7;
 /// while the producer writes the next (measured: 1 MiB messages 13% faster than with
 /// half-ring pieces, and the consumer sleeps far less often).
 pub(super) const MAX_PIECE: usize = 64 * 1024;
-/// The consumer hands consumed bytes back in batches of this many (at most a quarter of the
-/// ring), and whenever it finds the ring empty. Each hand-back is a store to a line the
-/// producer reads and a SeqCst fence (the wake-up Dekker), which waits for that store to
-/// leave the core: per message it cost about a quarter of the consumer's time at 8 bytes,
-/// and in a round trip it sat on the critical path before the reply.
+/// The consumer checks whether the producer sleeps (the wake-up Dekker's SeqCst fence) once
+/// this many bytes (at most a quarter of the ring) have been consumed since it last did, and
+/// whenever it finds the ring empty; it stores `tail` after every frame. A fence per frame
+/// waits for the `tail` store to leave the core: per message it cost about a quarter of the
+/// consumer's time at 8 bytes, and in a round trip it sat on the critical path before the
+/// reply.
 pub(super) const RELEASE_BATCH: u64 = 4096;
 
 /// Why a ring cannot be used. The connection that owns it is dropped.

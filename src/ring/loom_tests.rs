@@ -123,19 +123,21 @@ fn loom_full_and_empty_edges() {
 }
 
 #[test]
-fn loom_small_frames_handed_back_in_batches() {
-    // 408-byte frames: the consumer hands space back once 1 KiB has gathered (three frames)
-    // or when it finds the ring empty, not after each frame; eleven of them overfill the
-    // 4 KiB ring, so the producer must sleep until one of those hand-backs wakes it.
+fn loom_small_frames_wake_checks_in_batches() {
+    // 408-byte frames: the consumer hands each frame's space back at once, but checks behind
+    // a fence whether the producer sleeps only once 1 KiB has gathered (three frames), when
+    // a plain load shows it waiting, or when it finds the ring empty; eleven frames overfill
+    // the 4 KiB ring, so the producer must sleep until one of those checks wakes it.
     loom::model(|| run((0..11).map(|i| msg(i, 400)).collect()));
 }
 
 #[test]
-fn loom_an_empty_ring_hands_back_what_a_batch_did_not() {
-    // After the first frame (2000 bytes, handed back at once) the second (900 bytes) stays
-    // under the 1 KiB batch; the third needs 1196 bytes of padding to the end plus 2048 (and 8
-    // for the next header), more than the 3196 the producer sees free. Only the hand-back
-    // when the consumer finds the ring empty (before it sleeps) lets the producer go on.
+fn loom_an_empty_ring_checks_what_a_batch_did_not() {
+    // After the first frame (2000 bytes, a batch: checked at once) the second (900 bytes)
+    // stays under the 1 KiB batch; the third needs 1196 bytes of padding to the end plus 2048
+    // (and 8 for the next header), more than the 3196 the producer may see free. If the
+    // producer sleeps for it, only the check when the consumer finds the ring empty (before
+    // it sleeps itself) wakes it.
     loom::model(|| run(vec![msg(0, 1992), msg(1, 892), msg(2, 2040)]));
 }
 

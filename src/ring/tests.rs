@@ -78,35 +78,22 @@ fn full_and_empty_edges() {
         ));
     }
     assert_eq!(p.try_push(&[0; 8], true).unwrap(), Push::Full);
-    // Consumed bytes go back to the producer in batches of a quarter of this small ring
-    // (1 KiB, 64 frames): until then it stays full (16 bytes free, 24 needed).
-    let batch = CAP / 4 / 16;
-    for i in 0..batch {
+    // Each frame taken is handed back at once: one pop from a full ring makes room for the
+    // next push of the same size (16 bytes were free, 24 needed, 16 more freed).
+    for i in 0..3u64 {
         buf.clear();
         assert!(matches!(
             c.try_pop(&mut buf).unwrap(),
             Pop::Piece { last: true, .. }
         ));
-        assert_eq!(buf, (i as u64).to_le_bytes());
-        let room = p.try_push(&[1; 8], true).unwrap();
-        if i + 1 < batch {
-            assert_eq!(room, Push::Full, "handed back after {} frames", i + 1);
-        } else {
-            assert!(
-                matches!(room, Push::Done { .. }),
-                "a full batch is handed back"
-            );
-        }
+        assert_eq!(buf, i.to_le_bytes());
+        assert!(
+            matches!(p.try_push(&[1; 8], true).unwrap(), Push::Done { .. }),
+            "room after taking frame {i}"
+        );
+        assert_eq!(p.try_push(&[0; 8], true).unwrap(), Push::Full);
     }
-    // Room for batch - 1 more (1040 bytes were free); then full again.
-    for _ in 1..batch {
-        assert!(matches!(
-            p.try_push(&[1; 8], true).unwrap(),
-            Push::Done { .. }
-        ));
-    }
-    assert_eq!(p.try_push(&[0; 8], true).unwrap(), Push::Full);
-    // A consumer that finds the ring empty hands back everything it consumed.
+    // Draining the ring frees all of it.
     let mut popped = 0;
     loop {
         buf.clear();
