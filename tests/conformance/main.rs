@@ -14,6 +14,7 @@ mod disconnect;
 mod errors;
 mod messages;
 mod setup;
+mod sharing;
 
 /// Expands `module::scenario` into a module of tests, one per listed setup (every setup
 /// when none are listed).
@@ -76,3 +77,20 @@ conformance!(messages::larger_than_the_buffer);
 
 // 10: constructor errors.
 bound!(errors::connect_errors);
+
+// 13, 14, 15: one end shared between threads; room after one receive. Grouped under
+// `sharing_tests::` so that `cargo test --test conformance sharing` selects them.
+mod sharing_tests {
+    conformance!(sharing::try_send_beside_a_blocked_send);
+    conformance!(sharing::try_send_beside_a_blocked_send_timeout);
+    conformance!(sharing::try_send_on_a_shared_blocked_sender);
+    conformance!(sharing::send_timeout_beside_a_blocked_send);
+    conformance!(sharing::send_timeout_on_a_shared_blocked_sender);
+    conformance!(sharing::try_recv_beside_a_blocked_recv);
+    conformance!(sharing::try_recv_beside_a_blocked_recv_timeout);
+    conformance!(sharing::recv_timeout_beside_a_blocked_recv);
+    conformance!(sharing::recv_timeout_beside_a_blocked_recv_timeout);
+    conformance!(sharing::shared_receiver_takes_each_message_once);
+    conformance!(sharing::one_recv_makes_room);
+    stream!(sharing::request_ack_across_processes);
+}
