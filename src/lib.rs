@@ -112,15 +112,38 @@ mod codec;
 mod err;
 mod flavors;
 mod frame;
-#[cfg(fuzzing)]
-#[doc(hidden)]
-pub mod fuzz;
 mod handshake;
 mod inherit;
 mod options;
 mod ring;
 mod sync;
 mod sys;
+
+// Property drivers beside what they test (more in `ring/`), run by `cargo test` and by the
+// cargo-fuzz targets in `fuzz/`.
+#[cfg(any(test, fuzzing))]
+mod codec_fuzz;
+#[cfg(any(test, fuzzing))]
+mod frame_fuzz;
+#[cfg(test)]
+mod fuzz_replay;
+#[cfg(any(test, fuzzing))]
+mod fuzz_support;
+#[cfg(any(test, fuzzing))]
+mod handshake_fuzz;
+
+/// The property drivers for the cargo-fuzz targets in `fuzz/`, which are one-line shims over
+/// these functions (tokio's pattern). Not part of the API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz {
+    pub use crate::codec_fuzz::codec;
+    pub use crate::frame_fuzz::frame_decode;
+    pub use crate::fuzz_support::Counting;
+    pub use crate::handshake_fuzz::handshake;
+    pub use crate::ring::fuzz_hostile::hostile_ring;
+    pub use crate::ring::fuzz_ops::ring_ops;
+}
 
 pub use channel::{channel, channel_with, Backend, Receiver, Sender};
 pub use err::{

@@ -1,4 +1,4 @@
-//! Thin shim: the driver is `conduit::fuzz::frame_decode` (src/fuzz.rs), built under `--cfg fuzzing`.
+//! Thin shim: the driver is `conduit::fuzz::frame_decode` (src/frame_fuzz.rs), built under `--cfg fuzzing`.
 #![no_main]
 
 /// Counts live bytes so the driver can assert its memory bounds.

@@ -1,4 +1,4 @@
-//! Thin shim: the driver is `conduit::fuzz::hostile_ring` (src/fuzz/hostile_ring.rs), built under `--cfg fuzzing`.
+//! Thin shim: the driver is `conduit::fuzz::hostile_ring` (src/ring/fuzz_hostile.rs), built under `--cfg fuzzing`.
 #![no_main]
 
 /// Counts live bytes so the driver can assert its memory bounds.

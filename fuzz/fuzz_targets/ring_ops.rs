@@ -1,4 +1,4 @@
-//! Thin shim: the driver is `conduit::fuzz::ring_ops` (src/fuzz/ring_ops.rs), built under `--cfg fuzzing`.
+//! Thin shim: the driver is `conduit::fuzz::ring_ops` (src/ring/fuzz_ops.rs), built under `--cfg fuzzing`.
 #![no_main]
 
 /// Counts live bytes so the driver can assert its memory bounds.

@@ -15,10 +15,18 @@ mod tests;
 #[cfg(all(test, loom))]
 mod loom_tests;
 
+// The property drivers (fuzz targets `hostile_ring` and `ring_ops`) and what they share.
+#[cfg(any(test, fuzzing))]
+mod fuzz_common;
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzz_hostile;
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzz_ops;
+
 #[cfg(any(test, fuzzing))]
 pub(crate) use self::heap::HeapRing;
 
-/// A ring over heap memory, for unit tests, Miri, loom models and the fuzz drivers.
+/// A ring over heap memory, for unit tests, Miri, loom models and the property drivers.
 #[cfg(any(test, fuzzing))]
 mod heap {
     use std::ptr::NonNull;

@@ -1,5 +1,6 @@
-//! What both ring drivers share (`hostile_ring`, `ring_ops`): the fuzzed ring's size and
-//! helpers that read header words and payload bytes out of its data region.
+//! What both ring property drivers share (`hostile_ring` in `fuzz_hostile.rs`, `ring_ops` in
+//! `fuzz_ops.rs`): the fuzzed ring's size, helpers that read header words and payload bytes
+//! out of its data region, and the two consumer calls whose build gates differ.
 //!
 //! The frame format the drivers check is the one in the module doc of `ring::core`: an
 //! 8-byte little-endian header word `len | stamp << 32` (stamp: the frame's position, low 32
@@ -7,8 +8,8 @@
 //! payload padded to 8 bytes. The header is the commit: the consumer polls the word at its
 //! own position and never reads `head`.
 
-use crate::ring::core::FRAME_HEADER;
-use crate::ring::HeapRing;
+use super::core::{Consumer, RingError, FRAME_HEADER};
+use super::HeapRing;
 
 /// Data bytes of the fuzzed rings: the smallest capacity, so wrap-around is frequent.
 pub(super) const CAP: usize = 4096;
@@ -40,4 +41,26 @@ pub(super) fn bytes_at(ring: &HeapRing, off: usize, len: usize) -> Vec<u8> {
     // SAFETY: `off + len <= CAP` (asserted); single-threaded, so nobody writes meanwhile.
     unsafe { std::ptr::copy_nonoverlapping(ring.data_ptr().add(off), held.as_mut_ptr(), len) };
     held
+}
+
+/// Asserts that the consumer's own position is `pos`, the position the driver worked out
+/// from the frame format. `Consumer::consumed` is compiled only under `cfg(fuzzing)`: in a
+/// unit test build the driver's own count stands alone, and a consumer at another position
+/// shows only when it reads another header word than the driver expects.
+pub(super) fn assert_consumed(consumer: &Consumer, pos: u64, what: &str) {
+    #[cfg(fuzzing)]
+    assert_eq!(consumer.consumed(), pos, "{what}");
+    #[cfg(not(fuzzing))]
+    let _ = (consumer, pos, what);
+}
+
+/// `Consumer::prepare_wait`: announces a sleep with no heavy fence (the drivers' producers
+/// never publish light; a hostile one that sets the flag has no process to fence). That
+/// method is compiled only under `cfg(fuzzing)` or loom; `prepare_wait_with` is the same
+/// call in every build.
+pub(super) fn prepare_wait(consumer: &mut Consumer) -> Result<bool, RingError> {
+    #[cfg(fuzzing)]
+    return consumer.prepare_wait();
+    #[cfg(not(fuzzing))]
+    consumer.prepare_wait_with(|| {})
 }

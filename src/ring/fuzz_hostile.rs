@@ -1,13 +1,15 @@
-//! The hostile-producer driver `hostile_ring`: the input writes anything a peer can into a
-//! 4 KiB heap ring (`ring::HeapRing`) and the real consumer's every result is checked against
-//! what the frame format (see `super::ring`) says the ring holds at its position.
+//! The hostile-producer property driver `hostile_ring`: the input writes anything a peer can
+//! into a 4 KiB heap ring (`ring::HeapRing`) and the real consumer's every result is checked
+//! against what the frame format (see `fuzz_common.rs`) says the ring holds at its position.
+//! Compiled for unit tests and under `--cfg fuzzing`, where the cargo-fuzz target
+//! `hostile_ring` calls it through `conduit::fuzz`.
 
-use super::ring::{align8, bytes_at, offset, word_at, CAP};
-use super::{pick_limit, Input, Watch};
-use crate::ring::core::{
+use super::core::{
     header_word, Consumer, Pop, RingError, FLAG_COMMIT, FLAG_LAST, FLAG_PAD, FRAME_HEADER,
 };
-use crate::ring::HeapRing;
+use super::fuzz_common::{align8, assert_consumed, bytes_at, offset, prepare_wait, word_at, CAP};
+use super::HeapRing;
+use crate::fuzz_support::{pick_limit, Input, Watch};
 use crate::sync::Ordering::Relaxed;
 
 /// A header word as a hostile producer may write it: any length, any stamp.
@@ -142,13 +144,13 @@ struct Outcome {
 /// producer lays them out (padding included, the next slot cleared or not), payload bytes,
 /// the closed flag and the control block's other words (`head` above all, which the consumer
 /// no longer reads), in any order, changing them between the consumer's reads. Every result
-/// of the consumer is checked against what the ring holds at its position, read before it
-/// looks: a piece exactly as the committed frame there (length, flags, bytes, and the
-/// position it moves to), `Empty` only with nothing committed and the flag clear, `Closed`
-/// only with nothing committed and the flag set, `TooLarge` only for a valid piece over the
-/// limit, and `Corrupted` only for a committed word no honest producer writes — never a
-/// panic, a piece over half the ring, a message over the limit, or memory beyond twice what
-/// it delivered.
+/// of the consumer is checked against what the ring holds where the frame format says the
+/// consumer is (the driver follows its position from the start), read before it looks: a
+/// piece exactly as the committed frame there (length, flags, bytes, and the position it
+/// moves to), `Empty` only with nothing committed and the flag clear, `Closed` only with
+/// nothing committed and the flag set, `TooLarge` only for a valid piece over the limit, and
+/// `Corrupted` only for a committed word no honest producer writes — never a panic, a piece
+/// over half the ring, a message over the limit, or memory beyond twice what it delivered.
 pub fn hostile_ring(data: &[u8]) {
     hostile_run(data);
 }
@@ -164,21 +166,29 @@ fn hostile_run(data: &[u8]) -> Outcome {
         h.tail.store(start, Relaxed);
         h.head.store(start, Relaxed);
     }
+    // Where the consumer reads next: the header's `tail` when it attaches, then past each
+    // padding and piece frame it takes.
+    let mut tail = h.tail.load(Relaxed);
     let mut consumer = match Consumer::new(ring.ring(), limit) {
         Ok(c) => c,
         Err(RingError::Corrupted(_)) => return Outcome::default(),
         Err(e) => panic!("attaching can only fail as corrupted, not {e:?}"),
     };
+    assert_consumed(
+        &consumer,
+        tail,
+        "the consumer did not start at the header's tail",
+    );
     let watch = Watch::start();
     let mut out: Vec<u8> = Vec::new();
     let mut delivered = 0usize;
     let mut outcome = Outcome::default();
-    let mut check_pop = |consumer: &mut Consumer| -> Result<Pop, RingError> {
+    let mut check_pop = |consumer: &mut Consumer, tail: &mut u64| -> Result<Pop, RingError> {
         let before = out.len();
         let closed = h.producer_closed.load(Relaxed) != 0;
         // What the ring says the consumer must do, worked out before it looks: at most one
         // padding frame, then the word at offset 0 (where padding is refused).
-        let mut at = consumer.consumed();
+        let mut at = *tail;
         let mut want = expect(word_at(&ring, offset(at)), at, before, limit);
         if let Expect::Pad(n) = want {
             at = at.wrapping_add(n);
@@ -198,10 +208,11 @@ fn hostile_run(data: &[u8]) -> Outcome {
                 assert!(got <= CAP / 2, "a piece of {got} bytes");
                 assert!(out.len() <= limit, "{} bytes over {limit}", out.len());
                 let need = FRAME_HEADER + align8(len);
-                assert_eq!(
-                    consumer.consumed(),
-                    at.wrapping_add(need as u64),
-                    "the consumer did not move exactly past the frame"
+                *tail = at.wrapping_add(need as u64);
+                assert_consumed(
+                    consumer,
+                    *tail,
+                    "the consumer did not move exactly past the frame",
                 );
                 let held = bytes_at(&ring, offset(at) + FRAME_HEADER, len);
                 assert_eq!(&out[before..], &held[..], "bytes that are not in the ring");
@@ -238,7 +249,8 @@ fn hostile_run(data: &[u8]) -> Outcome {
         if !matches!(popped, Ok(Pop::Piece { .. })) {
             assert_eq!(out.len(), before, "bytes delivered without a piece");
             if popped.is_ok() {
-                assert_eq!(consumer.consumed(), at, "moved without taking a frame");
+                *tail = at;
+                assert_consumed(consumer, at, "moved without taking a frame");
             }
         }
         let bound = 2 * delivered.min(limit) + 64 + CAP;
@@ -250,7 +262,7 @@ fn hostile_run(data: &[u8]) -> Outcome {
         popped
     };
     // Where this producer lays its next whole frame (op 3), as an honest one would.
-    let mut cursor = consumer.consumed();
+    let mut cursor = tail;
     while !input.is_empty() {
         let op = input.u8() % 10;
         match op {
@@ -269,7 +281,7 @@ fn hostile_run(data: &[u8]) -> Outcome {
             1 => {
                 // A header word stamped for a frame position (the consumer's or another),
                 // any flags, the commit bit set or not.
-                let pos = frame_position(&mut input, cursor, consumer.consumed());
+                let pos = frame_position(&mut input, cursor, tail);
                 let flags = u32::from(input.u8() & 7) ^ FLAG_COMMIT;
                 let len = frame_len(&mut input, offset(pos));
                 put_word(&ring, offset(pos), raw_word(len, pos as u32 | flags));
@@ -290,7 +302,7 @@ fn hostile_run(data: &[u8]) -> Outcome {
                 // does not fit before the end), at the cursor or elsewhere; then the cursor
                 // moves past it. Control bits leave out the cleared next slot or the padding
                 // header, or make the piece not the last.
-                let at = frame_position(&mut input, cursor, consumer.consumed());
+                let at = frame_position(&mut input, cursor, tail);
                 let ctl = input.u8();
                 let len = match ctl >> 4 & 3 {
                     0 => usize::from(input.u8() % 64),
@@ -327,10 +339,10 @@ fn hostile_run(data: &[u8]) -> Outcome {
             6 => {
                 // A sleep announcement: it may say "sleep" only with nothing committed at
                 // the consumer's position and the producer not closed.
-                let at = consumer.consumed();
+                let at = tail;
                 let word = word_at(&ring, offset(at));
                 let closed = h.producer_closed.load(Relaxed) != 0;
-                match consumer.prepare_wait() {
+                match prepare_wait(&mut consumer) {
                     Ok(idle) => {
                         let nothing = expect(word, at, 0, usize::MAX) == Expect::Nothing;
                         assert!(!idle || (nothing && !closed), "sleeps on {word:#018x}");
@@ -348,7 +360,7 @@ fn hostile_run(data: &[u8]) -> Outcome {
                 }
             }
             _ => {
-                if check_pop(&mut consumer).is_err() {
+                if check_pop(&mut consumer, &mut tail).is_err() {
                     return outcome; // the receiver drops this ring
                 }
             }
@@ -357,7 +369,7 @@ fn hostile_run(data: &[u8]) -> Outcome {
     // Drain what is committed. Every piece takes at least 8 bytes, and after a whole lap the
     // consumer's position no longer matches the stamps the ring holds, so this ends.
     for _ in 0..CAP / FRAME_HEADER + 2 {
-        match check_pop(&mut consumer) {
+        match check_pop(&mut consumer, &mut tail) {
             Ok(Pop::Piece { .. }) => {}
             Ok(Pop::Empty { .. } | Pop::Closed) | Err(_) => return outcome,
         }
@@ -365,17 +377,17 @@ fn hostile_run(data: &[u8]) -> Outcome {
     panic!("the consumer keeps yielding pieces that were never published");
 }
 
-/// The driver over the committed seeds and regressions, and over pseudo-random inputs, so
-/// `RUSTFLAGS="--cfg fuzzing" cargo test --lib fuzz` exercises it without cargo-fuzz (and
-/// without the counting allocator, so the memory bounds are not checked here).
+/// The driver over its seeds (each must reach what its name says) and over pseudo-random
+/// inputs; `fuzz_replay.rs` runs it over the committed regressions. Without the counting
+/// allocator, so the memory bounds are not checked here.
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fuzz::test_inputs::{inputs, random_inputs};
+    use crate::fuzz_support::{inputs, random_inputs};
 
     /// The seeds reach what their names say (so the fuzzer starts from real traffic).
     #[test]
-    fn fuzz_hostile_ring_seeds() {
+    fn hostile_ring_seeds() {
         let seeds = inputs("corpus/hostile_ring", "seed-");
         assert!(!seeds.is_empty(), "no hostile_ring seeds");
         let want = |name: &str| -> (usize, &'static str) {
@@ -401,11 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn fuzz_hostile_ring_regressions_and_random_inputs() {
-        for (path, data) in inputs("regressions/hostile_ring", "") {
-            eprintln!("{path}");
-            hostile_ring(&data);
-        }
+    fn hostile_ring_random_inputs() {
         for data in random_inputs(0x5eed, 20_000, 400) {
             hostile_ring(&data);
         }
