@@ -1,8 +1,6 @@
 //! The public `Sender<T>` and `Receiver<T>`: a private flavor enum, matched in each method
 //! (crossbeam-channel's `channel.rs` pattern).
 
-use std::io;
-use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::addr::Address;
@@ -10,9 +8,9 @@ use crate::codec;
 use crate::flavors::shm::{self, ShmReceiver, ShmSender};
 use crate::flavors::stream::{StreamReceiver, StreamSender};
 use crate::flavors::thread::{self, ThreadReceiver, ThreadSender};
-use crate::flavors::{Deadline, RecvFail, SendFail};
+use crate::flavors::{Deadline, NotReceived, NotSent};
 use crate::{
-    Error, Message, Options, RecvError, RecvTimeoutError, SendError, SendFailure, SendTimeoutError,
+    Error, Message, Options, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
     TryRecvError, TrySendError,
 };
 
@@ -76,8 +74,6 @@ pub struct Sender<T> {
 /// ```
 pub struct Receiver<T> {
     pub(crate) flavor: ReceiverFlavor<T>,
-    /// Stream flavors carry bytes; the receiver decodes `T`.
-    pub(crate) _marker: PhantomData<fn() -> T>,
 }
 
 /// Creates an anonymous connected pair on `backend`, with default [`Options`].
@@ -196,10 +192,11 @@ impl<T: Message> Sender<T> {
     pub fn send(&self, msg: T) -> Result<(), SendError<T>> {
         self.send_until(msg, Deadline::Never)
             .map_err(|(m, f)| match f {
-                SendFail::Disconnected => SendError::Disconnected(m),
-                SendFail::Failed(f) => SendError::Failed(m, f),
-                // A send without deadline never reports Full or Timeout.
-                SendFail::Full | SendFail::Timeout => SendError::Disconnected(m),
+                NotSent::Disconnected => SendError::Disconnected(m),
+                NotSent::Failed(f) => SendError::Failed(m, f),
+                NotSent::Full | NotSent::Timeout => {
+                    unreachable!("a send without deadline reports neither Full nor Timeout")
+                }
             })
     }
 
@@ -213,9 +210,9 @@ impl<T: Message> Sender<T> {
     pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
         self.send_until(msg, Deadline::Now)
             .map_err(|(m, f)| match f {
-                SendFail::Full | SendFail::Timeout => TrySendError::Full(m),
-                SendFail::Disconnected => TrySendError::Disconnected(m),
-                SendFail::Failed(f) => TrySendError::Failed(m, f),
+                NotSent::Full | NotSent::Timeout => TrySendError::Full(m),
+                NotSent::Disconnected => TrySendError::Disconnected(m),
+                NotSent::Failed(f) => TrySendError::Failed(m, f),
             })
     }
 
@@ -224,13 +221,13 @@ impl<T: Message> Sender<T> {
     pub fn send_timeout(&self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
         self.send_until(msg, Deadline::after(timeout))
             .map_err(|(m, f)| match f {
-                SendFail::Full | SendFail::Timeout => SendTimeoutError::Timeout(m),
-                SendFail::Disconnected => SendTimeoutError::Disconnected(m),
-                SendFail::Failed(f) => SendTimeoutError::Failed(m, f),
+                NotSent::Full | NotSent::Timeout => SendTimeoutError::Timeout(m),
+                NotSent::Disconnected => SendTimeoutError::Disconnected(m),
+                NotSent::Failed(f) => SendTimeoutError::Failed(m, f),
             })
     }
 
-    fn send_until(&self, msg: T, deadline: Deadline) -> Result<(), (T, SendFail)> {
+    fn send_until(&self, msg: T, deadline: Deadline) -> Result<(), (T, NotSent)> {
         match &self.flavor {
             SenderFlavor::Thread(s) => s.send(msg, deadline),
             SenderFlavor::Stream(s) => s
@@ -245,10 +242,7 @@ impl<T: Message> Sender<T> {
 
 impl<T: Message> Receiver<T> {
     pub(crate) fn new(flavor: ReceiverFlavor<T>) -> Self {
-        Receiver {
-            flavor,
-            _marker: PhantomData,
-        }
+        Receiver { flavor }
     }
 
     /// Listens at `addr` (`thread:NAME`, `unix:PATH`, `tcp:HOST:PORT`); any number of senders
@@ -304,17 +298,22 @@ impl<T: Message> Receiver<T> {
     /// message they sent has been received.
     pub fn recv(&self) -> Result<T, RecvError> {
         self.recv_until(Deadline::Never).map_err(|f| match f {
-            RecvFail::Io(e) => RecvError::Io(e),
-            _ => RecvError::Disconnected,
+            NotReceived::Disconnected => RecvError::Disconnected,
+            NotReceived::Reentered => RecvError::Reentered,
+            NotReceived::Io(e) => RecvError::Io(e),
+            NotReceived::Empty | NotReceived::Timeout => {
+                unreachable!("a receive without deadline reports neither Empty nor Timeout")
+            }
         })
     }
 
     /// Takes a message if one is ready, without waiting.
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         self.recv_until(Deadline::Now).map_err(|f| match f {
-            RecvFail::Empty | RecvFail::Timeout => TryRecvError::Empty,
-            RecvFail::Disconnected => TryRecvError::Disconnected,
-            RecvFail::Io(e) => TryRecvError::Io(e),
+            NotReceived::Empty | NotReceived::Timeout => TryRecvError::Empty,
+            NotReceived::Disconnected => TryRecvError::Disconnected,
+            NotReceived::Reentered => TryRecvError::Reentered,
+            NotReceived::Io(e) => TryRecvError::Io(e),
         })
     }
 
@@ -322,9 +321,10 @@ impl<T: Message> Receiver<T> {
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         self.recv_until(Deadline::after(timeout))
             .map_err(|f| match f {
-                RecvFail::Empty | RecvFail::Timeout => RecvTimeoutError::Timeout,
-                RecvFail::Disconnected => RecvTimeoutError::Disconnected,
-                RecvFail::Io(e) => RecvTimeoutError::Io(e),
+                NotReceived::Empty | NotReceived::Timeout => RecvTimeoutError::Timeout,
+                NotReceived::Disconnected => RecvTimeoutError::Disconnected,
+                NotReceived::Reentered => RecvTimeoutError::Reentered,
+                NotReceived::Io(e) => RecvTimeoutError::Io(e),
             })
     }
 
@@ -346,7 +346,7 @@ impl<T: Message> Receiver<T> {
         std::iter::from_fn(move || self.try_recv().ok())
     }
 
-    fn recv_until(&self, deadline: Deadline) -> Result<T, RecvFail> {
+    fn recv_until(&self, deadline: Deadline) -> Result<T, NotReceived> {
         // Decoded straight into this slot; the flavors report only whether it was filled
         // (see `codec::decode_into`).
         let mut slot = None;
@@ -358,17 +358,8 @@ impl<T: Message> Receiver<T> {
                 ReceiverFlavor::Shm(r) => r.recv_with(deadline, &mut decode)?,
             }
         }
-        slot.ok_or_else(|| {
-            RecvFail::Io(io::Error::other(
-                "a receive reported a message it did not decode",
-            ))
-        })
+        Ok(slot.expect("a flavor reports success only once `decode` has filled the slot"))
     }
-}
-
-/// Maps a failure to encode into the public failure type.
-pub(crate) fn encode_failure(reason: String) -> SendFail {
-    SendFail::Failed(SendFailure::Encode(reason))
 }
 
 #[cfg(test)]

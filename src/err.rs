@@ -26,6 +26,9 @@ pub enum SendFailure {
     /// This shared-memory sender was handed to a child process
     /// ([`Sender::share_with_child`](crate::Sender::share_with_child)); send from the child.
     Moved,
+    /// The sender was used from inside its own send on the same thread: a `Serialize`
+    /// implementation sends through the sender it is being sent with.
+    Reentered,
     /// This shared-memory sender was copied into two processes by `fork()`, and the other
     /// process claimed its ring first (a ring has exactly one producer). Connect a new
     /// sender in this process, or hand the sender over with `share_with_child`.
@@ -41,6 +44,10 @@ impl fmt::Display for SendFailure {
             ),
             SendFailure::Encode(reason) => write!(f, "the message could not be encoded: {reason}"),
             SendFailure::Io(e) => write!(f, "the channel failed with an I/O error: {e}"),
+            SendFailure::Reentered => f.write_str(
+                "the sender was used from inside its own send on the same thread (a Serialize \
+                 implementation that sends through it)",
+            ),
             SendFailure::Moved => f.write_str(
                 "this sender was handed to a child process and can no longer be used here",
             ),
@@ -203,6 +210,9 @@ pub enum RecvError {
     Disconnected,
     /// The receiver itself failed (not a peer): an operating-system error.
     Io(io::Error),
+    /// The receiver was used from inside its own receive on the same thread: a
+    /// `Deserialize` implementation receives from the receiver it is being received by.
+    Reentered,
 }
 
 /// The error of [`Receiver::try_recv`](crate::Receiver::try_recv).
@@ -215,6 +225,9 @@ pub enum TryRecvError {
     Disconnected,
     /// The receiver itself failed (not a peer): an operating-system error.
     Io(io::Error),
+    /// The receiver was used from inside its own receive on the same thread: a
+    /// `Deserialize` implementation receives from the receiver it is being received by.
+    Reentered,
 }
 
 /// The error of [`Receiver::recv_timeout`](crate::Receiver::recv_timeout).
@@ -227,6 +240,9 @@ pub enum RecvTimeoutError {
     Disconnected,
     /// The receiver itself failed (not a peer): an operating-system error.
     Io(io::Error),
+    /// The receiver was used from inside its own receive on the same thread: a
+    /// `Deserialize` implementation receives from the receiver it is being received by.
+    Reentered,
 }
 
 impl fmt::Display for RecvError {
@@ -236,6 +252,10 @@ impl fmt::Display for RecvError {
                 f.write_str("receiving on a channel whose senders are all gone")
             }
             RecvError::Io(e) => write!(f, "receiving failed with an I/O error: {e}"),
+            RecvError::Reentered => f.write_str(
+                "the receiver was used from inside its own receive on the same thread (a Deserialize \
+                 implementation that receives from it)",
+            ),
         }
     }
 }
@@ -248,6 +268,10 @@ impl fmt::Display for TryRecvError {
                 f.write_str("receiving on a channel whose senders are all gone")
             }
             TryRecvError::Io(e) => write!(f, "receiving failed with an I/O error: {e}"),
+            TryRecvError::Reentered => f.write_str(
+                "the receiver was used from inside its own receive on the same thread (a Deserialize \
+                 implementation that receives from it)",
+            ),
         }
     }
 }
@@ -260,6 +284,10 @@ impl fmt::Display for RecvTimeoutError {
                 f.write_str("receiving on a channel whose senders are all gone")
             }
             RecvTimeoutError::Io(e) => write!(f, "receiving failed with an I/O error: {e}"),
+            RecvTimeoutError::Reentered => f.write_str(
+                "the receiver was used from inside its own receive on the same thread (a Deserialize \
+                 implementation that receives from it)",
+            ),
         }
     }
 }
@@ -283,6 +311,7 @@ impl From<RecvError> for TryRecvError {
         match e {
             RecvError::Disconnected => TryRecvError::Disconnected,
             RecvError::Io(e) => TryRecvError::Io(e),
+            RecvError::Reentered => TryRecvError::Reentered,
         }
     }
 }
@@ -292,6 +321,7 @@ impl From<RecvError> for RecvTimeoutError {
         match e {
             RecvError::Disconnected => RecvTimeoutError::Disconnected,
             RecvError::Io(e) => RecvTimeoutError::Io(e),
+            RecvError::Reentered => RecvTimeoutError::Reentered,
         }
     }
 }
@@ -358,6 +388,22 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// This handle cannot be handed to a child process now
+    /// ([`Sender::share_with_child`](crate::Sender::share_with_child)): it is bound, already
+    /// handed over, or part-way through a message.
+    CannotShare {
+        /// Why.
+        reason: String,
+    },
+    /// What a parent passed in the environment for
+    /// [`Receiver::from_parent`](crate::Receiver::from_parent) (or a sender's) is missing,
+    /// malformed or not the end expected, or the inheritance name itself is not valid.
+    BadInheritance {
+        /// The environment variable (or the name given).
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The feature is not available in this build or on this platform.
     Unsupported {
         /// What is not available.
@@ -377,6 +423,38 @@ impl Error {
         Error::Io {
             context: context.into(),
             source: source.into(),
+        }
+    }
+
+    /// A failure to bind `addr`, from the `io::Error`'s kind and message.
+    pub(crate) fn bind(addr: &str, e: io::Error) -> Self {
+        let addr = addr.to_string();
+        match e.kind() {
+            io::ErrorKind::AddrInUse => Error::AddrInUse {
+                addr,
+                reason: e.into_inner().map_or_else(
+                    || "another receiver bound it first".to_string(),
+                    |inner| inner.to_string(),
+                ),
+            },
+            io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+                addr,
+                reason: format!("cannot create the socket file: {e}"),
+            },
+            _ => Error::io(format!("binding {addr:?}"), e),
+        }
+    }
+
+    /// A failure to connect to `addr`, from the `io::Error`'s kind and message.
+    pub(crate) fn connect(addr: &str, e: io::Error) -> Self {
+        let addr = addr.to_string();
+        match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::NotFound { addr },
+            io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+                addr,
+                reason: e.to_string(),
+            },
+            _ => Error::io(format!("connecting to {addr:?}"), e),
         }
     }
 
@@ -409,6 +487,12 @@ impl fmt::Display for Error {
             }
             Error::Protocol { addr, reason } => {
                 write!(f, "the peer at {addr:?} broke the conduit protocol: {reason}")
+            }
+            Error::CannotShare { reason } => {
+                write!(f, "the handle cannot be handed to a child process now: {reason}")
+            }
+            Error::BadInheritance { name, reason } => {
+                write!(f, "no channel end can be taken from {name}: {reason}")
             }
             Error::Unsupported { what } => write!(f, "{what} is not available"),
             Error::Io { context, source } => write!(f, "{context} failed: {source}"),

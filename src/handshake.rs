@@ -195,18 +195,15 @@ pub(crate) fn client(
         _ => Error::io(format!("handshaking with {addr:?}"), e),
     };
     let bytes = mine.encode();
-    let mut sent = 0;
-    while sent < bytes.len() {
-        match sys::write_vectored(fd, kind, &[io::IoSlice::new(&bytes[sent..])]) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if !sys::wait_writable(fd, Some(left)).map_err(io_err)? {
-                    return Err(timed_out());
-                }
-            }
-            Err(e) => return Err(io_err(e)),
-        }
+    match sys::write_all_until(
+        fd,
+        kind,
+        &mut &mut [io::IoSlice::new(&bytes)][..],
+        Some(deadline),
+    ) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(timed_out()),
+        Err(e) => return Err(io_err(e)),
     }
     let mut buf = [0u8; MAX_LEN];
     let mut got = 0;

@@ -29,8 +29,8 @@ const PREFIX: &str = "CONDUIT_FD_";
 
 fn check_name(name: &str) -> Result<(), Error> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(Error::BadAddress {
-            addr: name.to_string(),
+        return Err(Error::BadInheritance {
+            name: name.to_string(),
             reason: "an inheritance name is made of ASCII letters, digits and '_'".to_string(),
         });
     }
@@ -116,8 +116,8 @@ struct Token {
 }
 
 fn parse(name: &str, value: &str) -> Result<Token, Error> {
-    let bad = || Error::BadAddress {
-        addr: env_name(name),
+    let bad = || Error::BadInheritance {
+        name: env_name(name),
         reason: format!("the inheritance token {value:?} is malformed"),
     };
     let parts: Vec<&str> = value.split(';').collect();
@@ -158,8 +158,8 @@ fn claim<T>(name: &str, role: &str) -> Result<(Vec<OwnedFd>, Token), Error> {
     })?;
     let token = parse(name, &value)?;
     if token.role != role {
-        return Err(Error::BadAddress {
-            addr: env_name(name),
+        return Err(Error::BadInheritance {
+            name: env_name(name),
             reason: format!("the parent shared a {}, not a {role}", token.role),
         });
     }
@@ -188,8 +188,8 @@ fn claim<T>(name: &str, role: &str) -> Result<(Vec<OwnedFd>, Token), Error> {
         let stat = rustix::fs::fstat(borrowed)
             .map_err(|e| Error::io(format!("finding inherited descriptor {raw}"), e))?;
         if rustix::fs::FileType::from_raw_mode(stat.st_mode) != expected {
-            return Err(Error::BadAddress {
-                addr: env_name(name),
+            return Err(Error::BadInheritance {
+                name: env_name(name),
                 reason: format!(
                     "descriptor {raw} is not what a {} end holds",
                     token.kind.as_str()
@@ -347,8 +347,8 @@ impl<T: Message> Receiver<T> {
 }
 
 fn bad_fds(name: &str) -> Error {
-    Error::BadAddress {
-        addr: env_name(name),
+    Error::BadInheritance {
+        name: env_name(name),
         reason: "the inherited descriptors do not match the channel kind".to_string(),
     }
 }

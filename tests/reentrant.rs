@@ -117,7 +117,7 @@ impl<'de> Deserialize<'de> for Greedy {
             if let Some(rx) = rx {
                 let outcome = match rx.try_recv() {
                     Ok(Greedy(v)) => format!("received {v}"),
-                    Err(TryRecvError::Io(e)) => e.to_string(),
+                    Err(e @ TryRecvError::Reentered) => e.to_string(),
                     Err(e) => format!("{e:?}"),
                 };
                 RX_OUTCOMES.lock().unwrap().push(outcome);

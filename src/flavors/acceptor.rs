@@ -1,49 +1,51 @@
-//! The acceptor: a thread per bound stream receiver that accepts connections, refuses other
-//! users, runs the listening side of the handshake, and hands accepted connections to the
-//! receiver. Senders can therefore connect (and learn of a type mismatch) while the receiving
-//! thread is busy elsewhere.
+//! The acceptor: a thread per bound receiver that accepts connections, refuses other users,
+//! runs the listening side of the handshake, and hands accepted connections to the receiver.
+//! Senders can therefore connect (and learn of a type mismatch) while the receiving thread is
+//! busy elsewhere. What a backend adds per connection (the shm backend's ring) comes from a
+//! [`Hook`] it passes in; the acceptor knows nothing of it.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel as cb;
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::net::SocketFlags;
 
 use crate::addr::Address;
-use crate::flavors::shm::create_ring;
 use crate::handshake::{self, Hello, HelloError, Status};
-use crate::sys::memfd::SharedMap;
 use crate::sys::{self, sock, StreamKind};
 use crate::Error;
 
 /// Connections still in their handshake, at most; past it the one waiting longest is closed,
 /// so idle connections cannot lock real senders out.
 const MAX_PENDING: usize = 256;
+/// How long the acceptor waits for room to write its answer.
+const REPLY_PATIENCE: Duration = Duration::from_millis(100);
 
-/// What the acceptor does for each sender beyond the handshake.
-pub(crate) enum Mode {
-    /// Stream backends: the connection carries the frames.
-    Stream,
-    /// Shared memory: each sender gets a fresh ring of `capacity` bytes, passed with the
-    /// answer; the connection then carries only wake-up bytes and the end.
-    Shm { capacity: usize },
+/// What a backend makes for each sender that passed the handshake, on the acceptor's thread:
+/// something the receiver keeps with the connection, and descriptors passed to the sender
+/// with the answer (closed once sent).
+pub(crate) type Hook<X> = Box<dyn FnMut() -> io::Result<(X, Vec<OwnedFd>)> + Send>;
+
+/// The hook of backends that need nothing beyond the connection.
+pub(crate) fn nothing_more() -> Hook<()> {
+    Box::new(|| Ok(((), Vec::new())))
 }
 
 /// A connection that passed the handshake.
-pub(crate) struct Accepted {
+pub(crate) struct Accepted<X> {
     pub(crate) fd: OwnedFd,
-    /// The sender's ring, for `Mode::Shm`.
-    pub(crate) ring: Option<SharedMap>,
+    /// What the hook made for it.
+    pub(crate) extra: X,
 }
 
 /// A running acceptor. Dropping it stops the thread and removes the socket file.
-pub(crate) struct Acceptor {
-    incoming: cb::Receiver<Accepted>,
+pub(crate) struct Acceptor<X> {
+    incoming: cb::Receiver<Accepted<X>>,
     /// Connections the thread has queued in `incoming` and the receiver has not taken: a
     /// plain load tells `take` there is nothing, where polling the channel costs a `SeqCst`
     /// fence (crossbeam's list flavor) on every receive.
@@ -58,17 +60,18 @@ pub(crate) struct Acceptor {
     _file: Option<sock::OwnedSocketFile>,
 }
 
-impl Acceptor {
-    /// Binds `parsed` and starts the thread; `mine` is the receiver's hello.
+impl<X: Send + 'static> Acceptor<X> {
+    /// Binds `parsed` and starts the thread; `mine` is the receiver's hello, `hook` what the
+    /// backend adds to each connection.
     pub(crate) fn bind(
         addr: &str,
         parsed: &Address,
         mine: Hello,
-        mode: Mode,
+        hook: Hook<X>,
     ) -> Result<Self, Error> {
         let (listener, kind, file, local_addr): (OwnedFd, _, _, _) = match parsed {
             Address::Unix(path) | Address::Shm(path) => {
-                let (l, f) = sock::bind_unix(addr, path)?;
+                let (l, f) = sock::bind_unix(path).map_err(|e| Error::bind(addr, e))?;
                 (l.into(), StreamKind::Unix, Some(f), addr.to_string())
             }
             Address::Tcp(host_port) => {
@@ -103,7 +106,7 @@ impl Acceptor {
             listener,
             kind,
             mine,
-            mode,
+            hook,
             wake: wake.clone(),
             stop: stop.clone(),
             tx,
@@ -125,7 +128,7 @@ impl Acceptor {
     }
 
     /// A connection that passed the handshake, if one is waiting.
-    pub(crate) fn take(&self) -> Option<Accepted> {
+    pub(crate) fn take(&self) -> Option<Accepted<X>> {
         // SYNC POINT: Acquire pairs with the thread's Release increment after it queued a
         // connection, so a count we see covers one the channel hands us. A connection queued
         // just after this load is taken on the next call; one the receiver sleeps through
@@ -154,7 +157,7 @@ impl Acceptor {
     }
 }
 
-impl Drop for Acceptor {
+impl<X> Drop for Acceptor<X> {
     fn drop(&mut self) {
         let _ = rustix::io::write(self.stop.as_fd(), &1u64.to_ne_bytes());
         if let Some(thread) = self.thread.take() {
@@ -169,20 +172,20 @@ struct Pending {
     since: Instant,
 }
 
-struct Worker {
+struct Worker<X> {
     listener: OwnedFd,
     kind: StreamKind,
     mine: Hello,
-    mode: Mode,
+    hook: Hook<X>,
     wake: std::sync::Arc<OwnedFd>,
     stop: std::sync::Arc<OwnedFd>,
-    tx: cb::Sender<Accepted>,
+    tx: cb::Sender<Accepted<X>>,
     /// The acceptor's `queued`, counted up after each connection is queued.
     queued: std::sync::Arc<AtomicUsize>,
     pending: Vec<Pending>,
 }
 
-impl Worker {
+impl<X> Worker<X> {
     fn run(mut self) {
         loop {
             let now = Instant::now();
@@ -204,7 +207,7 @@ impl Worker {
             );
             if sys::poll(&mut fds, timeout).is_err() {
                 // poll only fails on resource exhaustion; back off instead of spinning.
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
             let ready: Vec<bool> = fds.iter().map(|p| !p.revents().is_empty()).collect();
@@ -306,27 +309,11 @@ impl Worker {
     }
 
     /// What the receiver gets for an accepted connection, and the descriptors the sender
-    /// gets with the answer (duplicates, closed after sending).
-    fn prepare(&self, fd: &OwnedFd) -> io::Result<(Accepted, Vec<OwnedFd>)> {
+    /// gets with the answer.
+    fn prepare(&mut self, fd: &OwnedFd) -> io::Result<(Accepted<X>, Vec<OwnedFd>)> {
         let dup = fd.try_clone()?;
-        match &self.mode {
-            Mode::Stream => Ok((
-                Accepted {
-                    fd: dup,
-                    ring: None,
-                },
-                Vec::new(),
-            )),
-            Mode::Shm { capacity } => {
-                let map = create_ring(*capacity)?;
-                let passed = vec![map.fd().try_clone_to_owned()?];
-                let accepted = Accepted {
-                    fd: dup,
-                    ring: Some(map),
-                };
-                Ok((accepted, passed))
-            }
-        }
+        let (extra, passed) = (self.hook)()?;
+        Ok((Accepted { fd: dup, extra }, passed))
     }
 
     /// Writes a whole (small) hello, with `fds` attached to its first byte, waiting briefly
@@ -337,18 +324,9 @@ impl Worker {
         if !fds.is_empty() {
             sent = sys::fdpass::send_with_fds(fd.as_fd(), &bytes, fds)?;
         }
-        while sent < bytes.len() {
-            match sys::write_vectored(fd.as_fd(), self.kind, &[io::IoSlice::new(&bytes[sent..])]) {
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !sys::wait_writable(fd.as_fd(), Some(std::time::Duration::from_millis(100)))?
-                    {
-                        return Err(io::ErrorKind::TimedOut.into());
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        // A hello fits any socket buffer; a sender that does not read it is not waited for.
+        let until = Instant::now() + REPLY_PATIENCE;
+        let mut rest = [io::IoSlice::new(&bytes[sent..])];
+        sys::write_all_until(fd.as_fd(), self.kind, &mut &mut rest[..], Some(until))
     }
 }

@@ -129,18 +129,12 @@ impl<T> Drop for Held<'_, T> {
 }
 
 impl LockFail {
-    /// The message for a use from inside a use.
-    pub(crate) const REENTERED: &'static str =
-        "a sender or receiver used from inside its own send or receive on the same thread \
-         (a Serialize or Deserialize implementation that uses it)";
-
     /// For the calls that wait as long as it takes (`share_with_child`): only re-entry
     /// fails them.
     pub(crate) fn into_error(self) -> crate::Error {
-        crate::Error::io(
-            "taking the handle's lock",
-            std::io::Error::other(LockFail::REENTERED),
-        )
+        crate::Error::CannotShare {
+            reason: "it is in use by a send or receive on this same thread".to_string(),
+        }
     }
 }
 

@@ -1,5 +1,15 @@
 //! The backends behind [`Sender`](crate::Sender) and [`Receiver`](crate::Receiver). Each flavor
 //! offers the same operations; `channel.rs` matches on a private enum to pick one.
+//!
+//! - `thread.rs`: in-process channels (crossbeam-channel); values moved, never encoded.
+//! - `stream/`: length-prefixed frames over a Unix socket, a TCP socket or a pipe.
+//! - `shm/`: a shared-memory ring per connected sender.
+//! - `acceptor.rs`: the thread that accepts and handshakes senders for a bound receiver.
+//! - `lock.rs`: the per-handle lock with deadlines that serializing backends share.
+//!
+//! This file holds what the flavors share: deadlines, why a send or receive did not happen,
+//! the committed tail of a message, the fair scan over connections, and the spin before a
+//! sleep.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -10,9 +20,7 @@ use lock::LockFail;
 pub(crate) mod acceptor;
 pub(crate) mod lock;
 pub(crate) mod shm;
-pub(crate) mod shm_send;
 pub(crate) mod stream;
-pub(crate) mod stream_send;
 pub(crate) mod thread;
 
 /// How long an operation may wait.
@@ -35,19 +43,19 @@ impl Deadline {
     }
 
     /// What a send reports when this deadline passes: `Full` for `try_send`, else `Timeout`.
-    pub(crate) fn send_expired(&self) -> SendFail {
+    pub(crate) fn send_expired(&self) -> NotSent {
         match self {
-            Deadline::Now => SendFail::Full,
-            _ => SendFail::Timeout,
+            Deadline::Now => NotSent::Full,
+            _ => NotSent::Timeout,
         }
     }
 
     /// What a receive reports when this deadline passes: `Empty` for `try_recv`, else
     /// `Timeout`.
-    pub(crate) fn recv_expired(&self) -> RecvFail {
+    pub(crate) fn recv_expired(&self) -> NotReceived {
         match self {
-            Deadline::Now => RecvFail::Empty,
-            _ => RecvFail::Timeout,
+            Deadline::Now => NotReceived::Empty,
+            _ => NotReceived::Timeout,
         }
     }
 
@@ -61,89 +69,175 @@ impl Deadline {
     }
 }
 
-/// Busy-waits for about `SPIN_FOR` before a shared-memory side goes to sleep: long enough
-/// for a peer on the other core to answer a ping, short enough not to burn a core. The
-/// clock is first read after 64 turns (a message that comes quickly costs no clock read)
-/// and then every 64 turns only.
-pub(crate) struct Spin {
+/// How long a shared-memory side spins before it sleeps: long enough for a peer on the
+/// other core to answer a ping, short enough not to burn a core.
+pub(crate) const SPIN_FOR: Duration = Duration::from_micros(50);
+
+/// The one spin-then-sleep policy (crossbeam-utils' `Backoff` is the model): busy-wait with
+/// a spin hint per turn, give the core away every 64 turns, and say "sleep now" once about
+/// [`SPIN_FOR`] has passed. The clock is first read after 64 turns, so a wait that ends
+/// quickly costs no clock read.
+pub(crate) struct Backoff {
     start: Option<Instant>,
     turns: u32,
 }
 
-/// How long a shared-memory side spins before it sleeps.
-pub(crate) const SPIN_FOR: Duration = Duration::from_micros(50);
-
-impl Spin {
-    pub(crate) fn new() -> Spin {
-        Spin {
+impl Backoff {
+    pub(crate) fn new() -> Backoff {
+        Backoff {
             start: None,
             turns: 0,
         }
     }
 
-    /// One more turn; false once the budget is spent.
-    pub(crate) fn again(&mut self) -> bool {
+    /// One more turn; false once the budget is spent (then sleep).
+    #[inline]
+    pub(crate) fn spin(&mut self) -> bool {
         std::hint::spin_loop();
         self.turns += 1;
         if self.turns % 64 != 0 {
             return true;
         }
-        // Give the core away now and then: a no-op when nothing else is runnable here, and
-        // the peer's chance to run (and free the space we wait for) when it shares our core.
+        // A no-op when nothing else is runnable here, and the peer's chance to run (and
+        // answer) when it shares our core.
         std::thread::yield_now();
         let start = *self.start.get_or_insert_with(Instant::now);
         start.elapsed() < SPIN_FOR
     }
 }
 
-/// Why a flavor's send failed, before the message is attached.
+/// The connections of a receiver in turn, starting at `next` (a receiver keeps where the
+/// last message came from plus one): every sender gets served, none starves the others.
+#[inline]
+pub(crate) fn in_turn(next: usize, n: usize) -> impl Iterator<Item = usize> {
+    let next = next.min(n);
+    (next..n).chain(0..next)
+}
+
+/// The unsent rest of a message a sender has committed to (its first byte or piece is out,
+/// so taking it back would tear it): sent before anything else, and by the last clone's drop
+/// on a thread of its own.
+#[derive(Default)]
+pub(crate) struct Tail {
+    bytes: Vec<u8>,
+    /// How much of `bytes` is sent.
+    done: usize,
+}
+
+impl Tail {
+    pub(crate) fn is_pending(&self) -> bool {
+        self.done < self.bytes.len()
+    }
+
+    /// Keeps `rest`, the parts of a message not sent, as the tail.
+    pub(crate) fn keep<'a>(&mut self, rest: impl IntoIterator<Item = &'a [u8]>) {
+        self.bytes.clear();
+        for part in rest {
+            self.bytes.extend_from_slice(part);
+        }
+        self.done = 0;
+    }
+
+    /// Sends what is left with `send`, which returns how many bytes it sent and whether it
+    /// sent them all.
+    #[inline]
+    pub(crate) fn finish(
+        &mut self,
+        send: impl FnOnce(&[u8]) -> (usize, Result<(), NotSent>),
+    ) -> Result<(), NotSent> {
+        if !self.is_pending() {
+            return Ok(());
+        }
+        self.finish_rest(send)
+    }
+
+    #[cold]
+    fn finish_rest(
+        &mut self,
+        send: impl FnOnce(&[u8]) -> (usize, Result<(), NotSent>),
+    ) -> Result<(), NotSent> {
+        let (sent, result) = send(&self.bytes[self.done..]);
+        self.done += sent;
+        if result.is_ok() {
+            self.bytes.clear();
+            self.done = 0;
+            if self.bytes.capacity() > KEEP_BUFFER {
+                self.bytes = Vec::new();
+            }
+        }
+        result
+    }
+
+    /// Runs `flush`, which finishes a pending tail, on a short-lived thread of its own, so a
+    /// drop never blocks; `flush` ends when the tail is out or the receiver is gone.
+    pub(crate) fn finish_elsewhere(flush: impl FnOnce() + Send + 'static) {
+        // If no thread can be started, the tail is lost with the connection; the receiver
+        // drops a message it got only part of.
+        let _ = std::thread::Builder::new()
+            .name("conduit-flush".to_string())
+            .spawn(flush);
+    }
+}
+
+/// Encode buffers bigger than this are freed after use rather than kept for the next message.
+pub(crate) const KEEP_BUFFER: usize = 4 << 20;
+
+/// Why a flavor did not send a message (before the message is attached to the public
+/// error).
 #[derive(Debug)]
-pub(crate) enum SendFail {
+pub(crate) enum NotSent {
     Full,
     Timeout,
     Disconnected,
     Failed(SendFailure),
 }
 
-impl From<io::Error> for SendFail {
+impl NotSent {
+    /// The codec could not encode the message.
+    pub(crate) fn encode(reason: String) -> NotSent {
+        NotSent::Failed(SendFailure::Encode(reason))
+    }
+}
+
+impl From<io::Error> for NotSent {
     fn from(e: io::Error) -> Self {
         match e.kind() {
             io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::NotConnected => SendFail::Disconnected,
-            _ => SendFail::Failed(SendFailure::Io(e)),
+            | io::ErrorKind::NotConnected => NotSent::Disconnected,
+            _ => NotSent::Failed(SendFailure::Io(e)),
         }
     }
 }
 
-impl From<(LockFail, Deadline)> for SendFail {
+impl From<(LockFail, Deadline)> for NotSent {
     fn from((fail, deadline): (LockFail, Deadline)) -> Self {
         match fail {
             // Another clone is inside: it holds the connection until its own message is out.
             LockFail::Busy => deadline.send_expired(),
-            LockFail::Reentered => {
-                SendFail::Failed(SendFailure::Io(io::Error::other(LockFail::REENTERED)))
-            }
+            LockFail::Reentered => NotSent::Failed(SendFailure::Reentered),
         }
     }
 }
 
-impl From<(LockFail, Deadline)> for RecvFail {
+impl From<(LockFail, Deadline)> for NotReceived {
     fn from((fail, deadline): (LockFail, Deadline)) -> Self {
         match fail {
             // Another thread is receiving: whatever arrives is its to take.
             LockFail::Busy => deadline.recv_expired(),
-            LockFail::Reentered => RecvFail::Io(io::Error::other(LockFail::REENTERED)),
+            LockFail::Reentered => NotReceived::Reentered,
         }
     }
 }
 
-/// Why a flavor's receive failed.
+/// Why a flavor did not receive a message.
 #[derive(Debug)]
-pub(crate) enum RecvFail {
+pub(crate) enum NotReceived {
     Empty,
     Timeout,
     Disconnected,
+    /// A use from inside a use on the same thread (`lock.rs`).
+    Reentered,
     Io(io::Error),
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crossbeam_channel as cb;
 
-use crate::flavors::{Deadline, RecvFail, SendFail};
+use crate::flavors::{Deadline, NotReceived, NotSent};
 use crate::{Error, Options};
 
 /// The sending half. Clones share one crossbeam sender; the `Arc` lets a bound receiver's
@@ -29,16 +29,16 @@ impl<T> Clone for ThreadSender<T> {
 }
 
 impl<T: Send + 'static> ThreadSender<T> {
-    pub(crate) fn send(&self, msg: T, deadline: Deadline) -> Result<(), (T, SendFail)> {
+    pub(crate) fn send(&self, msg: T, deadline: Deadline) -> Result<(), (T, NotSent)> {
         match deadline {
-            Deadline::Never => self.tx.send(msg).map_err(|e| (e.0, SendFail::Disconnected)),
+            Deadline::Never => self.tx.send(msg).map_err(|e| (e.0, NotSent::Disconnected)),
             Deadline::Now => self.tx.try_send(msg).map_err(|e| match e {
-                cb::TrySendError::Full(m) => (m, SendFail::Full),
-                cb::TrySendError::Disconnected(m) => (m, SendFail::Disconnected),
+                cb::TrySendError::Full(m) => (m, NotSent::Full),
+                cb::TrySendError::Disconnected(m) => (m, NotSent::Disconnected),
             }),
             Deadline::At(at) => self.tx.send_deadline(msg, at).map_err(|e| match e {
-                cb::SendTimeoutError::Timeout(m) => (m, SendFail::Timeout),
-                cb::SendTimeoutError::Disconnected(m) => (m, SendFail::Disconnected),
+                cb::SendTimeoutError::Timeout(m) => (m, NotSent::Timeout),
+                cb::SendTimeoutError::Disconnected(m) => (m, NotSent::Disconnected),
             }),
         }
     }
@@ -154,7 +154,7 @@ impl<T: Send + 'static> ThreadReceiver<T> {
         })))
     }
 
-    pub(crate) fn recv(&self, deadline: Deadline) -> Result<T, RecvFail> {
+    pub(crate) fn recv(&self, deadline: Deadline) -> Result<T, NotReceived> {
         match self {
             ThreadReceiver::Anonymous(rx) => recv_one(rx, deadline),
             ThreadReceiver::Named(named) => named.recv(deadline),
@@ -162,16 +162,16 @@ impl<T: Send + 'static> ThreadReceiver<T> {
     }
 }
 
-fn recv_one<T>(rx: &cb::Receiver<T>, deadline: Deadline) -> Result<T, RecvFail> {
+fn recv_one<T>(rx: &cb::Receiver<T>, deadline: Deadline) -> Result<T, NotReceived> {
     match deadline {
-        Deadline::Never => rx.recv().map_err(|_| RecvFail::Disconnected),
+        Deadline::Never => rx.recv().map_err(|_| NotReceived::Disconnected),
         Deadline::Now => rx.try_recv().map_err(|e| match e {
-            cb::TryRecvError::Empty => RecvFail::Empty,
-            cb::TryRecvError::Disconnected => RecvFail::Disconnected,
+            cb::TryRecvError::Empty => NotReceived::Empty,
+            cb::TryRecvError::Disconnected => NotReceived::Disconnected,
         }),
         Deadline::At(at) => rx.recv_deadline(at).map_err(|e| match e {
-            cb::RecvTimeoutError::Timeout => RecvFail::Timeout,
-            cb::RecvTimeoutError::Disconnected => RecvFail::Disconnected,
+            cb::RecvTimeoutError::Timeout => NotReceived::Timeout,
+            cb::RecvTimeoutError::Disconnected => NotReceived::Disconnected,
         }),
     }
 }
@@ -180,11 +180,11 @@ impl<T> Named<T> {
     /// Receives from the live generation. The state's lock is held only to look at or change
     /// which generation is live, never while waiting, so threads sharing the receiver wait
     /// in crossbeam, each within its own deadline.
-    fn recv(&self, deadline: Deadline) -> Result<T, RecvFail> {
+    fn recv(&self, deadline: Deadline) -> Result<T, NotReceived> {
         loop {
             let rx = self.live(deadline)?;
             match recv_one(&rx, deadline) {
-                Err(RecvFail::Disconnected) => self.retire(&rx),
+                Err(NotReceived::Disconnected) => self.retire(&rx),
                 other => return other,
             }
         }
@@ -193,7 +193,7 @@ impl<T> Named<T> {
     /// The live generation: the current one, else the next one a sender started.
     /// `Disconnected` when none is left after a sender has connected; before the first
     /// sender, waits for it within the deadline.
-    fn live(&self, deadline: Deadline) -> Result<cb::Receiver<T>, RecvFail> {
+    fn live(&self, deadline: Deadline) -> Result<cb::Receiver<T>, NotReceived> {
         loop {
             {
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -206,7 +206,7 @@ impl<T> Named<T> {
                         state.ever_connected = true;
                         return Ok(rx);
                     }
-                    Err(_) if state.ever_connected => return Err(RecvFail::Disconnected),
+                    Err(_) if state.ever_connected => return Err(NotReceived::Disconnected),
                     Err(_) => {}
                 }
             }

@@ -77,6 +77,8 @@ impl std::fmt::Display for RingError {
     }
 }
 
+impl std::error::Error for RingError {}
+
 pub(super) fn align8(n: usize) -> usize {
     (n + 7) & !7
 }

@@ -135,6 +135,34 @@ pub(crate) fn write_vectored(
     }
 }
 
+/// Most slices passed to one `writev`/`sendmsg` (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// Writes `rest` until it is empty, waiting for room until `until` (`None`: as long as it
+/// takes). On return `rest` is what was not written; out of time, the error is `TimedOut`.
+pub(crate) fn write_all_until(
+    fd: BorrowedFd<'_>,
+    kind: StreamKind,
+    rest: &mut &mut [IoSlice<'_>],
+    until: Option<Instant>,
+) -> io::Result<()> {
+    while !rest.is_empty() {
+        let batch = rest.len().min(IOV_MAX);
+        match write_vectored(fd, kind, &rest[..batch]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(rest, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = until.map(|at| at.saturating_duration_since(Instant::now()));
+                if left.is_some_and(|d| d.is_zero()) || !wait_writable(fd, left)? {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// True when a socket the peer never writes to has become readable: the peer closed it
 /// (or broke protocol by writing). Used on TCP, where a write to a closed peer can succeed.
 pub(crate) fn peer_closed(fd: BorrowedFd<'_>) -> bool {

@@ -1,5 +1,7 @@
-//! Socket set-up: owner-only Unix socket files with stale-file reclaim, connect with clear
-//! errors, peer credentials.
+//! Socket set-up: owner-only Unix socket files with stale-file reclaim, connect with the
+//! peer's user checked, peer credentials. Errors are `io::Error`s whose kind says what
+//! happened (`AddrInUse`, `PermissionDenied`, ...) and whose message says why; the caller
+//! names the address (`Error::bind`, `Error::connect`).
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -9,8 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-
-use crate::Error;
 
 /// A socket file this process created; removed on drop only if it is still the same file.
 #[derive(Debug)]
@@ -42,15 +42,14 @@ impl Drop for OwnedSocketFile {
 /// The whole sequence runs under [`DirLock`], so two processes binding one address at once
 /// cannot both win: without it, one could find the other's file between its `bind` and
 /// its `listen` (connect refused), take it for stale and replace it.
-pub(crate) fn bind_unix(addr: &str, path: &Path) -> Result<(UnixListener, OwnedSocketFile), Error> {
+pub(crate) fn bind_unix(path: &Path) -> io::Result<(UnixListener, OwnedSocketFile)> {
     let _lock = DirLock::acquire(path);
     match try_bind(path) {
-        Ok(bound) => Ok(bound),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            reclaim_stale(addr, path)?;
-            try_bind(path).map_err(|e| bind_error(addr, e))
+            reclaim_stale(path)?;
+            try_bind(path)
         }
-        Err(e) => Err(bind_error(addr, e)),
+        other => other,
     }
 }
 
@@ -95,20 +94,6 @@ impl DirLock {
     }
 }
 
-fn bind_error(addr: &str, e: io::Error) -> Error {
-    match e.kind() {
-        io::ErrorKind::AddrInUse => Error::AddrInUse {
-            addr: addr.to_string(),
-            reason: "another receiver bound it first".to_string(),
-        },
-        io::ErrorKind::PermissionDenied => Error::PermissionDenied {
-            addr: addr.to_string(),
-            reason: format!("cannot create the socket file: {e}"),
-        },
-        _ => Error::io(format!("binding {addr:?}"), e),
-    }
-}
-
 fn try_bind(path: &Path) -> io::Result<(UnixListener, OwnedSocketFile)> {
     let fd = rustix::net::socket_with(
         AddressFamily::UNIX,
@@ -132,81 +117,59 @@ fn try_bind(path: &Path) -> io::Result<(UnixListener, OwnedSocketFile)> {
     Ok((UnixListener::from(fd), file))
 }
 
-fn reclaim_stale(addr: &str, path: &Path) -> Result<(), Error> {
-    let in_use = |reason: &str| Error::AddrInUse {
-        addr: addr.to_string(),
-        reason: reason.to_string(),
-    };
+/// Removes the socket file at `path` if its receiver is dead; `AddrInUse` if it is alive,
+/// or if what is there is not this user's socket (left untouched).
+fn reclaim_stale(path: &Path) -> io::Result<()> {
+    let in_use = |reason: String| io::Error::new(io::ErrorKind::AddrInUse, reason);
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
         // Gone since bind failed: the retry will tell.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(format!("inspecting {addr:?}"), e)),
+        Err(e) => return Err(e),
     };
     if !meta.file_type().is_socket() {
         return Err(in_use(
-            "a file that is not a socket is there; it was left untouched",
+            "a file that is not a socket is there; it was left untouched".to_string(),
         ));
     }
-    if meta.uid() != rustix::process::geteuid().as_raw() {
-        return Err(in_use(&format!(
+    if meta.uid() != my_uid() {
+        return Err(in_use(format!(
             "a socket of another user (uid {}) is there; it was left untouched",
             meta.uid()
         )));
     }
     match UnixStream::connect(path) {
-        Ok(_) => Err(in_use("a live receiver listens there")),
+        Ok(_) => Err(in_use("a live receiver listens there".to_string())),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             // Nobody listens: the receiver that made it is dead. Remove it.
             match std::fs::remove_file(path) {
-                Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::io(format!("removing the stale socket {addr:?}"), e)),
+                other => other,
             }
         }
-        Err(e) => Err(Error::io(
-            format!("probing the existing socket {addr:?}"),
-            e,
-        )),
+        Err(e) => Err(e),
     }
 }
 
-/// Connects to a Unix stream socket and checks the listener runs as this user.
-pub(crate) fn connect_unix(addr: &str, path: &Path) -> Result<OwnedFd, Error> {
-    let stream = UnixStream::connect(path).map_err(|e| connect_error(addr, e))?;
-    let uid =
-        peer_uid(&stream).map_err(|e| Error::io(format!("reading the peer of {addr:?}"), e))?;
-    let me = rustix::process::geteuid().as_raw();
+/// Connects to a Unix stream socket and checks the listener runs as this user
+/// (`PermissionDenied` if not).
+pub(crate) fn connect_unix(path: &Path) -> io::Result<OwnedFd> {
+    let stream = UnixStream::connect(path)?;
+    let (uid, me) = (peer_uid(&stream)?, my_uid());
     if uid != me {
-        return Err(Error::PermissionDenied {
-            addr: addr.to_string(),
-            reason: format!("the receiver runs as uid {uid}, this process as uid {me}"),
-        });
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("the receiver runs as uid {uid}, this process as uid {me}"),
+        ));
     }
     Ok(OwnedFd::from(stream))
 }
 
 /// Connects to a TCP address, with `TCP_NODELAY`.
-pub(crate) fn connect_tcp(addr: &str, host_port: &str) -> Result<OwnedFd, Error> {
-    let stream = std::net::TcpStream::connect(host_port).map_err(|e| connect_error(addr, e))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| Error::io(format!("setting TCP_NODELAY on {addr:?}"), e))?;
+pub(crate) fn connect_tcp(host_port: &str) -> io::Result<OwnedFd> {
+    let stream = std::net::TcpStream::connect(host_port)?;
+    stream.set_nodelay(true)?;
     Ok(OwnedFd::from(stream))
-}
-
-/// Maps a connect failure to an error a person understands.
-pub(crate) fn connect_error(addr: &str, e: io::Error) -> Error {
-    match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::NotFound {
-            addr: addr.to_string(),
-        },
-        io::ErrorKind::PermissionDenied => Error::PermissionDenied {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        },
-        _ => Error::io(format!("connecting to {addr:?}"), e),
-    }
 }
 
 /// The effective uid of the process at the other end of a Unix socket.

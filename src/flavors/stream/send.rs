@@ -17,19 +17,16 @@
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::addr::Address;
-use crate::channel::encode_failure;
 use crate::flavors::lock::HandleLock;
 use crate::flavors::lock::LockFail;
-use crate::flavors::{Deadline, SendFail};
+use crate::flavors::{Deadline, NotSent, Tail, KEEP_BUFFER};
 use crate::frame::{self, HEADER, PIECE_MAX};
 use crate::handshake::{self, Hello};
 use crate::sys::{self, sock, StreamKind};
 use crate::{Error, Options, SendFailure};
-
-/// Most slices passed to one `writev`/`sendmsg` (Linux's `IOV_MAX`).
-const IOV_MAX: usize = 1024;
 
 /// The sending half of a stream connection, shared by clones.
 #[derive(Clone)]
@@ -45,10 +42,8 @@ struct SendConn {
     scratch: Vec<u8>,
     /// Reused piece headers for messages longer than one piece.
     headers: Vec<[u8; HEADER]>,
-    /// The unwritten tail of a committed message; written before anything else.
-    tail: Vec<u8>,
-    /// How much of `tail` is already written.
-    tail_done: usize,
+    /// The unwritten rest of a committed message; written before anything else.
+    tail: Tail,
     /// A write failed part-way through a message: the stream can carry nothing more.
     broken: bool,
 }
@@ -68,8 +63,7 @@ impl StreamSender {
                 limit: opts.max_message_size,
                 scratch: Vec::new(),
                 headers: Vec::new(),
-                tail: Vec::new(),
-                tail_done: 0,
+                tail: Tail::default(),
                 broken: false,
             })),
         })
@@ -78,8 +72,14 @@ impl StreamSender {
     /// Connects to a `unix:` or `tcp:` receiver and performs the handshake for `T`.
     pub(crate) fn connect<T>(addr: &str, parsed: &Address, opts: &Options) -> Result<Self, Error> {
         let (fd, kind) = match parsed {
-            Address::Unix(path) => (sock::connect_unix(addr, path)?, StreamKind::Unix),
-            Address::Tcp(host_port) => (sock::connect_tcp(addr, host_port)?, StreamKind::Tcp),
+            Address::Unix(path) => (
+                sock::connect_unix(path).map_err(|e| Error::connect(addr, e))?,
+                StreamKind::Unix,
+            ),
+            Address::Tcp(host_port) => (
+                sock::connect_tcp(host_port).map_err(|e| Error::connect(addr, e))?,
+                StreamKind::Tcp,
+            ),
             _ => unreachable!("only stream addresses reach the stream flavor"),
         };
         let mine = Hello::for_type::<T>(opts.max_message_size);
@@ -91,10 +91,13 @@ impl StreamSender {
 
     /// A close-on-exec duplicate of the connection, for inheritance by a child process.
     pub(crate) fn duplicate(&self) -> Result<(OwnedFd, StreamKind, usize), Error> {
-        let conn = self.conn.lock(Deadline::Never).map_err(LockFail::into_error)?;
-        if conn.tail_done < conn.tail.len() {
-            return Err(Error::Unsupported {
-                what: "passing a sender that is part-way through a message".to_string(),
+        let conn = self
+            .conn
+            .lock(Deadline::Never)
+            .map_err(LockFail::into_error)?;
+        if conn.tail.is_pending() {
+            return Err(Error::CannotShare {
+                reason: "it is part-way through a message".to_string(),
             });
         }
         let fd = conn
@@ -109,7 +112,7 @@ impl StreamSender {
         &self,
         deadline: Deadline,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
-    ) -> Result<(), SendFail> {
+    ) -> Result<(), NotSent> {
         let mut conn = self.conn.lock(deadline).map_err(|f| (f, deadline))?;
         conn.send(deadline, encode)
     }
@@ -121,25 +124,25 @@ impl SendConn {
         &mut self,
         deadline: Deadline,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
-    ) -> Result<(), SendFail> {
+    ) -> Result<(), NotSent> {
         if self.broken {
-            return Err(SendFail::Disconnected);
+            return Err(NotSent::Disconnected);
         }
         if self.kind == StreamKind::Tcp && sys::peer_closed(self.fd.as_fd()) {
             // A write to a closed TCP peer can succeed once; the peer never writes after the
             // handshake, so a readable socket means it is gone.
             self.broken = true;
-            return Err(SendFail::Disconnected);
+            return Err(NotSent::Disconnected);
         }
         self.finish_tail(deadline)?;
         self.scratch.clear();
         self.scratch.resize(HEADER, 0);
-        encode(&mut self.scratch).map_err(encode_failure)?;
+        encode(&mut self.scratch).map_err(NotSent::encode)?;
         let size = self.scratch.len() - HEADER;
         if size > self.limit {
             let limit = self.limit;
             self.shrink_buffers();
-            return Err(SendFail::Failed(SendFailure::TooLarge { size, limit }));
+            return Err(NotSent::Failed(SendFailure::TooLarge { size, limit }));
         }
         let result = self.write_message(deadline);
         self.shrink_buffers();
@@ -147,29 +150,19 @@ impl SendConn {
     }
 
     /// Writes what is left of a committed message, waiting no longer than `deadline`.
-    fn finish_tail(&mut self, deadline: Deadline) -> Result<(), SendFail> {
-        if self.tail_done == self.tail.len() {
-            return Ok(());
-        }
-        let mut slices = [IoSlice::new(&self.tail[self.tail_done..])];
-        let mut rest = &mut slices[..];
-        let result = write_all(self.fd.as_fd(), self.kind, &mut rest, deadline);
-        let left = remaining(rest);
-        self.tail_done = self.tail.len() - left;
+    fn finish_tail(&mut self, deadline: Deadline) -> Result<(), NotSent> {
+        let (fd, kind) = (self.fd.as_fd(), self.kind);
+        let result = self.tail.finish(|rest| write_all(fd, kind, rest, deadline));
         match result {
-            Ok(()) => {
-                self.tail.clear();
-                self.tail_done = 0;
-                Ok(())
-            }
-            Err(fail @ (SendFail::Full | SendFail::Timeout)) => Err(fail),
+            Err(fail @ (NotSent::Full | NotSent::Timeout)) => Err(fail),
             Err(fail) => Err(self.break_stream(fail)),
+            Ok(()) => Ok(()),
         }
     }
 
     /// Frames the message in `scratch` and writes it. Waits for room only until `deadline`;
     /// a message cut short by the deadline keeps its tail for later (see the module docs).
-    fn write_message(&mut self, deadline: Deadline) -> Result<(), SendFail> {
+    fn write_message(&mut self, deadline: Deadline) -> Result<(), NotSent> {
         let SendConn {
             fd,
             kind,
@@ -201,18 +194,13 @@ impl SendConn {
         }
         let total = remaining(&slices);
         let mut rest = &mut slices[..];
-        let result = write_all(fd.as_fd(), *kind, &mut rest, deadline);
-        let left = remaining(rest);
-        let started = left < total;
+        let result = write_slices(fd.as_fd(), *kind, &mut rest, deadline);
+        let started = remaining(rest) < total;
         match result {
             Ok(()) => Ok(()),
-            Err(SendFail::Full | SendFail::Timeout) if started => {
+            Err(NotSent::Full | NotSent::Timeout) if started => {
                 // Committed: keep the tail, the message counts as sent.
-                tail.clear();
-                for s in rest.iter() {
-                    tail.extend_from_slice(s);
-                }
-                self.tail_done = 0;
+                tail.keep(rest.iter().map(|s| &s[..]));
                 Ok(())
             }
             Err(fail) if started => Err(self.break_stream(fail)),
@@ -222,43 +210,33 @@ impl SendConn {
 
     /// A message was cut off for good: nothing more can be sent on this stream. Shutting it
     /// down makes the receiver drop the partial message at once.
-    fn break_stream(&mut self, fail: SendFail) -> SendFail {
+    fn break_stream(&mut self, fail: NotSent) -> NotSent {
         self.broken = true;
         let _ = rustix::net::shutdown(&self.fd, rustix::net::Shutdown::Write);
         fail
     }
 
     fn shrink_buffers(&mut self) {
-        if self.scratch.capacity() > 4 << 20 {
+        if self.scratch.capacity() > KEEP_BUFFER {
             self.scratch = Vec::new();
             self.headers = Vec::new();
-        }
-        if self.tail.is_empty() && self.tail.capacity() > 4 << 20 {
-            self.tail = Vec::new();
         }
     }
 }
 
 impl Drop for SendConn {
     fn drop(&mut self) {
-        if self.broken || self.tail_done == self.tail.len() {
+        if self.broken || !self.tail.is_pending() {
             return;
         }
-        // Finish the committed tail on a thread of its own, so drop never blocks; it ends
-        // when the tail is written or the receiver is gone.
-        let tail = std::mem::take(&mut self.tail);
-        let done = self.tail_done;
+        let mut tail = std::mem::take(&mut self.tail);
         let kind = self.kind;
         let Ok(fd) = self.fd.try_clone() else {
             return;
         };
-        let flush = move || {
-            let mut slices = [IoSlice::new(&tail[done..])];
-            let _ = write_all(fd.as_fd(), kind, &mut &mut slices[..], Deadline::Never);
-        };
-        let _ = std::thread::Builder::new()
-            .name("conduit-flush".to_string())
-            .spawn(flush);
+        Tail::finish_elsewhere(move || {
+            let _ = tail.finish(|rest| write_all(fd.as_fd(), kind, rest, Deadline::Never));
+        });
     }
 }
 
@@ -266,33 +244,37 @@ fn remaining(slices: &[IoSlice<'_>]) -> usize {
     slices.iter().map(|s| s.len()).sum()
 }
 
-/// Writes `rest` until it is empty, waiting for room until `deadline`. On return `rest` is
-/// what was not written. Fails `Full` (deadline `Now`) or `Timeout` when out of time.
+/// Writes all of `bytes`, waiting for room until `deadline`: how many were written, and
+/// whether all were.
 fn write_all(
+    fd: BorrowedFd<'_>,
+    kind: StreamKind,
+    bytes: &[u8],
+    deadline: Deadline,
+) -> (usize, Result<(), NotSent>) {
+    let mut slices = [IoSlice::new(bytes)];
+    let mut rest = &mut slices[..];
+    let result = write_slices(fd, kind, &mut rest, deadline);
+    (bytes.len() - remaining(rest), result)
+}
+
+/// Writes `rest` until it is empty, waiting for room until `deadline`; on return `rest` is
+/// what was not written. Out of time: `Full` (deadline `Now`) or `Timeout`.
+fn write_slices(
     fd: BorrowedFd<'_>,
     kind: StreamKind,
     rest: &mut &mut [IoSlice<'_>],
     deadline: Deadline,
-) -> Result<(), SendFail> {
-    while !rest.is_empty() {
-        let batch = rest.len().min(IOV_MAX);
-        match sys::write_vectored(fd, kind, &rest[..batch]) {
-            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
-            Ok(n) => IoSlice::advance_slices(rest, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let wait = deadline.remaining();
-                let ready = match wait {
-                    Some(d) if d.is_zero() => false,
-                    _ => sys::wait_writable(fd, wait)?,
-                };
-                if !ready && deadline.remaining().is_some_and(|d| d.is_zero()) {
-                    return Err(deadline.send_expired());
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+) -> Result<(), NotSent> {
+    let until = match deadline {
+        Deadline::Now => Some(Instant::now()),
+        Deadline::At(at) => Some(at),
+        Deadline::Never => None,
+    };
+    match sys::write_all_until(fd, kind, rest, until) {
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(deadline.send_expired()),
+        other => other.map_err(NotSent::from),
     }
-    Ok(())
 }
 
 #[cfg(test)]

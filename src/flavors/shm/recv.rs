@@ -1,8 +1,4 @@
-//! Shared-memory flavor: one SPSC ring (`crate::ring`) per connected sender, in a sealed
-//! memfd mapping the receiver creates and passes with `SCM_RIGHTS`; the rendezvous
-//! connection kept open to carry wake-up bytes and to notice a peer's death. This file holds
-//! the ring set-up, anonymous pairs and the receiving half; the sending half is in
-//! `shm_send.rs`.
+//! The receiving half of the shared-memory flavor.
 //!
 //! The receiver spins briefly, then announces its sleep in every ring it serves and polls
 //! every sender's connection: a sender's publish wakes it with a byte there (`sys/notify.rs`),
@@ -10,31 +6,23 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 
+use super::{dup_for_child, inherited_parts, ring_per_sender, Mapped, MAX_SLEEP};
 use crate::addr::Address;
 use crate::codec::Decode;
-use crate::flavors::acceptor::{Acceptor, Mode};
+use crate::flavors::acceptor::Acceptor;
 use crate::flavors::lock::{HandleLock, LockFail};
-pub(crate) use crate::flavors::shm_send::ShmSender;
-use crate::flavors::shm_send::{dup, inherited_parts};
-use crate::flavors::{Deadline, RecvFail};
+use crate::flavors::{in_turn, Backoff, Deadline, NotReceived};
 use crate::handshake::Hello;
-use crate::ring::core::{Consumer, Pop, Ring};
-use crate::ring::header::{self, HEADER_SIZE};
+use crate::ring::core::{Consumer, Pop};
 use crate::sys::memfd::SharedMap;
 use crate::sys::{self, notify};
 use crate::{Error, Options, DEFAULT_SHM_CAPACITY};
 
-/// How many times the receiver re-checks its rings before it sleeps (about 50 µs here).
-const RECV_SPINS: u32 = 2000;
-/// While spinning, give the core away this often: a no-op when nothing else is runnable here,
-/// and the peer's chance to run when it shares our core.
-const YIELD_EVERY: u32 = 128;
 /// After taking this many messages in a row without waiting (the senders were ahead), a
 /// receiver that runs dry pauses before it polls again (`RecvState::slip`).
 const SLIP_AFTER: u32 = 8;
@@ -44,40 +32,6 @@ const SLIP_FOR: Duration = Duration::from_micros(2);
 const KEEP_ASSEMBLY: usize = 8 << 20;
 /// The longest sleep when this process cannot run heavy fences (`sys/membarrier.rs`).
 const FALLBACK_SLEEP: Duration = Duration::from_millis(1);
-/// The longest single sleep: a bound on how long a lost wake-up could ever cost.
-pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(100);
-
-/// Creates, sizes, seals, maps and initialises a ring of at least `capacity` bytes.
-pub(crate) fn create_ring(capacity: usize) -> io::Result<SharedMap> {
-    let capacity = header::capacity_for(capacity);
-    let map = SharedMap::create("conduit-ring", HEADER_SIZE + capacity)?;
-    ring_over(&map)?.init();
-    Ok(map)
-}
-
-/// A `Ring` view of a mapping. The caller keeps the mapping alive as long as the view.
-pub(crate) fn ring_over(map: &SharedMap) -> io::Result<Ring> {
-    let base = NonNull::new(map.as_ptr())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "null mapping"))?;
-    // SAFETY: the mapping is page-aligned, `map.len()` bytes long and readable and writable;
-    // every caller stores the Ring (inside a Producer or Consumer) next to an Arc of the
-    // mapping, declared before it so that it is dropped first.
-    unsafe { Ring::from_mapping(base, map.len()) }
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
-}
-
-/// Creates an anonymous pair: one ring, and a socketpair for wake-ups and liveness.
-pub(crate) fn pair(opts: &Options) -> Result<(ShmSender, ShmReceiver), Error> {
-    let io_err = |e| Error::io("creating a shared-memory channel", e);
-    let (a, b) = std::os::unix::net::UnixStream::pair().map_err(io_err)?;
-    let map = create_ring(opts.capacity.unwrap_or(DEFAULT_SHM_CAPACITY)).map_err(io_err)?;
-    let map = Arc::new(map);
-    let tx = ShmSender::from_parts(map.clone(), OwnedFd::from(a), opts.max_message_size)?;
-    let rx = ShmReceiver::new(None, opts.max_message_size);
-    let conn = Conn::attach(OwnedFd::from(b), map, opts.max_message_size)?;
-    rx.state.lock(Deadline::Never).map_err(LockFail::into_error)?.add(conn);
-    Ok((tx, rx))
-}
 
 /// The receiving half: the rings of every connected sender.
 pub(crate) struct ShmReceiver {
@@ -85,7 +39,7 @@ pub(crate) struct ShmReceiver {
     /// `Empty` instead of waiting for it, and a `Deserialize` that receives from its own
     /// receiver gets an error.
     state: HandleLock<RecvState>,
-    acceptor: Option<Acceptor>,
+    acceptor: Option<Acceptor<SharedMap>>,
     limit: usize,
     /// `sys::forks::generation()` when made: after a fork, drop leaves the rings' flags alone.
     fork_gen: u64,
@@ -101,9 +55,7 @@ struct RecvState {
 
 /// One sender's ring, as the receiver sees it.
 struct Conn {
-    consumer: Consumer,
-    /// Declared after `consumer`, so the mapping outlives the view.
-    _map: Arc<SharedMap>,
+    consumer: Mapped<Consumer>,
     /// The rendezvous connection: wake-up bytes both ways; its end means the sender is gone.
     sock: OwnedFd,
     /// Pieces of the message being received.
@@ -114,7 +66,7 @@ struct Conn {
 }
 
 impl ShmReceiver {
-    fn new(acceptor: Option<Acceptor>, limit: usize) -> Self {
+    fn new(acceptor: Option<Acceptor<SharedMap>>, limit: usize) -> Self {
         ShmReceiver {
             state: HandleLock::new(RecvState {
                 conns: Vec::new(),
@@ -128,34 +80,45 @@ impl ShmReceiver {
         }
     }
 
+    /// The receiver of an anonymous pair: one ring, `map`, and its connection `sock`.
+    pub(crate) fn anonymous(
+        sock: OwnedFd,
+        map: Arc<SharedMap>,
+        limit: usize,
+    ) -> Result<Self, Error> {
+        let mut rx = ShmReceiver::new(None, limit);
+        let conn = Conn::attach(sock, map, limit)?;
+        rx.state.get_mut().add(conn);
+        Ok(rx)
+    }
+
     /// Rebuilds an anonymous receiver from descriptors inherited from the parent (see
     /// `inherit.rs`): `[socket, memfd]`.
     pub(crate) fn from_inherited(fds: Vec<OwnedFd>, limit: usize) -> Result<Self, Error> {
         let (sock, map) = inherited_parts(fds, "inherited shm receiver")?;
-        let rx = ShmReceiver::new(None, limit);
-        let conn = Conn::attach(sock, map, limit)?;
-        rx.state.lock(Deadline::Never).map_err(LockFail::into_error)?.add(conn);
-        Ok(rx)
+        ShmReceiver::anonymous(sock, map, limit)
     }
 
     /// Moves an anonymous receiver's ring to a child process: returns duplicates of
     /// `[socket, memfd]` and the size limit. This handle then
     /// reports `Disconnected`; the ring is not closed.
     pub(crate) fn hand_off(&self) -> Result<(Vec<OwnedFd>, usize), Error> {
-        let mut state = self.state.lock(Deadline::Never).map_err(LockFail::into_error)?;
+        let mut state = self
+            .state
+            .lock(Deadline::Never)
+            .map_err(LockFail::into_error)?;
         let ([conn], None) = (&state.conns[..], &self.acceptor) else {
-            return Err(Error::Unsupported {
-                what: "passing a bound or already handed-off shared-memory receiver to a child \
-                       (bind in the child instead)"
+            return Err(Error::CannotShare {
+                reason: "it is bound (bind in the child instead) or already handed over"
                     .to_string(),
             });
         };
         if !conn.assembling.is_empty() {
-            return Err(Error::Unsupported {
-                what: "passing a receiver that is part-way through a message".to_string(),
+            return Err(Error::CannotShare {
+                reason: "it is part-way through a message".to_string(),
             });
         }
-        let fds = vec![dup(conn.sock.as_fd())?, dup(conn._map.fd())?];
+        let fds = dup_for_child(&conn.sock, conn.consumer.fd())?;
         // Forgotten without `close`: the ring lives on in the child.
         state.conns.clear();
         Ok((fds, self.limit))
@@ -164,10 +127,8 @@ impl ShmReceiver {
     /// Binds `shm:PATH` and starts accepting senders of `T`.
     pub(crate) fn bind<T>(addr: &str, parsed: &Address, opts: &Options) -> Result<Self, Error> {
         let mine = Hello::for_type::<T>(opts.max_message_size);
-        let mode = Mode::Shm {
-            capacity: opts.capacity.unwrap_or(DEFAULT_SHM_CAPACITY),
-        };
-        let acceptor = Acceptor::bind(addr, parsed, mine, mode)?;
+        let hook = ring_per_sender(opts.capacity.unwrap_or(DEFAULT_SHM_CAPACITY));
+        let acceptor = Acceptor::bind(addr, parsed, mine, hook)?;
         Ok(ShmReceiver::new(Some(acceptor), opts.max_message_size))
     }
 
@@ -180,7 +141,7 @@ impl ShmReceiver {
         &self,
         deadline: Deadline,
         decode: &mut Decode<'_>,
-    ) -> Result<(), RecvFail> {
+    ) -> Result<(), NotReceived> {
         let mut polled = false;
         loop {
             // Taken again after each sleep, so a thread waiting for it gets its turn.
@@ -200,26 +161,16 @@ impl ShmReceiver {
 impl Conn {
     /// Checks and attaches to one more sender's ring, accepting messages up to `limit`.
     fn attach(sock: OwnedFd, map: Arc<SharedMap>, limit: usize) -> Result<Conn, Error> {
-        let ring = ring_over(&map).map_err(|e| Error::io("mapping a ring", e))?;
-        ring.validate()
-            .map_err(|e| Error::io("checking a ring", io::Error::other(e.to_string())))?;
         sys::set_nonblocking(&sock).map_err(|e| Error::io("configuring the connection", e))?;
-        let consumer = match Consumer::new(ring, limit) {
+        let consumer = match Mapped::new(map.clone(), |ring| Consumer::new(ring, limit)) {
             Ok(consumer) => consumer,
             Err(e) => {
-                // Tell the peer we will not read it (it wrote positions before we attached).
-                if let Ok(ring) = ring_over(&map) {
-                    ring.close_as_consumer();
-                }
-                return Err(Error::io(
-                    "attaching to a ring",
-                    io::Error::other(e.to_string()),
-                ));
+                super::close_unread(&map);
+                return Err(Error::io("attaching to a ring", io::Error::other(e)));
             }
         };
         Ok(Conn {
             consumer,
-            _map: map,
             sock,
             assembling: Vec::new(),
             hup: false,
@@ -237,12 +188,10 @@ impl RecvState {
 
     /// Serves the senders the acceptor has taken since we last looked. A sender whose ring
     /// cannot be attached (its peer tampered with it) is dropped alone.
-    fn accept(&mut self, acceptor: &Acceptor, limit: usize) {
+    fn accept(&mut self, acceptor: &Acceptor<SharedMap>, limit: usize) {
         while let Some(accepted) = acceptor.take() {
-            if let Some(map) = accepted.ring {
-                if let Ok(conn) = Conn::attach(accepted.fd, Arc::new(map), limit) {
-                    self.add(conn);
-                }
+            if let Ok(conn) = Conn::attach(accepted.fd, Arc::new(accepted.extra), limit) {
+                self.add(conn);
             }
         }
     }
@@ -254,38 +203,30 @@ impl RecvState {
         &mut self,
         deadline: Deadline,
         polled: bool,
-        acceptor: Option<&Acceptor>,
+        acceptor: Option<&Acceptor<SharedMap>>,
         decode: &mut Decode<'_>,
-    ) -> Option<Result<(), RecvFail>> {
-        // Spin a fixed number of checks before sleeping (a clock read per call measurably
-        // slowed 8-byte streams here; the sender's spin, rarer, is time-based).
-        let spins = if matches!(deadline, Deadline::Now) {
-            1
-        } else {
-            RECV_SPINS
-        };
-        for spin in 0..spins {
-            if self.take(decode) {
-                self.behind = if spin == 0 {
-                    self.behind.saturating_add(1)
-                } else {
-                    0
-                };
-                return Some(Ok(()));
-            }
-            if self.conns.is_empty() {
-                break;
-            }
-            if spin == 0 && spins > 1 && std::mem::take(&mut self.behind) >= SLIP_AFTER {
+    ) -> Option<Result<(), NotReceived>> {
+        if self.take(decode) {
+            // A message was waiting: the senders are ahead of us.
+            self.behind = self.behind.saturating_add(1);
+            return Some(Ok(()));
+        }
+        if !matches!(deadline, Deadline::Now) && !self.conns.is_empty() {
+            if std::mem::take(&mut self.behind) >= SLIP_AFTER {
                 Self::slip();
-            } else if spin % YIELD_EVERY == YIELD_EVERY - 1 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
+            }
+            let mut backoff = Backoff::new();
+            while backoff.spin() {
+                if self.take(decode) {
+                    return Some(Ok(()));
+                }
+                if self.conns.is_empty() {
+                    break;
+                }
             }
         }
         if self.conns.is_empty() && self.ever_connected {
-            return Some(Err(RecvFail::Disconnected));
+            return Some(Err(NotReceived::Disconnected));
         }
         let timeout = deadline.remaining();
         if polled && timeout.is_some_and(|t| t.is_zero()) {
@@ -293,7 +234,7 @@ impl RecvState {
         }
         match self.sleep(acceptor, timeout) {
             Ok(()) => None,
-            Err(e) => Some(Err(RecvFail::Io(e))),
+            Err(e) => Some(Err(NotReceived::Io(e))),
         }
     }
 
@@ -317,19 +258,8 @@ impl RecvState {
 
     /// A complete message from the rings, taken in turn; drops broken or finished rings.
     fn take(&mut self, decode: &mut Decode<'_>) -> bool {
-        let n = self.conns.len();
         let mut found = false;
-        if self.next >= n {
-            self.next = 0;
-        }
-        'conns: for k in 0..n {
-            // In turn from `next` (below `n`, checked above), without a
-            // division per ring (a `div` was a third of this loop's time at 8 bytes).
-            let i = if self.next + k < n {
-                self.next + k
-            } else {
-                self.next + k - n
-            };
+        'conns: for i in in_turn(self.next, self.conns.len()) {
             let conn = &mut self.conns[i];
             loop {
                 match conn.consumer.try_pop(&mut conn.assembling) {
@@ -385,7 +315,11 @@ impl RecvState {
 
     /// Announces a sleep in every ring and waits for a publish, a new sender, a sender's
     /// death, or the timeout (at most `MAX_SLEEP`).
-    fn sleep(&mut self, acceptor: Option<&Acceptor>, timeout: Option<Duration>) -> io::Result<()> {
+    fn sleep(
+        &mut self,
+        acceptor: Option<&Acceptor<SharedMap>>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         let mut idle = true;
         for conn in &mut self.conns {
             match conn

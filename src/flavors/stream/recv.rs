@@ -1,6 +1,4 @@
-//! Stream flavor: encoded messages as length-prefixed frames over a Unix socket, a TCP socket
-//! or a pipe. This file holds anonymous pairs and the receiving half; the sending half is in
-//! `stream_send.rs`.
+//! The receiving half of the stream flavor.
 //!
 //! The receiver owns every connection it serves and polls them together; messages are taken
 //! from connections in turn (fairness), and a connection that breaks the framing or sends an
@@ -13,37 +11,13 @@ use rustix::event::{PollFd, PollFlags};
 
 use crate::addr::Address;
 use crate::codec::Decode;
-use crate::flavors::acceptor::{Acceptor, Mode};
+use crate::flavors::acceptor::{self, Acceptor};
 use crate::flavors::lock::{HandleLock, LockFail};
-pub(crate) use crate::flavors::stream_send::StreamSender;
-use crate::flavors::{Deadline, RecvFail};
+use crate::flavors::{in_turn, Deadline, NotReceived};
 use crate::frame::FrameReader;
 use crate::handshake::Hello;
 use crate::sys::{self, StreamKind};
 use crate::{Error, Options};
-
-/// Creates an anonymous pair: a Unix socketpair, or a pipe.
-pub(crate) fn pair(pipe: bool, opts: &Options) -> Result<(StreamSender, StreamReceiver), Error> {
-    let (read_end, write_end, kind) = if pipe {
-        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| Error::io("creating a pipe", e))?;
-        if let Some(cap) = opts.capacity {
-            rustix::pipe::fcntl_setpipe_size(&w, cap)
-                .map_err(|e| Error::io("setting the pipe's capacity", e))?;
-        }
-        (r, w, StreamKind::Pipe)
-    } else {
-        let (a, b) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| Error::io("creating a socketpair", e))?;
-        let (a, b) = (OwnedFd::from(a), OwnedFd::from(b));
-        // The receiving end never writes; the sending end never reads.
-        let _ = rustix::net::shutdown(&a, rustix::net::Shutdown::Write);
-        (a, b, StreamKind::Unix)
-    };
-    let tx = StreamSender::from_fd(write_end, kind, opts)?;
-    let rx = StreamReceiver::from_fd(read_end, kind, opts)?;
-    Ok((tx, rx))
-}
 
 /// The receiving half: every connection it serves, and the acceptor for bound addresses.
 pub(crate) struct StreamReceiver {
@@ -51,7 +25,7 @@ pub(crate) struct StreamReceiver {
     /// `Empty` instead of waiting for it, and a `Deserialize` that receives from its own
     /// receiver gets an error instead of deadlocking.
     state: HandleLock<RecvState>,
-    acceptor: Option<Acceptor>,
+    acceptor: Option<Acceptor<()>>,
     /// The stream's kind, for anonymous and inherited receivers.
     kind: Option<StreamKind>,
 }
@@ -120,16 +94,18 @@ impl StreamReceiver {
 
     /// A close-on-exec duplicate of an anonymous receiver's stream, for a child process.
     pub(crate) fn duplicate(&self) -> Result<(OwnedFd, StreamKind, usize), Error> {
-        let state = self.state.lock(Deadline::Never).map_err(LockFail::into_error)?;
+        let state = self
+            .state
+            .lock(Deadline::Never)
+            .map_err(LockFail::into_error)?;
         let (Some(kind), [conn]) = (self.kind, &state.conns[..]) else {
-            return Err(Error::Unsupported {
-                what: "passing a bound receiver to another process (bind in the child instead)"
-                    .to_string(),
+            return Err(Error::CannotShare {
+                reason: "it is bound (bind in the child instead)".to_string(),
             });
         };
         if conn.reader.mid_message() {
-            return Err(Error::Unsupported {
-                what: "passing a receiver that has already buffered data".to_string(),
+            return Err(Error::CannotShare {
+                reason: "it has already buffered data from the stream".to_string(),
             });
         }
         let fd = conn
@@ -142,7 +118,7 @@ impl StreamReceiver {
     /// Binds a `unix:` or `tcp:` address and starts accepting senders of `T`.
     pub(crate) fn bind<T>(addr: &str, parsed: &Address, opts: &Options) -> Result<Self, Error> {
         let mine = Hello::for_type::<T>(opts.max_message_size);
-        let acceptor = Acceptor::bind(addr, parsed, mine, Mode::Stream)?;
+        let acceptor = Acceptor::bind(addr, parsed, mine, acceptor::nothing_more())?;
         Ok(StreamReceiver {
             state: HandleLock::new(RecvState {
                 conns: Vec::new(),
@@ -164,7 +140,7 @@ impl StreamReceiver {
         &self,
         deadline: Deadline,
         decode: &mut Decode<'_>,
-    ) -> Result<(), RecvFail> {
+    ) -> Result<(), NotReceived> {
         let mut state = self.state.lock(deadline).map_err(|f| (f, deadline))?;
         state.recv(self.acceptor.as_ref(), deadline, decode)
     }
@@ -174,10 +150,10 @@ impl RecvState {
     /// [`StreamReceiver::recv_with`], holding the lock.
     fn recv(
         &mut self,
-        acceptor: Option<&Acceptor>,
+        acceptor: Option<&Acceptor<()>>,
         deadline: Deadline,
         decode: &mut Decode<'_>,
-    ) -> Result<(), RecvFail> {
+    ) -> Result<(), NotReceived> {
         let mut polled = false;
         loop {
             if let Some(acceptor) = acceptor {
@@ -190,7 +166,7 @@ impl RecvState {
                 return Ok(());
             }
             if self.conns.is_empty() && self.ever_connected {
-                return Err(RecvFail::Disconnected);
+                return Err(NotReceived::Disconnected);
             }
             let timeout = deadline.remaining();
             // Past the deadline, one look at what is ready (made above) is all we owe: peers
@@ -198,26 +174,15 @@ impl RecvState {
             if polled && timeout.is_some_and(|t| t.is_zero()) {
                 return Err(deadline.recv_expired());
             }
-            self.poll(acceptor, timeout).map_err(RecvFail::Io)?;
+            self.poll(acceptor, timeout).map_err(NotReceived::Io)?;
             polled = true;
         }
     }
 
     /// A complete message from the connections, taken in turn; drops broken connections.
     fn take_buffered(&mut self, decode: &mut Decode<'_>) -> bool {
-        let n = self.conns.len();
         let mut found = false;
-        if self.next >= n {
-            self.next = 0;
-        }
-        for k in 0..n {
-            // In turn from `next` (below `n`, checked above), without a
-            // division per ring (a `div` was a third of this loop's time at 8 bytes).
-            let i = if self.next + k < n {
-                self.next + k
-            } else {
-                self.next + k - n
-            };
+        for i in in_turn(self.next, self.conns.len()) {
             let conn = &mut self.conns[i];
             match conn.reader.next_message() {
                 Ok(Some(bytes)) => match decode(bytes) {
@@ -247,7 +212,7 @@ impl RecvState {
     /// ready. True when something was ready.
     fn poll(
         &mut self,
-        acceptor: Option<&Acceptor>,
+        acceptor: Option<&Acceptor<()>>,
         timeout: Option<std::time::Duration>,
     ) -> io::Result<bool> {
         let mut fds: Vec<PollFd<'_>> = self

@@ -1,0 +1,358 @@
+//! The sending half of the shared-memory flavor: encode, then push the message into the ring
+//! in pieces of at most half the ring.
+//!
+//! Clones share one producer behind a lock (the ring has exactly one producer; `lock.rs`):
+//! `try_send` does not wait for a clone that holds it, `send_timeout` waits no longer than its
+//! deadline. As on streams, a message is committed once its first piece is published: when
+//! `try_send` or `send_timeout` runs out of time part-way, the rest is kept and pushed before
+//! the next message, and the last clone's drop finishes it on a short-lived thread.
+//!
+//! A full ring: spin briefly, then announce the sleep in the ring and poll the rendezvous
+//! connection, where the receiver's wake-up byte arrives and where its death shows.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::event::PollFd;
+
+use super::{dup_for_child, inherited_parts, open_peer_ring, Mapped, MAX_SLEEP};
+use crate::addr::Address;
+use crate::flavors::lock::{HandleLock, LockFail};
+use crate::flavors::{Backoff, Deadline, NotSent, Tail, KEEP_BUFFER};
+use crate::handshake::{self, Hello};
+use crate::ring::core::{Producer, Push};
+use crate::sys::memfd::SharedMap;
+use crate::sys::{self, notify, sock, StreamKind};
+use crate::{Error, Options, SendFailure};
+
+/// Check the receiver's liveness through the socket once per this many sends (a crashed
+/// receiver cannot set its "closed" flag; a full ring is noticed at once anyway).
+const LIVENESS_EVERY: u32 = 256;
+
+/// The sending half, shared by clones.
+#[derive(Clone)]
+pub(crate) struct ShmSender {
+    conn: Arc<Holder>,
+}
+
+/// Owns the connection; its drop finishes a pending tail without blocking the caller.
+struct Holder(HandleLock<Slot>);
+
+enum Slot {
+    Live(SendConn),
+    /// Handed to a child process.
+    Moved,
+}
+
+struct SendConn {
+    link: Link,
+    limit: usize,
+    scratch: Vec<u8>,
+    /// The unpublished rest of a committed message.
+    tail: Tail,
+    sends: u32,
+    broken: bool,
+    /// `sys::forks::generation()` when made or last claimed: when it has moved on, a fork
+    /// copied this handle, and we claim the ring before publishing (or closing it).
+    fork_gen: u64,
+    /// The ring's claim token as of `fork_gen` (`Producer::claim`).
+    claim: u64,
+}
+
+/// The ring and the rendezvous connection to its receiver.
+struct Link {
+    producer: Mapped<Producer>,
+    /// Wake-up bytes both ways; its end means the receiver is gone.
+    sock: OwnedFd,
+}
+
+impl ShmSender {
+    pub(crate) fn from_parts(
+        map: Arc<SharedMap>,
+        sock: OwnedFd,
+        limit: usize,
+    ) -> Result<Self, Error> {
+        let mut producer = Mapped::new(map, Producer::new)
+            .map_err(|e| Error::io("attaching to the ring", std::io::Error::other(e)))?;
+        if sys::membarrier::register_producer() {
+            producer.go_light();
+        }
+        let claim = producer.claim_token();
+        Ok(ShmSender {
+            conn: Arc::new(Holder(HandleLock::new(Slot::Live(SendConn {
+                link: Link { producer, sock },
+                limit,
+                scratch: Vec::new(),
+                tail: Tail::default(),
+                sends: 0,
+                broken: false,
+                fork_gen: sys::forks::generation(),
+                claim,
+            })))),
+        })
+    }
+
+    /// Connects to `shm:PATH`: handshake, then receive and check the ring.
+    pub(crate) fn connect<T>(addr: &str, parsed: &Address, opts: &Options) -> Result<Self, Error> {
+        let Address::Shm(path) = parsed else {
+            unreachable!("only shm addresses reach the shm flavor")
+        };
+        let sock = sock::connect_unix(path).map_err(|e| Error::connect(addr, e))?;
+        let mine = Hello::for_type::<T>(opts.max_message_size);
+        let (theirs, fds) = handshake::client(addr, sock.as_fd(), StreamKind::Unix, &mine, 1)?;
+        let bad = |what: String| Error::protocol(addr, what);
+        let [memfd]: [OwnedFd; 1] = fds
+            .try_into()
+            .map_err(|_| bad("the receiver did not send a ring".into()))?;
+        let map = open_peer_ring(memfd).map_err(bad)?;
+        sys::set_nonblocking(&sock).map_err(|e| Error::io("configuring the connection", e))?;
+        let limit = opts.max_message_size.min(theirs.limit as usize);
+        ShmSender::from_parts(map, sock, limit).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Rebuilds a sender from descriptors inherited from the parent (see `inherit.rs`):
+    /// `[socket, memfd]`.
+    pub(crate) fn from_inherited(fds: Vec<OwnedFd>, limit: usize) -> Result<Self, Error> {
+        let (sock, map) = inherited_parts(fds, "inherited shm sender")?;
+        ShmSender::from_parts(map, sock, limit)
+    }
+
+    /// Moves this sender's ring to a child process: returns duplicates of `[socket, memfd]`
+    /// and the size limit, and leaves this handle (and its clones) unusable, without closing
+    /// the ring.
+    pub(crate) fn hand_off(&self) -> Result<(Vec<OwnedFd>, usize), Error> {
+        let mut slot = self
+            .conn
+            .0
+            .lock(Deadline::Never)
+            .map_err(LockFail::into_error)?;
+        let Slot::Live(conn) = &mut *slot else {
+            return Err(Error::CannotShare {
+                reason: "a shared-memory sender has one ring, already handed to a child"
+                    .to_string(),
+            });
+        };
+        if !conn.claimed() {
+            return Err(Error::CannotShare {
+                reason: "another process claimed this sender's ring after a fork()".to_string(),
+            });
+        }
+        if conn.tail.is_pending() || conn.broken {
+            return Err(Error::CannotShare {
+                reason: "the sender is part-way through a message, or broken".to_string(),
+            });
+        }
+        let fds = dup_for_child(&conn.link.sock, conn.link.producer.fd())?;
+        let limit = conn.limit;
+        // Dropped without `close`: the ring lives on in the child.
+        *slot = Slot::Moved;
+        Ok((fds, limit))
+    }
+
+    /// Encodes one message with `encode` and pushes it into the ring.
+    pub(crate) fn send_with(
+        &self,
+        deadline: Deadline,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<(), NotSent> {
+        let mut slot = self.conn.0.lock(deadline).map_err(|f| (f, deadline))?;
+        match &mut *slot {
+            Slot::Live(conn) => conn.send(deadline, encode),
+            Slot::Moved => Err(NotSent::Failed(SendFailure::Moved)),
+        }
+    }
+}
+
+impl SendConn {
+    /// [`ShmSender::send_with`], holding the lock.
+    fn send(
+        &mut self,
+        deadline: Deadline,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<(), NotSent> {
+        if !self.claimed() {
+            return Err(NotSent::Failed(SendFailure::Forked));
+        }
+        if self.broken || self.link.producer.consumer_closed() {
+            self.broken = true;
+            return Err(NotSent::Disconnected);
+        }
+        self.sends = self.sends.wrapping_add(1);
+        if self.sends % LIVENESS_EVERY == 0 && !notify::drain(self.link.sock.as_fd()) {
+            self.broken = true;
+            return Err(NotSent::Disconnected);
+        }
+        self.finish_tail(deadline)?;
+        self.scratch.clear();
+        encode(&mut self.scratch).map_err(NotSent::encode)?;
+        let size = self.scratch.len();
+        if size > self.limit {
+            return Err(NotSent::Failed(SendFailure::TooLarge {
+                size,
+                limit: self.limit,
+            }));
+        }
+        let result = match self.link.push(&self.scratch, deadline) {
+            (_, Ok(())) => Ok(()),
+            (0, Err(fail @ (NotSent::Full | NotSent::Timeout))) => Err(fail),
+            // Committed: keep the rest for the next send (or the drop).
+            (done, Err(NotSent::Full | NotSent::Timeout)) => {
+                self.tail.keep([&self.scratch[done..]]);
+                Ok(())
+            }
+            (_, Err(fail)) => {
+                self.broken = true;
+                Err(fail)
+            }
+        };
+        if self.scratch.capacity() > KEEP_BUFFER {
+            self.scratch = Vec::new();
+        }
+        result
+    }
+
+    /// Whether this process may publish into the ring: always, unless a `fork()` since we
+    /// last looked copied this handle; then whether we are the first of the copies to claim
+    /// the ring. One atomic load on the fast path.
+    #[inline]
+    fn claimed(&mut self) -> bool {
+        let generation = sys::forks::generation();
+        generation == self.fork_gen || self.claim_after_fork(generation)
+    }
+
+    /// [`SendConn::claimed`] after a `fork()`: claims the ring if no other copy did.
+    #[cold]
+    fn claim_after_fork(&mut self, generation: u64) -> bool {
+        let producer = &mut self.link.producer;
+        match producer.claim(self.claim) {
+            Some(next) => {
+                // The generation read before the claim: a fork after it makes us claim again.
+                self.claim = next;
+                self.fork_gen = generation;
+                // A fork child is not registered for heavy fences until it registers itself.
+                if sys::membarrier::register_producer() {
+                    producer.go_light();
+                } else {
+                    producer.go_fenced();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Pushes what is left of a committed message, waiting no longer than `deadline`.
+    #[inline]
+    fn finish_tail(&mut self, deadline: Deadline) -> Result<(), NotSent> {
+        let link = &mut self.link;
+        let result = self.tail.finish(|rest| link.push(rest, deadline));
+        if let Err(fail) = &result {
+            if !matches!(fail, NotSent::Full | NotSent::Timeout) {
+                self.broken = true;
+            }
+        }
+        result
+    }
+
+    /// Pushes a pending tail to the end (waiting as long as the receiver lives), then tells
+    /// the receiver nothing more comes.
+    fn finish_and_close(mut self) {
+        let pending = self.tail.is_pending() && !self.broken;
+        // After a fork, only the copy that claims the ring may finish a pending tail; a copy
+        // with nothing pending does not claim, so dropping an unused copy leaves the ring to
+        // the process that uses it.
+        if pending && (!self.claimed() || self.finish_tail(Deadline::Never).is_err()) {
+            return;
+        }
+        // After a fork another process may still be sending through this ring: then only the
+        // socket's hang-up (when the last copy closes) tells the receiver we are done.
+        if sys::forks::generation() == self.fork_gen && self.link.producer.close() {
+            notify::wake(self.link.sock.as_fd());
+        }
+    }
+}
+
+impl Link {
+    /// Publishes `bytes` (the rest of one message) in pieces: how many bytes were
+    /// published, and whether all were.
+    #[inline]
+    fn push(&mut self, bytes: &[u8], deadline: Deadline) -> (usize, Result<(), NotSent>) {
+        let max = self.producer.max_piece();
+        let mut done = 0;
+        loop {
+            let end = bytes.len().min(done + max);
+            let piece = &bytes[done..end];
+            let last = end == bytes.len();
+            match self.producer.try_push(piece, last) {
+                Ok(Push::Done { wake }) => {
+                    if wake {
+                        notify::wake(self.sock.as_fd());
+                    }
+                    done = end;
+                    if last {
+                        return (done, Ok(()));
+                    }
+                }
+                Ok(Push::Full) => {
+                    if let Err(fail) = self.wait_for_space(piece.len(), deadline) {
+                        return (done, Err(fail));
+                    }
+                }
+                Err(_) => return (done, Err(NotSent::Disconnected)),
+            }
+        }
+    }
+
+    /// Waits until a piece of `len` bytes may fit, the deadline passes, or the receiver goes.
+    fn wait_for_space(&mut self, len: usize, deadline: Deadline) -> Result<(), NotSent> {
+        if !matches!(deadline, Deadline::Now) {
+            let mut backoff = Backoff::new();
+            while backoff.spin() {
+                let room = self.producer.has_room_for(len);
+                if room.map_err(|_| NotSent::Disconnected)? {
+                    return Ok(());
+                }
+            }
+        }
+        let remaining = deadline.remaining();
+        if remaining.is_some_and(|d| d.is_zero()) {
+            return Err(deadline.send_expired());
+        }
+        if self.producer.consumer_closed() {
+            return Err(NotSent::Disconnected);
+        }
+        let sleep = self
+            .producer
+            .prepare_wait(len)
+            .map_err(|_| NotSent::Disconnected)?;
+        if sleep {
+            let wait = remaining.map_or(MAX_SLEEP, |d| d.min(MAX_SLEEP));
+            let mut fds = [PollFd::new(&self.sock, notify::READY)];
+            let polled = sys::poll(&mut fds, Some(wait));
+            let ready = !fds[0].revents().is_empty();
+            self.producer.end_wait();
+            // A wake-up byte, or the receiver's end.
+            let receiver_gone = ready && !notify::drain(self.sock.as_fd());
+            polled.map_err(|e| NotSent::Failed(SendFailure::Io(e)))?;
+            if receiver_gone {
+                return Err(NotSent::Disconnected);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let slot = self.0.get_mut();
+        let Slot::Live(conn) = std::mem::replace(slot, Slot::Moved) else {
+            return;
+        };
+        if !conn.tail.is_pending() || conn.broken {
+            conn.finish_and_close();
+            return;
+        }
+        // A committed message is still being pushed: finish it off the caller's thread.
+        Tail::finish_elsewhere(move || conn.finish_and_close());
+    }
+}
