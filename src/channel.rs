@@ -152,7 +152,8 @@ impl<T> std::fmt::Debug for Receiver<T> {
 }
 
 impl<T: Message> Sender<T> {
-    /// Connects to a receiver bound at `addr` (`thread:NAME`, `unix:PATH`, `tcp:HOST:PORT`).
+    /// Connects to a receiver bound at `addr` (`thread:NAME`, `shm:PATH`, `unix:PATH`,
+    /// `tcp:HOST:PORT`).
     ///
     /// Across processes, the connection begins with a handshake: a peer that speaks another
     /// protocol version or exchanges another message type is refused here, with
@@ -173,7 +174,8 @@ impl<T: Message> Sender<T> {
         Self::connect_with(addr, &Options::new())
     }
 
-    /// Like [`Sender::connect`], with explicit [`Options`] (send buffer capacity, size limit).
+    /// Like [`Sender::connect`], with explicit [`Options`] (size limit; send buffer capacity
+    /// for `unix:` and `tcp:`; a `shm:` ring's size is the receiver's).
     pub fn connect_with(addr: &str, opts: &Options) -> Result<Self, Error> {
         let flavor = match Address::parse(addr)? {
             Address::Thread(name) => SenderFlavor::Thread(ThreadSender::connect(&name)?),
@@ -202,11 +204,12 @@ impl<T: Message> Sender<T> {
 
     /// Sends `msg` if that is possible without waiting for buffer space.
     ///
-    /// On stream backends a message is committed once its first byte is in the kernel's
-    /// buffer: if the rest does not fit, the rest is kept by the sender (at most one message)
-    /// and written before the next message, so a message is never torn and `try_send` never
-    /// waits. While such a rest is pending, the next `try_send` reports `Full` if the rest
-    /// still does not fit.
+    /// On the serializing backends a message is committed once its first byte is in the
+    /// kernel's buffer (or its first piece in the shared-memory ring): if the rest does not
+    /// fit, the rest is kept by the sender (at most one message) and written before the next
+    /// message, so a message is never torn and `try_send` never waits. While such a rest is
+    /// pending, the next `try_send` reports `Full` if the rest still does not fit. It also
+    /// reports `Full` at once while another clone holds the connection (blocked in `send`).
     pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
         self.send_until(msg, Deadline::Now)
             .map_err(|(m, f)| match f {
@@ -245,14 +248,15 @@ impl<T: Message> Receiver<T> {
         Receiver { flavor }
     }
 
-    /// Listens at `addr` (`thread:NAME`, `unix:PATH`, `tcp:HOST:PORT`); any number of senders
-    /// may connect. Messages from one sender arrive in order; senders are served fairly.
+    /// Listens at `addr` (`thread:NAME`, `shm:PATH`, `unix:PATH`, `tcp:HOST:PORT`); any
+    /// number of senders may connect. Messages from one sender arrive in order; senders are
+    /// served fairly.
     ///
     /// A bound receiver waits for its first sender. Once one has connected, `recv` reports
     /// `Disconnected` whenever no sender is connected and every message has been received;
     /// a sender that connects later is served by the next call.
     ///
-    /// A `unix:` socket file is created with mode 0600 whatever the umask, and only
+    /// A `unix:` or `shm:` socket file is created with mode 0600 whatever the umask, and only
     /// processes of the same user may connect. A socket file left by a dead receiver is
     /// reclaimed; a live one is [`Error::AddrInUse`]. `tcp:` accepts any peer that can reach
     /// the port: bind it to a loopback or private address.
@@ -270,7 +274,8 @@ impl<T: Message> Receiver<T> {
         Self::bind_with(addr, &Options::new())
     }
 
-    /// Like [`Receiver::bind`], with explicit [`Options`] (size limit; capacity for `thread:`).
+    /// Like [`Receiver::bind`], with explicit [`Options`] (size limit; capacity for `thread:`,
+    /// and each sender's ring size for `shm:`).
     pub fn bind_with(addr: &str, opts: &Options) -> Result<Self, Error> {
         let flavor = match Address::parse(addr)? {
             Address::Thread(name) => ReceiverFlavor::Thread(ThreadReceiver::bind(&name, opts)?),

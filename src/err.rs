@@ -326,8 +326,10 @@ impl From<RecvError> for RecvTimeoutError {
     }
 }
 
-/// The error of [`channel`](crate::channel), [`Receiver::bind`](crate::Receiver::bind) and
-/// [`Sender::connect`](crate::Sender::connect).
+/// The error of [`channel`](crate::channel), [`Receiver::bind`](crate::Receiver::bind),
+/// [`Sender::connect`](crate::Sender::connect) and of handing channel ends to a child process
+/// ([`Sender::share_with_child`](crate::Sender::share_with_child),
+/// [`Sender::from_parent`](crate::Sender::from_parent) and their `Receiver` twins).
 ///
 /// ```
 /// let err = conduit::Receiver::<u8>::bind("carrier-pigeon:coop").unwrap_err();

@@ -11,8 +11,9 @@
 //! | `tcp:HOST:PORT` | [`Backend::Socket`] over TCP | machines |
 //! | `shm:PATH` | [`Backend::Shm`] | processes on one machine, through a shared-memory ring |
 //!
-//! Anonymous pairs come from [`channel`]; [`Backend::Pipe`] and [`Backend::Socket`] pairs can
-//! be handed to a child process ([`Sender::share_with_child`]).
+//! Anonymous pairs come from [`channel`]; [`Backend::Pipe`], [`Backend::Socket`] and
+//! [`Backend::Shm`] ends can be handed to a child process ([`Sender::share_with_child`]; a
+//! shared-memory end moves to the child, and the parent's handle stops working).
 //!
 //! ## Threads
 //!
@@ -101,6 +102,11 @@
 //! - Messages up to the size limit ([`DEFAULT_MAX_MESSAGE_SIZE`], 64 MiB, see [`Options`])
 //!   cross every backend; a peer that announces more is dropped before anything is allocated.
 //! - No backend raises `SIGPIPE`.
+//! - Both halves are `Send + Sync`. `try_send`/`try_recv` never wait for another thread: while
+//!   another clone or thread holds the handle (blocked on a full buffer, or receiving), they
+//!   report `Full`/`Empty` at once; `send_timeout`/`recv_timeout` keep their deadline. A
+//!   `Serialize` or `Deserialize` that uses its own handle gets a `Reentered` error, not a
+//!   deadlock.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

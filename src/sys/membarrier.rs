@@ -1,8 +1,9 @@
 //! The heavy half of an asymmetric fence between processes, `membarrier(2)`.
 //!
-//! The shm ring's wake-up protocol is a Dekker pair: the producer stores `head` and then
-//! loads the consumer's "waiting" flag; the consumer stores the flag and then loads `head`.
-//! Each side needs a full fence between its store and its load. The producer's runs on every
+//! The shm ring's wake-up protocol is a Dekker pair: the producer stores a frame's header
+//! word (its commit) and then loads the consumer's "waiting" flag; the consumer stores the
+//! flag and then loads the header word at its position. Each side needs a full fence
+//! between its store and its load. The producer's runs on every
 //! publish, and an `mfence` right after a store to a line the consumer is spinning on waits
 //! for that store to reach the other core: the largest single cost of a publish. The
 //! consumer's runs only before it sleeps. `MEMBARRIER_CMD_GLOBAL_EXPEDITED` lets the rare
