@@ -52,7 +52,7 @@ impl Consumer {
     }
 
     /// The bytes consumed so far (our `tail`, as stored in the header).
-    #[cfg(fuzzing)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn consumed(&self) -> u64 {
         self.tail
     }
@@ -205,33 +205,14 @@ impl Consumer {
     /// Call it after `try_pop` returned `Empty`, which checks for a sleeping producer; if
     /// bytes were consumed since, it returns false (do not sleep: the producer may be waiting
     /// for them, and only `try_pop` reports the wake-up it needs).
-    #[cfg(any(fuzzing, loom))]
     pub(crate) fn prepare_wait(&mut self) -> Result<bool, RingError> {
-        // The models' and fuzz drivers' producers never go light; a hostile one may set the
-        // flag anyway, and then there is no other process to fence.
-        self.prepare_wait_with(|| {})
-    }
-
-    /// [`Consumer::prepare_wait`], running `heavy_fence` (a `membarrier` that makes the
-    /// producer's process execute a full barrier) when the producer publishes light.
-    pub(crate) fn prepare_wait_with(
-        &mut self,
-        heavy_fence: impl FnOnce(),
-    ) -> Result<bool, RingError> {
         if self.checked != self.tail {
             return Ok(false);
         }
         let h = self.ring.header();
         h.consumer_waiting.store(1, Ordering::Relaxed);
-        // Dekker with `Producer::try_push` (commit a header, fence, load waiting), and with
-        // `Producer::go_light` (store the flag, fence, then its publishes load waiting).
+        // Dekker with `Producer::try_push` (commit a header, fence, load waiting).
         fence(Ordering::SeqCst);
-        // Relaxed: ordered by the fence above against the producer's fence in `go_light`.
-        if h.producer_light.load(Ordering::Relaxed) != 0 {
-            // The producer's publishes carry no fence: this one forces a full barrier on its
-            // threads between our store of `consumer_waiting` and our load of the header word.
-            heavy_fence();
-        }
         let idle = self.read_header()?.is_none() && !self.producer_closed();
         if !idle {
             self.end_wait();

@@ -8,7 +8,7 @@
 //! payload padded to 8 bytes. The header is the commit: the consumer polls the word at its
 //! own position and never reads `head`.
 
-use super::core::{Consumer, RingError, FRAME_HEADER};
+use super::core::{Consumer, FRAME_HEADER};
 use super::HeapRing;
 
 /// Data bytes of the fuzzed rings: the smallest capacity, so wrap-around is frequent.
@@ -44,23 +44,7 @@ pub(super) fn bytes_at(ring: &HeapRing, off: usize, len: usize) -> Vec<u8> {
 }
 
 /// Asserts that the consumer's own position is `pos`, the position the driver worked out
-/// from the frame format. `Consumer::consumed` is compiled only under `cfg(fuzzing)`: in a
-/// unit test build the driver's own count stands alone, and a consumer at another position
-/// shows only when it reads another header word than the driver expects.
+/// from the frame format.
 pub(super) fn assert_consumed(consumer: &Consumer, pos: u64, what: &str) {
-    #[cfg(fuzzing)]
     assert_eq!(consumer.consumed(), pos, "{what}");
-    #[cfg(not(fuzzing))]
-    let _ = (consumer, pos, what);
-}
-
-/// `Consumer::prepare_wait`: announces a sleep with no heavy fence (the drivers' producers
-/// never publish light; a hostile one that sets the flag has no process to fence). That
-/// method is compiled only under `cfg(fuzzing)` or loom; `prepare_wait_with` is the same
-/// call in every build.
-pub(super) fn prepare_wait(consumer: &mut Consumer) -> Result<bool, RingError> {
-    #[cfg(fuzzing)]
-    return consumer.prepare_wait();
-    #[cfg(not(fuzzing))]
-    consumer.prepare_wait_with(|| {})
 }

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 
 use super::core::{header_word, Consumer, Pop, Producer, Push, FLAG_LAST, FLAG_PAD, FRAME_HEADER};
-use super::fuzz_common::{align8, assert_consumed, bytes_at, offset, prepare_wait, word_at, CAP};
+use super::fuzz_common::{align8, assert_consumed, bytes_at, offset, word_at, CAP};
 use super::HeapRing;
 use crate::fuzz_support::Input;
 use crate::sync::Ordering::{Relaxed, SeqCst};
@@ -277,7 +277,7 @@ pub fn ring_ops(data: &[u8]) {
                 m.closed = true;
             }
             _ => {
-                let idle = prepare_wait(&mut c).expect("honest");
+                let idle = c.prepare_wait().expect("honest");
                 let want = m.pieces.is_empty() && !m.closed && m.checked == m.tail;
                 assert_eq!(idle, want, "consumer wait");
                 c.end_wait();

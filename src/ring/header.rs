@@ -14,7 +14,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// "conduit ring v1", as a little-endian u64.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"CDTRING1");
 /// The layout version; bump on any change to this file or to the frame format.
-pub(crate) const LAYOUT_VERSION: u32 = 3;
+pub(crate) const LAYOUT_VERSION: u32 = 4;
 /// Bytes the header occupies before the data region (a multiple of the cache line).
 pub(crate) const HEADER_SIZE: usize = 512;
 /// Smallest and largest data capacities accepted (powers of two).
@@ -61,10 +61,7 @@ pub(crate) struct RingHeader {
     // two processes. A token, not a pid: every claim moves it on by one (see
     // `Producer::claim`), so of the processes that share one token exactly one can claim.
     pub(crate) producer_claim: AtomicU64,
-    /// 1 when the producer publishes with a compiler fence only, relying on the consumer to
-    /// run a heavy (`membarrier`) fence before it sleeps; see `sys/membarrier.rs`.
-    pub(crate) producer_light: AtomicU32,
-    _pad6: Pad<52>,
+    _pad6: Pad<56>,
 }
 
 const _: () = assert!(std::mem::size_of::<RingHeader>() <= HEADER_SIZE || cfg!(loom));
@@ -90,8 +87,7 @@ impl RingHeader {
             consumer_closed: AtomicU32::new(0),
             _pad5: [0; 56],
             producer_claim: AtomicU64::new(0),
-            producer_light: AtomicU32::new(0),
-            _pad6: [0; 52],
+            _pad6: [0; 56],
         }
     }
 }

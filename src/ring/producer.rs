@@ -22,8 +22,6 @@ pub(crate) struct Producer {
     head: u64,
     /// The last `tail` we read; reloaded only when it says "full" (rtrb's cached index).
     cached_tail: u64,
-    /// Publish with a compiler fence only (see [`Producer::go_light`]).
-    light: bool,
 }
 
 impl Producer {
@@ -54,29 +52,7 @@ impl Producer {
             ring,
             head,
             cached_tail: tail,
-            light: false,
         })
-    }
-
-    /// From now on, publish with a compiler fence instead of a SeqCst fence. Only for a
-    /// producer whose process is registered for expedited global `membarrier`: the consumer
-    /// sees the flag set here and runs the heavy fence before it sleeps, which stands in for
-    /// ours (`sys/membarrier.rs`).
-    pub(crate) fn go_light(&mut self) {
-        let h = self.ring.header();
-        // Relaxed, then a SeqCst fence before any light publish: with the consumer's fence in
-        // `prepare_wait_with` (store waiting, fence, load this flag), either the consumer
-        // sees the flag and runs the heavy fence, or its waiting store is visible to our
-        // first light publish's load of `consumer_waiting`.
-        h.producer_light.store(1, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        self.light = true;
-    }
-
-    /// Back to a SeqCst fence per publish (a `fork()` child whose registration failed). The
-    /// header flag stays set: the consumer's heavy fences are then merely unneeded.
-    pub(crate) fn go_fenced(&mut self) {
-        self.light = false;
     }
 
     /// The ring's claim token now: what [`Producer::claim`] expects to find.
@@ -162,16 +138,10 @@ impl Producer {
         // then our load of `consumer_waiting`; the consumer stores `consumer_waiting`, fences,
         // then loads the header word at its position. The two fences order the pairs, so at
         // least one side sees the other's store: either the consumer sees the commit and
-        // stays awake, or we see it waiting. A light producer (`go_light`) leaves its half to
-        // the consumer's heavy fence. The sleeper clears its own flag when it wakes; until
-        // then every publish notifies, which costs an extra wake-up at worst, never a lost one.
-        if self.light {
-            // The consumer's heavy fence stands in for ours (`go_light`); only the compiler
-            // must keep the load after the store.
-            std::sync::atomic::compiler_fence(Ordering::SeqCst);
-        } else {
-            fence(Ordering::SeqCst);
-        }
+        // stays awake, or we see it waiting. The sleeper clears its own flag when it wakes;
+        // until then every publish notifies, which costs an extra wake-up at worst, never a
+        // lost one.
+        fence(Ordering::SeqCst);
         let wake = h.consumer_waiting.load(Ordering::Relaxed) == 1;
         Ok(Push::Done { wake })
     }

@@ -9,7 +9,6 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 
 pub(crate) mod fdpass;
 pub(crate) mod forks;
-pub(crate) mod membarrier;
 pub(crate) mod memfd;
 pub(crate) mod notify;
 pub(crate) mod sigpipe;

@@ -40,7 +40,7 @@ pub fn job(id: u32, len: usize) -> Job {
 /// commit: the receiver polls the word at its own position and never reads `head`.
 pub const HEADER: usize = 512;
 /// The ring layout version (`LAYOUT_VERSION` in src/ring/header.rs).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 pub const HEAD: usize = 64;
 pub const TAIL: usize = 128;
 pub const PRODUCER_CLOSED: usize = 320;

@@ -30,8 +30,6 @@ const SLIP_AFTER: u32 = 8;
 const SLIP_FOR: Duration = Duration::from_micros(2);
 /// Reassembly capacity kept between messages, per sender.
 const KEEP_ASSEMBLY: usize = 8 << 20;
-/// The longest sleep when this process cannot run heavy fences (`sys/membarrier.rs`).
-const FALLBACK_SLEEP: Duration = Duration::from_millis(1);
 
 /// The receiving half: the rings of every connected sender.
 pub(crate) struct ShmReceiver {
@@ -257,6 +255,7 @@ impl RecvState {
     }
 
     /// A complete message from the rings, taken in turn; drops broken or finished rings.
+    #[inline]
     fn take(&mut self, decode: &mut Decode<'_>) -> bool {
         let mut found = false;
         'conns: for i in in_turn(self.next, self.conns.len()) {
@@ -322,20 +321,13 @@ impl RecvState {
     ) -> io::Result<()> {
         let mut idle = true;
         for conn in &mut self.conns {
-            match conn
-                .consumer
-                .prepare_wait_with(sys::membarrier::heavy_fence)
-            {
+            match conn.consumer.prepare_wait() {
                 Ok(true) => {}
                 Ok(false) => idle = false,
                 Err(_) => conn.dead = true,
             }
         }
-        let mut timeout = timeout.map_or(MAX_SLEEP, |t| t.min(MAX_SLEEP));
-        if sys::membarrier::heavy_failed() {
-            // A light producer's wake-up may be missed without the heavy fence: poll often.
-            timeout = timeout.min(FALLBACK_SLEEP);
-        }
+        let timeout = timeout.map_or(MAX_SLEEP, |t| t.min(MAX_SLEEP));
         let wait = if idle && !self.conns.iter().any(|c| c.dead) {
             timeout
         } else {

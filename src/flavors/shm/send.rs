@@ -72,11 +72,8 @@ impl ShmSender {
         sock: OwnedFd,
         limit: usize,
     ) -> Result<Self, Error> {
-        let mut producer = Mapped::new(map, Producer::new)
+        let producer = Mapped::new(map, Producer::new)
             .map_err(|e| Error::io("attaching to the ring", std::io::Error::other(e)))?;
-        if sys::membarrier::register_producer() {
-            producer.go_light();
-        }
         let claim = producer.claim_token();
         Ok(ShmSender {
             conn: Arc::new(Holder(HandleLock::new(Slot::Live(SendConn {
@@ -223,18 +220,11 @@ impl SendConn {
     /// [`SendConn::claimed`] after a `fork()`: claims the ring if no other copy did.
     #[cold]
     fn claim_after_fork(&mut self, generation: u64) -> bool {
-        let producer = &mut self.link.producer;
-        match producer.claim(self.claim) {
+        match self.link.producer.claim(self.claim) {
             Some(next) => {
                 // The generation read before the claim: a fork after it makes us claim again.
                 self.claim = next;
                 self.fork_gen = generation;
-                // A fork child is not registered for heavy fences until it registers itself.
-                if sys::membarrier::register_producer() {
-                    producer.go_light();
-                } else {
-                    producer.go_fenced();
-                }
                 true
             }
             None => false,
