@@ -1,4 +1,4 @@
-//! Issue 6, scenario 9: processes binding one address at the same instant. Exactly one wins,
+//! Processes binding one address at the same instant. Exactly one wins,
 //! whether the address is free or holds a stale socket file left by a dead receiver; a live
 //! owner is never reclaimed; a dead one always is.
 //!

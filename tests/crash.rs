@@ -286,7 +286,7 @@ fn sender_killed(target: &str) {
         pause,
     };
     let mut plans = Vec::new();
-    // Issue 6, scenario 1: 100 kills per backend, two of them at chosen hard points.
+    // 100 kills per backend, two of them at chosen hard points.
     for _ in 0..kills().saturating_sub(2) {
         let (after, delay_us) = (1 + below(120), below(8_000));
         plans.push(plan(after, delay_us, None, false));

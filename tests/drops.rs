@@ -1,4 +1,4 @@
-//! Scenario 16 of the hardening issue: teardown with messages in flight drops every message
+//! Teardown with messages in flight drops every message
 //! exactly once.
 //!
 //! [`Counted`] counts, per id, how many instances were made (by [`Counted::new`] or by

@@ -1,4 +1,4 @@
-//! Scenario 15 of the hardening issue: many connect/send/drop cycles per backend leave the
+//! Many connect/send/drop cycles per backend leave the
 //! number of open file descriptors (`/proc/self/fd`) and of mappings (`/proc/self/maps`
 //! lines) where they were, and no memfd outlives its channel (no `memfd:` among the
 //! descriptors' targets or in the maps once every channel is gone).
@@ -11,7 +11,7 @@
 //! Under a sanitizer (`CONDUIT_SANITIZER`, set by `.ci/sanitizers`) the mappings are not
 //! counted: its allocator maps regions of its own as it goes.
 //!
-//! 10,000 cycles per backend, as the issue asks: measured at 0.3–2 s per backend in a debug
+//! 10,000 cycles per backend: measured at 0.3–2 s per backend in a debug
 //! build on two cores (about 3 s for the whole file, backends in parallel). The count used and
 //! the time taken are printed for every backend; `CONDUIT_LEAK_CYCLES=N` changes it.
 

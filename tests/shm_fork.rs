@@ -111,7 +111,7 @@ fn send_all(tx: &conduit::Sender<u64>, tag: u64) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Issue 6, scenario 8: one shm `Sender` used on both sides of a `fork()`. Both sides send
+/// One shm `Sender` used on both sides of a `fork()`. Both sides send
 /// at once; exactly one wins the ring and the other gets `SendFailure::Forked` on every
 /// send; the receiver gets the winner's messages, complete and in order, and none of the
 /// loser's. Either side wins in some rounds.

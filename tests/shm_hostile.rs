@@ -506,7 +506,7 @@ fn wake_up_floods_stall_nobody() {
     });
 }
 
-/// Issue 6, scenario 4 on shared memory: a sender that publishes the first piece of a message
+/// On shared memory: a sender that publishes the first piece of a message
 /// and then stalls (alive, connection open). `try_recv` stays non-blocking, `recv_timeout`
 /// times out, and the well-behaved sender beside it is still served, in order.
 #[test]

@@ -400,7 +400,7 @@ fn sender_killed_at_random_points() {
         x % n
     };
     let mut times = Vec::new();
-    // Issue 6, scenario 1: 100 kills (`CONDUIT_KILLS`), three of them at chosen hard points.
+    // 100 kills (`CONDUIT_KILLS`), three of them at chosen hard points.
     let kills = std::env::var("CONDUIT_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -1,4 +1,4 @@
-//! Scenario 13 of the hardening issue: an EINTR storm. A thread sends SIGUSR1 every
+//! An EINTR storm. A thread sends SIGUSR1 every
 //! millisecond (`pthread_kill`) to the receiving thread — or, in the second variant, to the
 //! sending thread — while many messages cross, some of them 1 MiB (larger than any socket
 //! buffer, pipe or ring here, so reads, writes and polls block and are interrupted). The

@@ -1,4 +1,4 @@
-//! Scenario 17 of the hardening issue: a bounded soak. Per backend, four producers and one
+//! A bounded soak. Per backend, four producers and one
 //! consumer move messages of mixed sizes, 8 B to 1 MiB (70% up to 256 B, 25% up to 64 KiB,
 //! 5% up to 1 MiB, drawn by a xorshift generator with a fixed seed per producer, so a run
 //! repeats exactly). The consumer checks that nothing is lost, duplicated or reordered

@@ -1,4 +1,4 @@
-//! Scenario 14 of the hardening issue: streams delivered one byte at a time, across
+//! Streams delivered one byte at a time, across
 //! processes, on `unix:`, `tcp:`, inherited pipes and inherited socketpairs.
 //!
 //! - Towards conduit: a child (this binary re-run as `trickle_child`) writes a valid hello

@@ -3,8 +3,7 @@
 //! encoding, no checks.
 //!
 //! - [`Floor`] (`rtt_64B/floor`): a counter bounced over one cache line each way, the
-//!   machine's own cost of one cross-process (cross-core) round trip. The round-trip
-//!   target is stated against it.
+//!   machine's own cost of one cross-process (cross-core) round trip.
 //! - [`Frames`] (`rtt_64B/floor_frames`): a 64-byte message each way in a bare ring of
 //!   frames laid out as conduit's are (an 8-byte header stored last, the payload before it,
 //!   frames following each other around the ring), copied out by the receiver. A 64-byte
