@@ -107,8 +107,12 @@ pub(crate) fn decode_into<T: DeserializeOwned>(
     }
     #[cfg(feature = "bincode")]
     {
-        let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-            .map_err(|e| e.to_string())?;
+        // bincode reserves a container's announced length before reading it; without a
+        // limit, a peer's few bytes announcing 2^64 of them panic ("capacity overflow") or
+        // reserve that much. The limit bounds what one message may make us reserve.
+        let config = bincode::config::standard().with_limit::<BINCODE_DECODE_LIMIT>();
+        let (value, used) =
+            bincode::serde::decode_from_slice(bytes, config).map_err(|e| e.to_string())?;
         if used != bytes.len() {
             return Err(format!(
                 "{} trailing bytes after the message",
@@ -119,6 +123,12 @@ pub(crate) fn decode_into<T: DeserializeOwned>(
         Ok(())
     }
 }
+
+/// The most one bincode message may make the decoder reserve for its strings, byte strings
+/// and sequences (`len * size_of::<T>()` each) plus the bytes it reads: 1 GiB, far above
+/// any message under the default size limit, and no announced length can overflow it.
+#[cfg(feature = "bincode")]
+const BINCODE_DECODE_LIMIT: usize = 1 << 30;
 
 /// What the receive paths call with each complete message: decode it into the caller's
 /// slot (see [`decode_into`]).
