@@ -52,21 +52,19 @@ thread_local! {
 }
 
 /// This thread's token: unique in the process, never 0.
+#[inline]
 fn my_token() -> u64 {
     /// The next token to hand out.
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    // A thread whose thread-locals are being destroyed gets a fresh token: it cannot be
-    // inside a lock already, so the re-entry check has nothing to find.
-    TOKEN
-        .try_with(|t| {
-            if t.get() == 0 {
-                // Relaxed: only uniqueness matters, which the counter's modification order
-                // gives.
-                t.set(NEXT.fetch_add(1, Ordering::Relaxed));
-            }
-            t.get()
-        })
-        .unwrap_or_else(|_| NEXT.fetch_add(1, Ordering::Relaxed))
+    // `TOKEN` has no destructor, so it is there even while the thread's other thread-locals
+    // are being destroyed (a sender dropped in one of them still gets its token).
+    TOKEN.with(|t| {
+        if t.get() == 0 {
+            // Relaxed: only uniqueness matters, which the counter's modification order gives.
+            t.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        t.get()
+    })
 }
 
 impl<T> HandleLock<T> {
