@@ -191,8 +191,12 @@ impl<T: Message> Sender<T> {
 
     /// Sends `msg`, waiting while the buffer is full. Fails, handing `msg` back, when the
     /// receiver is gone or the message cannot be sent (for example, over the size limit).
+    #[inline]
     pub fn send(&self, msg: T) -> Result<(), SendError<T>> {
-        self.send_until(msg, Deadline::Never)
+        if let SenderFlavor::Thread(s) = &self.flavor {
+            return s.send(msg);
+        }
+        self.send_encoded(msg, Deadline::Never)
             .map_err(|(m, f)| match f {
                 NotSent::Disconnected => SendError::Disconnected(m),
                 NotSent::Failed(f) => SendError::Failed(m, f),
@@ -210,8 +214,12 @@ impl<T: Message> Sender<T> {
     /// message, so a message is never torn and `try_send` never waits. While such a rest is
     /// pending, the next `try_send` reports `Full` if the rest still does not fit. It also
     /// reports `Full` at once while another clone holds the connection (blocked in `send`).
+    #[inline]
     pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
-        self.send_until(msg, Deadline::Now)
+        if let SenderFlavor::Thread(s) = &self.flavor {
+            return s.try_send(msg);
+        }
+        self.send_encoded(msg, Deadline::Now)
             .map_err(|(m, f)| match f {
                 NotSent::Full | NotSent::Timeout => TrySendError::Full(m),
                 NotSent::Disconnected => TrySendError::Disconnected(m),
@@ -221,8 +229,12 @@ impl<T: Message> Sender<T> {
 
     /// Sends `msg`, waiting at most `timeout` for buffer space. As with
     /// [`Sender::try_send`], a message begun in time is committed and finished later.
+    #[inline]
     pub fn send_timeout(&self, msg: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        self.send_until(msg, Deadline::after(timeout))
+        if let SenderFlavor::Thread(s) = &self.flavor {
+            return s.send_timeout(msg, timeout);
+        }
+        self.send_encoded(msg, Deadline::after(timeout))
             .map_err(|(m, f)| match f {
                 NotSent::Full | NotSent::Timeout => SendTimeoutError::Timeout(m),
                 NotSent::Disconnected => SendTimeoutError::Disconnected(m),
@@ -230,9 +242,14 @@ impl<T: Message> Sender<T> {
             })
     }
 
-    fn send_until(&self, msg: T, deadline: Deadline) -> Result<(), (T, NotSent)> {
+    /// Sends through a flavor that encodes. The thread flavor moves `msg` instead; each
+    /// public method hands it over before coming here, so the thread path carries no
+    /// deadline, no encoder and no intermediate error. Never inlined, so that the public
+    /// methods stay small enough to inline into their callers.
+    #[inline(never)]
+    fn send_encoded(&self, msg: T, deadline: Deadline) -> Result<(), (T, NotSent)> {
         match &self.flavor {
-            SenderFlavor::Thread(s) => s.send(msg, deadline),
+            SenderFlavor::Thread(_) => unreachable!("the public methods send thread messages"),
             SenderFlavor::Stream(s) => s
                 .send_with(deadline, |buf| codec::encode_into(&msg, buf))
                 .map_err(|f| (msg, f)),
@@ -301,36 +318,33 @@ impl<T: Message> Receiver<T> {
 
     /// Waits for a message. Returns `Disconnected` once every sender is gone and every
     /// message they sent has been received.
+    #[inline]
     pub fn recv(&self) -> Result<T, RecvError> {
-        self.recv_until(Deadline::Never).map_err(|f| match f {
-            NotReceived::Disconnected => RecvError::Disconnected,
-            NotReceived::Reentered => RecvError::Reentered,
-            NotReceived::Io(e) => RecvError::Io(e),
-            NotReceived::Empty | NotReceived::Timeout => {
-                unreachable!("a receive without deadline reports neither Empty nor Timeout")
-            }
-        })
+        if let ReceiverFlavor::Thread(r) = &self.flavor {
+            return r.recv();
+        }
+        self.recv_decoded(Deadline::Never)
+            .map_err(NotReceived::into_recv_error)
     }
 
     /// Takes a message if one is ready, without waiting.
+    #[inline]
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        self.recv_until(Deadline::Now).map_err(|f| match f {
-            NotReceived::Empty | NotReceived::Timeout => TryRecvError::Empty,
-            NotReceived::Disconnected => TryRecvError::Disconnected,
-            NotReceived::Reentered => TryRecvError::Reentered,
-            NotReceived::Io(e) => TryRecvError::Io(e),
-        })
+        if let ReceiverFlavor::Thread(r) = &self.flavor {
+            return r.try_recv();
+        }
+        self.recv_decoded(Deadline::Now)
+            .map_err(NotReceived::into_try_recv_error)
     }
 
     /// Waits at most `timeout` for a message.
+    #[inline]
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.recv_until(Deadline::after(timeout))
-            .map_err(|f| match f {
-                NotReceived::Empty | NotReceived::Timeout => RecvTimeoutError::Timeout,
-                NotReceived::Disconnected => RecvTimeoutError::Disconnected,
-                NotReceived::Reentered => RecvTimeoutError::Reentered,
-                NotReceived::Io(e) => RecvTimeoutError::Io(e),
-            })
+        if let ReceiverFlavor::Thread(r) = &self.flavor {
+            return r.recv_timeout(timeout);
+        }
+        self.recv_decoded(Deadline::after(timeout))
+            .map_err(NotReceived::into_recv_timeout_error)
     }
 
     /// A blocking iterator that ends when the channel disconnects.
@@ -351,14 +365,20 @@ impl<T: Message> Receiver<T> {
         std::iter::from_fn(move || self.try_recv().ok())
     }
 
-    fn recv_until(&self, deadline: Deadline) -> Result<T, NotReceived> {
+    /// Receives through a flavor that decodes. The thread flavor moves messages instead;
+    /// each public method takes them from it before coming here, so the thread path sets up
+    /// no slot and no decoder. Never inlined, like `Sender::send_encoded`.
+    #[inline(never)]
+    fn recv_decoded(&self, deadline: Deadline) -> Result<T, NotReceived> {
         // Decoded straight into this slot; the flavors report only whether it was filled
         // (see `codec::decode_into`).
         let mut slot = None;
         {
             let mut decode = |bytes: &[u8]| codec::decode_into(bytes, &mut slot);
             match &self.flavor {
-                ReceiverFlavor::Thread(r) => return r.recv(deadline),
+                ReceiverFlavor::Thread(_) => {
+                    unreachable!("the public methods receive thread messages")
+                }
                 ReceiverFlavor::Stream(r) => r.recv_with(deadline, &mut decode)?,
                 ReceiverFlavor::Shm(r) => r.recv_with(deadline, &mut decode)?,
             }

@@ -14,7 +14,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::SendFailure;
+use crate::{RecvError, RecvTimeoutError, SendFailure, TryRecvError};
 use lock::LockFail;
 
 pub(crate) mod acceptor;
@@ -240,4 +240,38 @@ pub(crate) enum NotReceived {
     /// A use from inside a use on the same thread (`lock.rs`).
     Reentered,
     Io(io::Error),
+}
+
+impl NotReceived {
+    /// The error of `recv`, which has no deadline.
+    pub(crate) fn into_recv_error(self) -> RecvError {
+        match self {
+            NotReceived::Disconnected => RecvError::Disconnected,
+            NotReceived::Reentered => RecvError::Reentered,
+            NotReceived::Io(e) => RecvError::Io(e),
+            NotReceived::Empty | NotReceived::Timeout => {
+                unreachable!("a receive without deadline reports neither Empty nor Timeout")
+            }
+        }
+    }
+
+    /// The error of `try_recv`.
+    pub(crate) fn into_try_recv_error(self) -> TryRecvError {
+        match self {
+            NotReceived::Empty | NotReceived::Timeout => TryRecvError::Empty,
+            NotReceived::Disconnected => TryRecvError::Disconnected,
+            NotReceived::Reentered => TryRecvError::Reentered,
+            NotReceived::Io(e) => TryRecvError::Io(e),
+        }
+    }
+
+    /// The error of `recv_timeout`.
+    pub(crate) fn into_recv_timeout_error(self) -> RecvTimeoutError {
+        match self {
+            NotReceived::Empty | NotReceived::Timeout => RecvTimeoutError::Timeout,
+            NotReceived::Disconnected => RecvTimeoutError::Disconnected,
+            NotReceived::Reentered => RecvTimeoutError::Reentered,
+            NotReceived::Io(e) => RecvTimeoutError::Io(e),
+        }
+    }
 }

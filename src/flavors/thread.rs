@@ -8,11 +8,15 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 use crossbeam_channel as cb;
 
-use crate::flavors::{Deadline, NotReceived, NotSent};
-use crate::{Error, Options};
+use crate::flavors::{Deadline, NotReceived};
+use crate::{
+    Error, Options, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
+    TrySendError,
+};
 
 /// The sending half. Clones share one crossbeam sender; the `Arc` lets a bound receiver's
 /// registry entry see when the last clone of a generation is gone.
@@ -29,18 +33,36 @@ impl<T> Clone for ThreadSender<T> {
 }
 
 impl<T: Send + 'static> ThreadSender<T> {
-    pub(crate) fn send(&self, msg: T, deadline: Deadline) -> Result<(), (T, NotSent)> {
-        match deadline {
-            Deadline::Never => self.tx.send(msg).map_err(|e| (e.0, NotSent::Disconnected)),
-            Deadline::Now => self.tx.try_send(msg).map_err(|e| match e {
-                cb::TrySendError::Full(m) => (m, NotSent::Full),
-                cb::TrySendError::Disconnected(m) => (m, NotSent::Disconnected),
-            }),
-            Deadline::At(at) => self.tx.send_deadline(msg, at).map_err(|e| match e {
-                cb::SendTimeoutError::Timeout(m) => (m, NotSent::Timeout),
-                cb::SendTimeoutError::Disconnected(m) => (m, NotSent::Disconnected),
-            }),
-        }
+    // The three sends go straight to crossbeam and map its error to ours in place: no
+    // deadline to look at, no intermediate error for the message to travel in.
+
+    #[inline]
+    pub(crate) fn send(&self, msg: T) -> Result<(), SendError<T>> {
+        self.tx
+            .send(msg)
+            .map_err(|cb::SendError(m)| SendError::Disconnected(m))
+    }
+
+    #[inline]
+    pub(crate) fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
+        self.tx.try_send(msg).map_err(|e| match e {
+            cb::TrySendError::Full(m) => TrySendError::Full(m),
+            cb::TrySendError::Disconnected(m) => TrySendError::Disconnected(m),
+        })
+    }
+
+    /// Like crossbeam's (and [`Deadline::after`]), a timeout too long to represent waits
+    /// as long as it takes.
+    #[inline]
+    pub(crate) fn send_timeout(
+        &self,
+        msg: T,
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError<T>> {
+        self.tx.send_timeout(msg, timeout).map_err(|e| match e {
+            cb::SendTimeoutError::Timeout(m) => SendTimeoutError::Timeout(m),
+            cb::SendTimeoutError::Disconnected(m) => SendTimeoutError::Disconnected(m),
+        })
     }
 
     pub(crate) fn connect(name: &str) -> Result<Self, Error> {
@@ -154,14 +176,51 @@ impl<T: Send + 'static> ThreadReceiver<T> {
         })))
     }
 
-    pub(crate) fn recv(&self, deadline: Deadline) -> Result<T, NotReceived> {
+    // As with the sender: an anonymous receiver goes straight to crossbeam; a bound one
+    // takes the longer way through its generations, out of line.
+
+    #[inline]
+    pub(crate) fn recv(&self) -> Result<T, RecvError> {
         match self {
-            ThreadReceiver::Anonymous(rx) => recv_one(rx, deadline),
-            ThreadReceiver::Named(named) => named.recv(deadline),
+            ThreadReceiver::Anonymous(rx) => {
+                rx.recv().map_err(|cb::RecvError| RecvError::Disconnected)
+            }
+            ThreadReceiver::Named(named) => named
+                .recv(Deadline::Never)
+                .map_err(NotReceived::into_recv_error),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn try_recv(&self) -> Result<T, TryRecvError> {
+        match self {
+            ThreadReceiver::Anonymous(rx) => rx.try_recv().map_err(|e| match e {
+                cb::TryRecvError::Empty => TryRecvError::Empty,
+                cb::TryRecvError::Disconnected => TryRecvError::Disconnected,
+            }),
+            ThreadReceiver::Named(named) => named
+                .recv(Deadline::Now)
+                .map_err(NotReceived::into_try_recv_error),
+        }
+    }
+
+    /// A timeout too long to represent waits as long as it takes (crossbeam's
+    /// `recv_timeout`, [`Deadline::after`]).
+    #[inline]
+    pub(crate) fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        match self {
+            ThreadReceiver::Anonymous(rx) => rx.recv_timeout(timeout).map_err(|e| match e {
+                cb::RecvTimeoutError::Timeout => RecvTimeoutError::Timeout,
+                cb::RecvTimeoutError::Disconnected => RecvTimeoutError::Disconnected,
+            }),
+            ThreadReceiver::Named(named) => named
+                .recv(Deadline::after(timeout))
+                .map_err(NotReceived::into_recv_timeout_error),
         }
     }
 }
 
+/// One receive from a generation of a bound receiver.
 fn recv_one<T>(rx: &cb::Receiver<T>, deadline: Deadline) -> Result<T, NotReceived> {
     match deadline {
         Deadline::Never => rx.recv().map_err(|_| NotReceived::Disconnected),
@@ -179,7 +238,9 @@ fn recv_one<T>(rx: &cb::Receiver<T>, deadline: Deadline) -> Result<T, NotReceive
 impl<T> Named<T> {
     /// Receives from the live generation. The state's lock is held only to look at or change
     /// which generation is live, never while waiting, so threads sharing the receiver wait
-    /// in crossbeam, each within its own deadline.
+    /// in crossbeam, each within its own deadline. Never inlined: the anonymous receiver's
+    /// path stays short.
+    #[inline(never)]
     fn recv(&self, deadline: Deadline) -> Result<T, NotReceived> {
         loop {
             let rx = self.live(deadline)?;
