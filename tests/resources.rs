@@ -75,8 +75,10 @@ fn reclaim_stale() {
     // Left by a conduit receiver in a process that died.
     let addr = common::unix_addr();
     let vanish = common::spawn_child("stale_socket_file_is_reclaimed", "vanish", &[(ADDR, &addr)]);
+    let pid = vanish.id();
     let status = wait_child(vanish, "vanish");
     assert!(status.success() && unix_path(&addr).exists(), "{status}");
+    common::assert_played(pid, "vanish");
     let rx = Receiver::<Job>::bind(&addr).expect("reclaim a dead receiver's file");
     assert_serves(&rx, &addr);
 }
@@ -387,9 +389,11 @@ fn no_fd_leaks() {
 fn sigpipe_never_kills_the_process() {
     if common::role().as_deref() != Some("sigpipe") {
         let child = common::spawn_child("sigpipe_never_kills_the_process", "sigpipe", &[]);
+        let pid = child.id();
         let status = wait_child(child, "sigpipe");
         assert_ne!(status.signal(), Some(libc::SIGPIPE), "killed by SIGPIPE");
-        return assert!(status.success(), "the SIGPIPE child: {status}");
+        assert!(status.success(), "the SIGPIPE child: {status}");
+        return common::assert_played(pid, "sigpipe");
     }
     // SAFETY: restoring the default disposition is what a non-Rust host process may do.
     let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };

@@ -265,4 +265,5 @@ fn no_fd_or_mapping_leaks() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(status.success(), "the leak-check child failed: {status}");
+    common::assert_played(child.id(), "the leak-check child");
 }

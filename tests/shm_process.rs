@@ -208,6 +208,7 @@ fn expect_success(mut child: Child, what: &str) {
         std::thread::sleep(Duration::from_millis(5));
     };
     assert!(status.success(), "{what}: the child exited with {status}");
+    common::assert_played(child.id(), what);
 }
 
 fn assert_disconnected<T: conduit::Message>(rx: &Receiver<T>, what: &str) {

@@ -439,6 +439,7 @@ fn across_processes(target: common::Target, storm_on: Side) {
     let received = receive_all(&rx, storm_on);
     let signals = storm.map_or(0, Storm::stop);
     drop(rx);
+    let pid = child.id();
     let status = child.wait(Duration::from_secs(100), &what);
     if let Err(e) = received {
         panic!("{what}: {e} (the child exited with {status})");
@@ -447,6 +448,7 @@ fn across_processes(target: common::Target, storm_on: Side) {
         status.success(),
         "{what}: the sending child exited with {status}"
     );
+    common::assert_played(pid, &what);
     eprintln!(
         "signals: {what}, across processes: {COUNT} messages, {:?}{}",
         started.elapsed(),

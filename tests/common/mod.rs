@@ -9,9 +9,47 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// The environment variable that tells a re-run test binary which child role to play.
 pub const ROLE: &str = "CONDUIT_TEST_ROLE";
 
-/// The child role this process plays, if it is a child.
+/// The child role this process plays, if it is a child. A child that asks also leaves a
+/// mark that it ran ([`ran_as_child`]), so a parent can tell a child that played its role
+/// from one whose test name matched nothing (libtest then runs zero tests and exits 0).
 pub fn role() -> Option<String> {
-    std::env::var(ROLE).ok()
+    let role = std::env::var(ROLE).ok()?;
+    if let Some(dir) = std::env::var_os(RAN_DIR) {
+        let _ = std::fs::write(
+            PathBuf::from(dir).join(std::process::id().to_string()),
+            &role,
+        );
+    }
+    Some(role)
+}
+
+/// The environment variable that tells a child where to mark that it ran.
+const RAN_DIR: &str = "CDT_RAN_DIR";
+
+/// Where this process's children mark that they ran: named like [`temp_dir`]'s folders, so
+/// it is swept once this process is gone.
+fn ran_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cdt-{}-ran", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// Where the child with process id `pid` marks that it ran.
+fn ran_mark(pid: u32) -> PathBuf {
+    ran_dir().join(pid.to_string())
+}
+
+/// Whether the child with process id `pid` (waited for) ran a role; removes its mark.
+pub fn ran_as_child(pid: u32) -> bool {
+    std::fs::remove_file(ran_mark(pid)).is_ok()
+}
+
+/// Asserts that the child with process id `pid`, which exited 0, played its role.
+pub fn assert_played(pid: u32, what: &str) {
+    assert!(
+        ran_as_child(pid),
+        "{what}: the child exited 0 without playing its role (no test of that name?)"
+    );
 }
 
 /// A fresh private directory for socket files; the path is short enough for `sun_path`.
@@ -70,6 +108,7 @@ pub fn child_command(test_name: &str, role: &str) -> Command {
     let mut cmd = Command::new(exe);
     cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
         .env(ROLE, role)
+        .env(RAN_DIR, ran_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
@@ -89,6 +128,7 @@ pub fn spawn_child(test_name: &str, role: &str, envs: &[(&str, &str)]) -> Child 
 pub fn expect_success(mut child: Child, what: &str) {
     let status = child.wait().expect("wait for child");
     assert!(status.success(), "{what}: child exited with {status}");
+    assert_played(child.id(), what);
 }
 
 /// A deterministic payload for message `i` of `len` bytes, so receivers can check content.
@@ -231,8 +271,10 @@ impl Reaped {
 
     /// [`Reaped::wait`], then asserts the child exited with status 0.
     pub fn expect_success(self, limit: std::time::Duration, what: &str) {
+        let pid = self.id();
         let status = self.wait(limit, what);
         assert!(status.success(), "{what}: the child exited with {status}");
+        assert_played(pid, what);
     }
 }
 

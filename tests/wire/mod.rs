@@ -272,9 +272,12 @@ pub fn wait_child(mut child: Child, what: &str) -> ExitStatus {
 
 /// Re-runs this test binary as `role` for `test`, with `envs`, and asserts it succeeds.
 pub fn run_child(test: &str, role: &str, envs: &[(&str, &str)]) {
-    let status = wait_child(common::spawn_child(test, role, envs), role);
+    let child = common::spawn_child(test, role, envs);
+    let pid = child.id();
+    let status = wait_child(child, role);
     assert!(
         status.success(),
         "{test} as {role}: the child exited with {status}"
     );
+    common::assert_played(pid, &format!("{test} as {role}"));
 }
