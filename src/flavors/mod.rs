@@ -114,6 +114,26 @@ pub(crate) fn in_turn(next: usize, n: usize) -> impl Iterator<Item = usize> {
     (next..n).chain(0..next)
 }
 
+/// Removes the connections `dead` marks from a receiver's list, letting `on_drop` see each
+/// first. `next` needs no fixing afterwards: [`in_turn`] starts from 0 when it is past the
+/// end.
+#[inline]
+pub(crate) fn drop_dead<C>(
+    conns: &mut Vec<C>,
+    dead: impl Fn(&C) -> bool,
+    mut on_drop: impl FnMut(&C),
+) {
+    if conns.iter().any(&dead) {
+        conns.retain(|c| {
+            let keep = !dead(c);
+            if !keep {
+                on_drop(c);
+            }
+            keep
+        });
+    }
+}
+
 /// The unsent rest of a message a sender has committed to (its first byte or piece is out,
 /// so taking it back would tear it): sent before anything else, and by the last clone's drop
 /// on a thread of its own.

@@ -16,7 +16,7 @@ use crate::addr::Address;
 use crate::codec::Decode;
 use crate::flavors::acceptor::Acceptor;
 use crate::flavors::lock::{HandleLock, LockFail};
-use crate::flavors::{in_turn, Backoff, Deadline, NotReceived};
+use crate::flavors::{drop_dead, in_turn, Backoff, Deadline, NotReceived};
 use crate::handshake::Hello;
 use crate::ring::core::{Consumer, Pop};
 use crate::sys::memfd::SharedMap;
@@ -297,18 +297,16 @@ impl RecvState {
                 break;
             }
         }
-        if self.conns.iter().any(|c| c.dead) {
-            for conn in self.conns.iter().filter(|c| c.dead) {
+        drop_dead(
+            &mut self.conns,
+            |c| c.dead,
+            |c| {
                 // Let a sender sleeping on a full ring see that we are gone.
-                if conn.consumer.close() {
-                    notify::wake(conn.sock.as_fd());
+                if c.consumer.close() {
+                    notify::wake(c.sock.as_fd());
                 }
-            }
-            self.conns.retain(|c| !c.dead);
-        }
-        if self.next >= self.conns.len() {
-            self.next = 0;
-        }
+            },
+        );
         found
     }
 

@@ -13,7 +13,7 @@ use crate::addr::Address;
 use crate::codec::Decode;
 use crate::flavors::acceptor::{self, Acceptor};
 use crate::flavors::lock::{HandleLock, LockFail};
-use crate::flavors::{in_turn, Deadline, NotReceived};
+use crate::flavors::{drop_dead, in_turn, Deadline, NotReceived};
 use crate::frame::FrameReader;
 use crate::handshake::Hello;
 use crate::sys::{self, StreamKind};
@@ -199,12 +199,7 @@ impl RecvState {
                 Err(_) => conn.dead = true,
             }
         }
-        if self.conns.iter().any(|c| c.dead) {
-            self.conns.retain(|c| !c.dead);
-        }
-        if self.next >= self.conns.len() {
-            self.next = 0;
-        }
+        drop_dead(&mut self.conns, |c| c.dead, |_| {});
         found
     }
 
