@@ -437,3 +437,22 @@ fn parent_sends_to_child() {
         common::expect_success(child, &format!("{target}: child receiver"));
     }
 }
+
+/// A child run with a test name that matches nothing runs zero tests and exits 0; it must
+/// not pass for a child that played its role (`common::expect_success` checks the mark).
+#[test]
+fn a_child_whose_test_name_matches_nothing_is_caught() {
+    let mut child = common::spawn_child("no_test_has_this_name", "send", &[]);
+    let status = child.wait().expect("wait for the child");
+    assert!(status.success(), "libtest exits 0 when no test matches");
+    assert!(
+        !common::ran_as_child(child.id()),
+        "a child that ran no test left the mark of one that played its role"
+    );
+    // The control: a child whose test matched reads its role (here one it does not know,
+    // so it fails) and leaves the mark.
+    let mut child = common::spawn_child(ENTRY, "no_such_role", &[]);
+    let status = child.wait().expect("wait for the child");
+    assert_eq!(status.code(), Some(2), "the child reports an unknown role");
+    assert!(common::ran_as_child(child.id()), "the child left no mark");
+}
