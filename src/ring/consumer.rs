@@ -22,6 +22,17 @@ pub(crate) enum Pop {
     Closed,
 }
 
+/// Outcome of [`Consumer::pop_message`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// A whole message is in the output.
+    Message,
+    /// Nothing more published now (the output may hold the first pieces of a message).
+    Empty,
+    /// The producer closed its side and everything it published has been taken.
+    Closed,
+}
+
 /// The reading side. Exactly one per ring.
 pub(crate) struct Consumer {
     ring: Ring,
@@ -80,8 +91,9 @@ impl Consumer {
 
     /// Whether the producer closed its side.
     fn producer_closed(&self) -> bool {
-        // SYNC POINT: Acquire pairs with the Release in `Producer::close`: every header the
-        // producer committed before closing is then visible to a reload.
+        // SYNC POINT: Acquire pairs with the release fence at the end of the producer's last
+        // `try_push`, before its store of the flag in `Producer::close`: every header it
+        // committed before closing is then visible to a reload.
         self.ring.header().producer_closed.load(Ordering::Acquire) != 0
     }
 
@@ -142,6 +154,7 @@ impl Consumer {
                 });
             }
             out.reserve(len);
+            self.ring.track_payload(off + FRAME_HEADER, len, false);
             // SAFETY: `off + 8 + len <= capacity` (checked: need <= contiguous), so the source
             // is in bounds; `out` has room for `len` more bytes (reserved); the committed bytes
             // are initialised. Copying out before decoding means no byte is read twice.
@@ -155,6 +168,32 @@ impl Consumer {
                 last: flags & FLAG_LAST != 0,
                 wake,
             });
+        }
+    }
+
+    /// Appends pieces to `out` until it holds a whole message, the ring runs dry, or the
+    /// producer is found closed. `wake` is called whenever the producer sleeps and must be
+    /// woken for the space handed back. The shm flavor's receive and the loom models both
+    /// run this loop.
+    #[inline]
+    pub(crate) fn pop_message(
+        &mut self,
+        out: &mut Vec<u8>,
+        mut wake: impl FnMut(),
+    ) -> Result<Taken, RingError> {
+        loop {
+            let (asleep, taken) = match self.try_pop(out)? {
+                Pop::Piece { last: false, wake } => (wake, None),
+                Pop::Piece { last: true, wake } => (wake, Some(Taken::Message)),
+                Pop::Empty { wake } => (wake, Some(Taken::Empty)),
+                Pop::Closed => (false, Some(Taken::Closed)),
+            };
+            if asleep {
+                wake();
+            }
+            if let Some(taken) = taken {
+                return Ok(taken);
+            }
         }
     }
 
@@ -232,8 +271,10 @@ impl Consumer {
     /// be woken to see it.
     pub(crate) fn close(&self) -> bool {
         let h = self.ring.header();
-        // SYNC POINT: Release pairs with the Acquire in `Producer::consumer_closed`.
-        h.consumer_closed.store(1, Ordering::Release);
+        // Relaxed: the flag publishes no data; a producer that sees it stops writing, and our
+        // reads of the ring are handed back through `tail` (Release in `release`). The
+        // fence below orders it for the wake-up check, as in `prepare_wait`.
+        h.consumer_closed.store(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         h.producer_waiting.load(Ordering::Relaxed) == 1
     }

@@ -31,8 +31,11 @@ use std::ptr::NonNull;
 use super::header::{self, RingHeader, HEADER_SIZE, LAYOUT_VERSION, MAGIC};
 use crate::sync::{AtomicU64, Ordering};
 
-pub(crate) use super::consumer::{Consumer, Pop};
-pub(crate) use super::producer::{Producer, Push};
+pub(crate) use super::consumer::{Consumer, Taken};
+pub(crate) use super::producer::Producer;
+// The single steps under the loops above, for the unit tests, models and property drivers.
+#[cfg(any(test, fuzzing))]
+pub(crate) use super::{consumer::Pop, producer::Push};
 
 /// Bytes in a frame header (one `u64` word).
 pub(crate) const FRAME_HEADER: usize = 8;
@@ -92,6 +95,11 @@ pub(crate) struct Ring {
     /// overlay its atomics on raw memory): one per 8 data bytes.
     #[cfg(all(test, loom))]
     slots: NonNull<AtomicU64>,
+    /// Under loom, one tracked cell per 8 data bytes: every payload write and read touches
+    /// the cells of its words, so loom reports a producer writing space the consumer's reads
+    /// of it do not happen before (a frame overwritten while it is copied out).
+    #[cfg(all(test, loom))]
+    cells: NonNull<loom::cell::UnsafeCell<()>>,
 }
 
 // SAFETY: a Ring is only pointers into memory that `from_parts`/`from_mapping` callers promise
@@ -122,15 +130,41 @@ impl Ring {
             capacity,
             #[cfg(all(test, loom))]
             slots: NonNull::dangling(),
+            #[cfg(all(test, loom))]
+            cells: NonNull::dangling(),
         }
     }
 
-    /// Under loom: the table of header words, `capacity / 8` of them, valid as long as the
-    /// ring is used.
+    /// Under loom: the table of header words and the payload cells, `capacity / 8` of each,
+    /// valid as long as the ring is used.
     #[cfg(all(test, loom))]
-    pub(crate) fn with_slots(mut self, slots: NonNull<AtomicU64>) -> Ring {
+    pub(crate) fn with_model(
+        mut self,
+        slots: NonNull<AtomicU64>,
+        cells: NonNull<loom::cell::UnsafeCell<()>>,
+    ) -> Ring {
         self.slots = slots;
+        self.cells = cells;
         self
+    }
+
+    /// Under loom, records that this side writes (`write`) or reads the payload words
+    /// covering data bytes `off..off + len`; nothing otherwise.
+    #[inline(always)]
+    pub(super) fn track_payload(&self, off: usize, len: usize, write: bool) {
+        #[cfg(all(test, loom))]
+        for word in off / 8..(off + len).div_ceil(8) {
+            assert!(word < self.capacity / 8, "payload out of bounds");
+            // SAFETY: the table holds `capacity / 8` cells (`with_model`); `word` is below.
+            let cell = unsafe { &*self.cells.as_ptr().add(word) };
+            if write {
+                cell.with_mut(|_| ());
+            } else {
+                cell.with(|_| ());
+            }
+        }
+        #[cfg(not(all(test, loom)))]
+        let _ = (off, len, write);
     }
 
     /// A ring over a whole mapping: the header at its start, data after `HEADER_SIZE`.
@@ -165,24 +199,25 @@ impl Ring {
     /// Writes the identity fields (the creator, before handing the memory to the peer).
     pub(crate) fn init(&self) {
         let h = self.header();
-        // SYNC POINT: these Release stores pair with the Acquire loads in `validate`; in
-        // practice the peer also synchronises through the socket that carries the memfd.
-        h.capacity.store(self.capacity as u32, Ordering::Release);
-        h.version.store(LAYOUT_VERSION, Ordering::Release);
-        h.magic.store(MAGIC, Ordering::Release);
+        // Relaxed: the peer reads these only after it received the memfd through a socket
+        // (or, for a heap ring, after the threads are spawned); the `sendmsg` that carries it
+        // and the `recvmsg` that takes it order these stores before its loads.
+        h.capacity.store(self.capacity as u32, Ordering::Relaxed);
+        h.version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        h.magic.store(MAGIC, Ordering::Relaxed);
     }
 
     /// Checks the identity fields (the side that received the memory).
     pub(crate) fn validate(&self) -> Result<(), RingError> {
         let h = self.header();
-        // SYNC POINT: Acquire pairs with the Release stores in `init`.
-        if h.magic.load(Ordering::Acquire) != MAGIC {
+        // Relaxed: ordered after `init` by the socket that carried the memfd (see there).
+        if h.magic.load(Ordering::Relaxed) != MAGIC {
             return Err(RingError::Corrupted("bad magic"));
         }
-        if h.version.load(Ordering::Acquire) != LAYOUT_VERSION {
+        if h.version.load(Ordering::Relaxed) != LAYOUT_VERSION {
             return Err(RingError::Corrupted("unknown layout version"));
         }
-        if h.capacity.load(Ordering::Acquire) as usize != self.capacity {
+        if h.capacity.load(Ordering::Relaxed) as usize != self.capacity {
             return Err(RingError::Corrupted("capacity does not match the mapping"));
         }
         Ok(())
@@ -190,8 +225,8 @@ impl Ring {
 
     /// Marks the consumer side closed without a `Consumer` (one that could not attach).
     pub(crate) fn close_as_consumer(&self) {
-        // SYNC POINT: Release pairs with the Acquire in `Producer::consumer_closed`.
-        self.header().consumer_closed.store(1, Ordering::Release);
+        // Relaxed: the flag publishes no data (see `Consumer::close`).
+        self.header().consumer_closed.store(1, Ordering::Relaxed);
     }
 
     #[inline]
@@ -214,6 +249,7 @@ impl Ring {
         if src.is_empty() {
             return;
         }
+        self.track_payload(off, src.len(), true);
         if src.len() <= 8 {
             // Gathered in a register, not in a stack buffer: a `memcpy` into one writes it in
             // pieces, and the 8-byte load of it then waits until those pieces have left the

@@ -8,7 +8,7 @@
 use loom::sync::{Arc, Notify};
 use loom::thread;
 
-use super::core::{Consumer, Pop, Producer, Push};
+use super::core::{Consumer, Producer, RingError, Taken};
 use super::HeapRing;
 
 const CAP: usize = 4096;
@@ -33,66 +33,65 @@ fn msg(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|j| (i * 7 + j) as u8).collect()
 }
 
-/// Sends every message in pieces, sleeping on a full ring with the wait protocol.
+/// Why a model's producer stopped.
+#[derive(Debug)]
+enum Stop {
+    Closed,
+    Corrupted,
+}
+
+impl From<RingError> for Stop {
+    fn from(_: RingError) -> Stop {
+        Stop::Corrupted
+    }
+}
+
+/// The shm flavor's sleep on a full ring without its spinning and its socket: the loop and
+/// the announce/check/sleep/end sequence are the production functions.
+fn wait_for_space(p: &mut Producer, s: &Shared, len: usize) -> Result<(), Stop> {
+    if p.consumer_closed() {
+        return Err(Stop::Closed);
+    }
+    p.sleep_for_room(len, || {
+        s.space.wait();
+        Ok(())
+    })
+}
+
+/// Sends every message with the production piece loop, sleeping on a full ring.
+fn send_all(s: &Shared, p: &mut Producer, messages: &[Vec<u8>]) {
+    for m in messages {
+        let (done, result) =
+            p.push_pieces(m, || s.data.notify(), |p, len| wait_for_space(p, s, len));
+        result.unwrap();
+        assert_eq!(done, m.len());
+    }
+}
+
 fn produce(s: &Shared, messages: &[Vec<u8>], close: bool) {
     let mut p = Producer::new(s.ring.ring()).unwrap();
-    let max = p.max_piece();
-    for m in messages {
-        let pieces: Vec<&[u8]> = if m.is_empty() {
-            vec![&[]]
-        } else {
-            m.chunks(max).collect()
-        };
-        let n = pieces.len();
-        for (i, piece) in pieces.into_iter().enumerate() {
-            loop {
-                match p.try_push(piece, i + 1 == n).unwrap() {
-                    Push::Done { wake } => {
-                        if wake {
-                            s.data.notify();
-                        }
-                        break;
-                    }
-                    Push::Full => {
-                        if p.prepare_wait(piece.len()).unwrap() {
-                            s.space.wait();
-                            p.end_wait();
-                        }
-                    }
-                }
-            }
-        }
-    }
+    send_all(s, &mut p, messages);
     if close && p.close() {
         s.data.notify();
     }
 }
 
-/// Receives whole messages until `Closed` (or `count` messages), sleeping when empty.
+/// Receives whole messages with the production loop until `Closed` (or `count` messages),
+/// sleeping as the shm flavor's receiver does (announce, sleep unless something came, end).
 fn consume(s: &Shared, count: usize) -> Vec<Vec<u8>> {
     let mut c = Consumer::new(s.ring.ring(), usize::MAX).unwrap();
     let mut got = Vec::new();
     let mut buf = Vec::new();
     while got.len() < count {
-        match c.try_pop(&mut buf).unwrap() {
-            Pop::Piece { last, wake } => {
-                if wake {
-                    s.space.notify();
-                }
-                if last {
-                    got.push(std::mem::take(&mut buf));
-                }
-            }
-            Pop::Empty { wake } => {
-                if wake {
-                    s.space.notify();
-                }
+        match c.pop_message(&mut buf, || s.space.notify()).unwrap() {
+            Taken::Message => got.push(std::mem::take(&mut buf)),
+            Taken::Empty => {
                 if c.prepare_wait().unwrap() {
                     s.data.wait();
                     c.end_wait();
                 }
             }
-            Pop::Closed => break,
+            Taken::Closed => break,
         }
     }
     got
@@ -206,18 +205,18 @@ fn loom_disconnect_while_the_producer_sleeps() {
         let producer = thread::spawn(move || {
             let mut p = Producer::new(s2.ring.ring()).unwrap();
             // Two of these fill the ring (with the 8 bytes kept for the next header).
-            let piece = msg(0, 2032);
+            let message = msg(0, 2032);
             let mut pushed = 0;
             loop {
-                match p.try_push(&piece, true).unwrap() {
-                    Push::Done { .. } => pushed += 1,
-                    Push::Full if p.consumer_closed() => return pushed,
-                    Push::Full => {
-                        if p.prepare_wait(piece.len()).unwrap() {
-                            s2.space.wait();
-                            p.end_wait();
-                        }
-                    }
+                let (_, result) = p.push_pieces(
+                    &message,
+                    || s2.data.notify(),
+                    |p, len| wait_for_space(p, &s2, len),
+                );
+                match result {
+                    Ok(()) => pushed += 1,
+                    Err(Stop::Closed) => return pushed,
+                    Err(Stop::Corrupted) => panic!("an honest ring is never corrupted"),
                 }
             }
         });
@@ -226,5 +225,94 @@ fn loom_disconnect_while_the_producer_sleeps() {
             s.space.notify();
         }
         assert_eq!(producer.join().unwrap(), 2);
+    });
+}
+
+#[test]
+fn loom_close_after_the_last_message_while_polling() {
+    // The consumer never sleeps: it polls until it sees the producer closed. Whenever it
+    // sees the close, the message committed before it must be there too.
+    loom::model(|| {
+        let s = shared();
+        let s2 = s.clone();
+        let producer = thread::spawn(move || produce(&s2, &[msg(0, 24)], true));
+        let mut c = Consumer::new(s.ring.ring(), usize::MAX).unwrap();
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            match c.pop_message(&mut buf, || s.space.notify()).unwrap() {
+                Taken::Message => got.push(std::mem::take(&mut buf)),
+                Taken::Empty => thread::yield_now(),
+                Taken::Closed => break,
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(got, vec![msg(0, 24)]);
+    });
+}
+
+#[test]
+fn loom_a_new_producer_takes_the_ring_over() {
+    // A hand-off (to a child process, through the socket that carries the ring): the first
+    // producer stops without closing, the next one starts from the positions in the header
+    // while the consumer keeps reading, and reuses space the consumer hands back.
+    loom::model(|| {
+        let s = shared();
+        let s2 = s.clone();
+        let first = vec![msg(0, 2032), msg(1, 1400)];
+        let second = vec![msg(2, 1400)];
+        let producers = {
+            let (first, second) = (first.clone(), second.clone());
+            thread::spawn(move || {
+                let mut p = Producer::new(s2.ring.ring()).unwrap();
+                send_all(&s2, &mut p, &first);
+                // What the socket does in production: everything before the hand-off
+                // happens before the new producer starts.
+                thread::spawn(move || produce(&s2, &second, true))
+                    .join()
+                    .unwrap();
+            })
+        };
+        let got = consume(&s, usize::MAX);
+        producers.join().unwrap();
+        assert_eq!(got, [first, second].concat());
+    });
+}
+
+#[test]
+fn loom_one_copy_claims_the_ring_after_a_fork() {
+    // After a fork two processes hold the same producer; both try to claim the ring with the
+    // token they share, and only the winner publishes, while the consumer reads on.
+    loom::model(|| {
+        let s = shared();
+        let mut p = Producer::new(s.ring.ring()).unwrap();
+        send_all(&s, &mut p, &[msg(0, 1500)]);
+        let token = p.claim_token();
+        // Each copy's producer is in the state the fork left it.
+        let forked: Vec<Producer> = (0..2)
+            .map(|_| Producer::new(s.ring.ring()).unwrap())
+            .collect();
+        let copies: Vec<_> = (1..3)
+            .zip(forked)
+            .map(|(i, mut p)| {
+                let s = s.clone();
+                thread::spawn(move || {
+                    p.claim(token)?;
+                    send_all(&s, &mut p, &[msg(i, 1500), msg(i + 2, 1500)]);
+                    if p.close() {
+                        s.data.notify();
+                    }
+                    Some(i)
+                })
+            })
+            .collect();
+        let got = consume(&s, usize::MAX);
+        let winners: Vec<usize> = copies
+            .into_iter()
+            .filter_map(|c| c.join().unwrap())
+            .collect();
+        assert_eq!(winners.len(), 1, "exactly one copy claims the ring");
+        let w = winners[0];
+        assert_eq!(got, vec![msg(0, 1500), msg(w, 1500), msg(w + 2, 1500)]);
     });
 }

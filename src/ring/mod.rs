@@ -43,6 +43,9 @@ mod heap {
         /// loom's stand-ins for the header words in the data region.
         #[cfg(all(test, loom))]
         slots: Box<[crate::sync::AtomicU64]>,
+        /// loom's tracked cells for the payload words (see `Ring::track_payload`).
+        #[cfg(all(test, loom))]
+        cells: Box<[loom::cell::UnsafeCell<()>]>,
     }
 
     // SAFETY: the memory is owned by this value and only reached through atomics and the
@@ -63,6 +66,10 @@ mod heap {
                 slots: (0..capacity / 8)
                     .map(|_| crate::sync::AtomicU64::new(0))
                     .collect(),
+                #[cfg(all(test, loom))]
+                cells: (0..capacity / 8)
+                    .map(|_| loom::cell::UnsafeCell::new(()))
+                    .collect(),
             };
             ring.ring().init();
             ring
@@ -74,7 +81,10 @@ mod heap {
             // which keep `self` alive (in an Arc) while producers and consumers run.
             let ring = unsafe { Ring::from_parts(self.header, self.data.cast(), self.capacity) };
             #[cfg(all(test, loom))]
-            let ring = ring.with_slots(NonNull::from(&*self.slots).cast());
+            let ring = ring.with_model(
+                NonNull::from(&*self.slots).cast(),
+                NonNull::from(&*self.cells).cast(),
+            );
             ring
         }
 

@@ -146,6 +146,62 @@ impl Producer {
         Ok(Push::Done { wake })
     }
 
+    /// Publishes `bytes` (the rest of one message) in pieces of at most `max_piece`, the
+    /// last one marked as such: how many bytes were published, and whether all were. `wake`
+    /// is called when a publish finds the consumer asleep; `wait` when the ring is full, to
+    /// return once a piece of the given length may fit (through [`Producer::sleep_for_room`])
+    /// or with the error that ends the message there. The shm flavor's send and the loom
+    /// models both run this loop.
+    #[inline]
+    pub(crate) fn push_pieces<E: From<RingError>>(
+        &mut self,
+        bytes: &[u8],
+        mut wake: impl FnMut(),
+        mut wait: impl FnMut(&mut Producer, usize) -> Result<(), E>,
+    ) -> (usize, Result<(), E>) {
+        let max = self.max_piece();
+        let mut done = 0;
+        loop {
+            let end = bytes.len().min(done + max);
+            let piece = &bytes[done..end];
+            let last = end == bytes.len();
+            match self.try_push(piece, last) {
+                Ok(Push::Done { wake: asleep }) => {
+                    if asleep {
+                        wake();
+                    }
+                    done = end;
+                    if last {
+                        return (done, Ok(()));
+                    }
+                }
+                Ok(Push::Full) => {
+                    if let Err(fail) = wait(self, piece.len()) {
+                        return (done, Err(fail));
+                    }
+                }
+                Err(broken) => return (done, Err(broken.into())),
+            }
+        }
+    }
+
+    /// Sleeps with `sleep` until the consumer frees room for a piece of `len` bytes: announces
+    /// the sleep, checks again, sleeps only if the ring is still full (and the consumer has
+    /// not closed), and ends the announcement. Spurious returns are fine: the caller tries
+    /// the push again.
+    pub(crate) fn sleep_for_room<E: From<RingError>>(
+        &mut self,
+        len: usize,
+        sleep: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
+        if !self.prepare_wait(len)? {
+            return Ok(());
+        }
+        let slept = sleep();
+        self.end_wait();
+        slept
+    }
+
     /// What a piece of `len` bytes takes at the current head.
     fn footprint(&self, len: usize) -> Footprint {
         let need = FRAME_HEADER + align8(len);
@@ -189,7 +245,7 @@ impl Producer {
     /// Announces a sleep on a full ring before pushing a piece of `len` bytes. Returns false
     /// if room appeared meanwhile (or the consumer closed): then do not sleep. Call `end_wait`
     /// after sleeping.
-    pub(crate) fn prepare_wait(&mut self, len: usize) -> Result<bool, RingError> {
+    pub(super) fn prepare_wait(&mut self, len: usize) -> Result<bool, RingError> {
         self.ring
             .header()
             .producer_waiting
@@ -205,7 +261,7 @@ impl Producer {
     }
 
     /// Ends a sleep announced by `prepare_wait`.
-    pub(crate) fn end_wait(&self) {
+    pub(super) fn end_wait(&self) {
         self.ring
             .header()
             .producer_waiting
@@ -215,17 +271,19 @@ impl Producer {
     /// Whether the consumer closed its side in an orderly way.
     #[inline]
     pub(crate) fn consumer_closed(&self) -> bool {
-        // SYNC POINT: Acquire pairs with the Release store in `Consumer::close`.
-        self.ring.header().consumer_closed.load(Ordering::Acquire) != 0
+        // Relaxed: the flag publishes no data (see `Consumer::close`).
+        self.ring.header().consumer_closed.load(Ordering::Relaxed) != 0
     }
 
     /// Announces that nothing more will be published. Returns whether the consumer sleeps
     /// and must be woken to see it.
     pub(crate) fn close(&self) -> bool {
         let h = self.ring.header();
-        // SYNC POINT: Release after the last commit; pairs with the Acquire load in
-        // `Consumer::producer_closed`, after which a reload sees every committed frame.
-        h.producer_closed.store(1, Ordering::Release);
+        // Relaxed: the SeqCst fence that ends every `try_push` is a release fence sequenced
+        // after the last commit and before this store, so the consumer's Acquire load that
+        // sees the flag (`Consumer::producer_closed`) sees every commit; a close with no
+        // commit before it publishes nothing.
+        h.producer_closed.store(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         h.consumer_waiting.load(Ordering::Relaxed) == 1
     }

@@ -11,10 +11,11 @@ use std::io;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::flavors::acceptor::Hook;
+use crate::flavors::NotSent;
 use crate::ring::core::{Ring, RingError};
 use crate::ring::header::{self, HEADER_SIZE};
 use crate::sys;
@@ -30,6 +31,28 @@ pub(crate) use send::ShmSender;
 /// The longest single sleep: a bound on how long a wake-up lost to a dead or stuck peer
 /// could ever cost.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// The environment variable that lifts `MAX_SLEEP` (test-only, undocumented for users): the
+/// wake-up tests set it in their child processes, so a lost wake-up hangs until the test's
+/// deadline instead of costing 100 ms that no test would notice.
+const UNCAPPED_SLEEP_ENV: &str = "CONDUIT_TEST_UNCAPPED_SLEEP";
+
+/// How long one sleep may last with `remaining` left before the caller's deadline (`None`:
+/// no deadline; the result `None`: sleep until woken).
+fn sleep_bound(remaining: Option<Duration>) -> Option<Duration> {
+    static UNCAPPED: OnceLock<bool> = OnceLock::new();
+    if *UNCAPPED.get_or_init(|| std::env::var_os(UNCAPPED_SLEEP_ENV).is_some()) {
+        return remaining;
+    }
+    Some(remaining.map_or(MAX_SLEEP, |d| d.min(MAX_SLEEP)))
+}
+
+/// A ring the receiver's side broke (bad positions in shared memory): the connection is done.
+impl From<RingError> for NotSent {
+    fn from(_: RingError) -> NotSent {
+        NotSent::Disconnected
+    }
+}
 
 /// One side of a ring (a `Producer` or a `Consumer`) together with the mapping it points
 /// into. The only way to make a side is [`Mapped::new`], and `side` is declared before

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 
-use super::{dup_for_child, inherited_parts, ring_per_sender, Mapped, MAX_SLEEP};
+use super::{dup_for_child, inherited_parts, ring_per_sender, sleep_bound, Mapped};
 use crate::addr::Address;
 use crate::codec::Decode;
 use crate::flavors::acceptor::Acceptor;
 use crate::flavors::lock::{HandleLock, LockFail};
 use crate::flavors::{drop_dead, in_turn, Backoff, Deadline, NotReceived};
 use crate::handshake::Hello;
-use crate::ring::core::{Consumer, Pop};
+use crate::ring::core::{Consumer, Taken};
 use crate::sys::memfd::SharedMap;
 use crate::sys::{self, notify};
 use crate::{Error, Options, DEFAULT_SHM_CAPACITY};
@@ -260,41 +260,31 @@ impl RecvState {
         let mut found = false;
         'conns: for i in in_turn(self.next, self.conns.len()) {
             let conn = &mut self.conns[i];
-            loop {
-                match conn.consumer.try_pop(&mut conn.assembling) {
-                    Ok(Pop::Piece { last, wake }) => {
-                        if wake {
-                            notify::wake(conn.sock.as_fd());
-                        }
-                        if !last {
-                            continue;
-                        }
-                        let decoded = decode(&conn.assembling);
-                        conn.assembling.clear();
-                        // Keep the buffer for the next large message, within reason.
-                        if conn.assembling.capacity() > KEEP_ASSEMBLY {
-                            conn.assembling = Vec::new();
-                        }
-                        match decoded {
-                            Ok(()) => {
-                                self.next = i + 1;
-                                found = true;
-                                break 'conns;
-                            }
-                            // Well framed but not a `T`: the peer is broken or hostile.
-                            Err(_) => conn.dead = true,
-                        }
+            let sock = conn.sock.as_fd();
+            match conn
+                .consumer
+                .pop_message(&mut conn.assembling, || notify::wake(sock))
+            {
+                Ok(Taken::Message) => {
+                    let decoded = decode(&conn.assembling);
+                    conn.assembling.clear();
+                    // Keep the buffer for the next large message, within reason.
+                    if conn.assembling.capacity() > KEEP_ASSEMBLY {
+                        conn.assembling = Vec::new();
                     }
-                    // A dead sender's half-written message is never delivered.
-                    Ok(Pop::Empty { wake }) => {
-                        if wake {
-                            notify::wake(conn.sock.as_fd());
+                    match decoded {
+                        Ok(()) => {
+                            self.next = i + 1;
+                            found = true;
+                            break 'conns;
                         }
-                        conn.dead |= conn.hup;
+                        // Well framed but not a `T`: the peer is broken or hostile.
+                        Err(_) => conn.dead = true,
                     }
-                    Ok(Pop::Closed) | Err(_) => conn.dead = true,
                 }
-                break;
+                // A dead sender's half-written message is never delivered.
+                Ok(Taken::Empty) => conn.dead |= conn.hup,
+                Ok(Taken::Closed) | Err(_) => conn.dead = true,
             }
         }
         drop_dead(
@@ -311,7 +301,7 @@ impl RecvState {
     }
 
     /// Announces a sleep in every ring and waits for a publish, a new sender, a sender's
-    /// death, or the timeout (at most `MAX_SLEEP`).
+    /// death, or the timeout (at most `MAX_SLEEP`, see `sleep_bound`).
     fn sleep(
         &mut self,
         acceptor: Option<&Acceptor<SharedMap>>,
@@ -325,11 +315,10 @@ impl RecvState {
                 Err(_) => conn.dead = true,
             }
         }
-        let timeout = timeout.map_or(MAX_SLEEP, |t| t.min(MAX_SLEEP));
         let wait = if idle && !self.conns.iter().any(|c| c.dead) {
-            timeout
+            sleep_bound(timeout)
         } else {
-            Duration::ZERO
+            Some(Duration::ZERO)
         };
         let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.conns.len() + 1);
         if let Some(a) = acceptor {
@@ -341,7 +330,7 @@ impl RecvState {
                 .iter()
                 .map(|c| PollFd::new(&c.sock, notify::READY)),
         );
-        let result = sys::poll(&mut fds, Some(wait));
+        let result = sys::poll(&mut fds, wait);
         let ready: Vec<bool> = fds.iter().map(|p| !p.revents().is_empty()).collect();
         drop(fds);
         for (conn, ready) in self.conns.iter_mut().zip(&ready[first_sock..]) {

@@ -10,17 +10,17 @@
 //! A full ring: spin briefly, then announce the sleep in the ring and poll the rendezvous
 //! connection, where the receiver's wake-up byte arrives and where its death shows.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use rustix::event::PollFd;
 
-use super::{dup_for_child, inherited_parts, open_peer_ring, Mapped, MAX_SLEEP};
+use super::{dup_for_child, inherited_parts, open_peer_ring, sleep_bound, Mapped};
 use crate::addr::Address;
 use crate::flavors::lock::{HandleLock, LockFail};
 use crate::flavors::{Backoff, Deadline, NotSent, Tail, KEEP_BUFFER};
 use crate::handshake::{self, Hello};
-use crate::ring::core::{Producer, Push};
+use crate::ring::core::Producer;
 use crate::sys::memfd::SharedMap;
 use crate::sys::{self, notify, sock, StreamKind};
 use crate::{Error, Options, SendFailure};
@@ -267,69 +267,50 @@ impl Link {
     /// published, and whether all were.
     #[inline]
     fn push(&mut self, bytes: &[u8], deadline: Deadline) -> (usize, Result<(), NotSent>) {
-        let max = self.producer.max_piece();
-        let mut done = 0;
-        loop {
-            let end = bytes.len().min(done + max);
-            let piece = &bytes[done..end];
-            let last = end == bytes.len();
-            match self.producer.try_push(piece, last) {
-                Ok(Push::Done { wake }) => {
-                    if wake {
-                        notify::wake(self.sock.as_fd());
-                    }
-                    done = end;
-                    if last {
-                        return (done, Ok(()));
-                    }
-                }
-                Ok(Push::Full) => {
-                    if let Err(fail) = self.wait_for_space(piece.len(), deadline) {
-                        return (done, Err(fail));
-                    }
-                }
-                Err(_) => return (done, Err(NotSent::Disconnected)),
+        let sock = self.sock.as_fd();
+        self.producer.push_pieces(
+            bytes,
+            || notify::wake(sock),
+            |producer, len| wait_for_space(producer, sock, len, deadline),
+        )
+    }
+}
+
+/// Waits until a piece of `len` bytes may fit, the deadline passes, or the receiver goes:
+/// spins a little, then sleeps on the connection until the receiver's wake-up byte, its
+/// end, or the deadline (at most `MAX_SLEEP` at a time, see `sleep_bound`).
+fn wait_for_space(
+    producer: &mut Producer,
+    sock: BorrowedFd<'_>,
+    len: usize,
+    deadline: Deadline,
+) -> Result<(), NotSent> {
+    if !matches!(deadline, Deadline::Now) {
+        let mut backoff = Backoff::new();
+        while backoff.spin() {
+            if producer.has_room_for(len)? {
+                return Ok(());
             }
         }
     }
-
-    /// Waits until a piece of `len` bytes may fit, the deadline passes, or the receiver goes.
-    fn wait_for_space(&mut self, len: usize, deadline: Deadline) -> Result<(), NotSent> {
-        if !matches!(deadline, Deadline::Now) {
-            let mut backoff = Backoff::new();
-            while backoff.spin() {
-                let room = self.producer.has_room_for(len);
-                if room.map_err(|_| NotSent::Disconnected)? {
-                    return Ok(());
-                }
-            }
-        }
-        let remaining = deadline.remaining();
-        if remaining.is_some_and(|d| d.is_zero()) {
-            return Err(deadline.send_expired());
-        }
-        if self.producer.consumer_closed() {
+    let remaining = deadline.remaining();
+    if remaining.is_some_and(|d| d.is_zero()) {
+        return Err(deadline.send_expired());
+    }
+    if producer.consumer_closed() {
+        return Err(NotSent::Disconnected);
+    }
+    producer.sleep_for_room(len, || {
+        let mut fds = [PollFd::new(&sock, notify::READY)];
+        let polled = sys::poll(&mut fds, sleep_bound(remaining));
+        // A wake-up byte, or the receiver's end.
+        let receiver_gone = !fds[0].revents().is_empty() && !notify::drain(sock);
+        polled.map_err(|e| NotSent::Failed(SendFailure::Io(e)))?;
+        if receiver_gone {
             return Err(NotSent::Disconnected);
         }
-        let sleep = self
-            .producer
-            .prepare_wait(len)
-            .map_err(|_| NotSent::Disconnected)?;
-        if sleep {
-            let wait = remaining.map_or(MAX_SLEEP, |d| d.min(MAX_SLEEP));
-            let mut fds = [PollFd::new(&self.sock, notify::READY)];
-            let polled = sys::poll(&mut fds, Some(wait));
-            let ready = !fds[0].revents().is_empty();
-            self.producer.end_wait();
-            // A wake-up byte, or the receiver's end.
-            let receiver_gone = ready && !notify::drain(self.sock.as_fd());
-            polled.map_err(|e| NotSent::Failed(SendFailure::Io(e)))?;
-            if receiver_gone {
-                return Err(NotSent::Disconnected);
-            }
-        }
         Ok(())
-    }
+    })
 }
 
 impl Drop for Holder {
