@@ -129,11 +129,13 @@ impl<X: Send + 'static> Acceptor<X> {
 
     /// A connection that passed the handshake, if one is waiting.
     pub(crate) fn take(&self) -> Option<Accepted<X>> {
-        // SYNC POINT: Acquire pairs with the thread's Release increment after it queued a
-        // connection, so a count we see covers one the channel hands us. A connection queued
-        // just after this load is taken on the next call; one the receiver sleeps through
-        // comes with the wake-up descriptor, written after the increment.
-        if self.queued.load(Ordering::Acquire) == 0 {
+        // Relaxed: the count only saves polling an empty channel; it guards no data. The
+        // channel carries the connection with its own synchronisation, so a count seen
+        // before the connection shows costs one empty `try_recv` (then `None`, and the next
+        // call takes it). A connection queued just after this load is taken on the next
+        // call; one the receiver sleeps through comes with the wake-up descriptor, written
+        // after the increment and read (a system call on both sides) before it looks again.
+        if self.queued.load(Ordering::Relaxed) == 0 {
             return None;
         }
         let accepted = self.incoming.try_recv().ok()?;
@@ -291,8 +293,9 @@ impl<X> Worker<X> {
                 if self.tx.send(accepted).is_err() {
                     return None;
                 }
-                // SYNC POINT: Release pairs with the Acquire load in `Acceptor::take`.
-                self.queued.fetch_add(1, Ordering::Release);
+                // Relaxed: see `Acceptor::take`; the wake-up below is what a sleeping
+                // receiver waits for.
+                self.queued.fetch_add(1, Ordering::Relaxed);
                 let _ = rustix::io::write(self.wake.as_fd(), &1u64.to_ne_bytes());
                 let passed: Vec<BorrowedFd<'_>> = passed.iter().map(|f| f.as_fd()).collect();
                 let _ = self.reply(&p.fd, &answer, &passed);

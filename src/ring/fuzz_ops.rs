@@ -81,7 +81,7 @@ impl Model {
 /// in flight is committed as the producer writes it (its padding header, then its frame
 /// header and payload), or, with none in flight, the slot at the consumer's position (the
 /// producer's head) is clear. Checked before every pop, and for each piece as it is pushed
-/// (`check_pushed`), so a piece the producer clobbers between the two is caught too.
+/// (in `push`), so a piece the producer clobbers between the two is caught too.
 fn check_front(ring: &HeapRing, m: &Model) {
     match m.pieces.front() {
         Some(piece) => check_piece(ring, piece),
