@@ -136,14 +136,24 @@ pub(crate) type Decode<'a> = dyn FnMut(&[u8]) -> Result<(), String> + 'a;
 
 /// A human-readable description of what a channel of `T` exchanges.
 pub(crate) fn describe<T>() -> String {
-    format!("{} encoded with {}", std::any::type_name::<T>(), CODEC)
+    describe_with::<T>(CODEC)
+}
+
+/// What a channel of `T` exchanges in a build whose codec is `codec`.
+pub(crate) fn describe_with<T>(codec: &str) -> String {
+    format!("{} encoded with {codec}", std::any::type_name::<T>())
 }
 
 /// The type fingerprint exchanged in every handshake: FNV-1a over the type's name and the
 /// codec. Two programs built from the same type definitions agree; a different type or codec
 /// disagrees. It is a guard against mistakes, not against an adversary.
 pub(crate) fn fingerprint<T>() -> u64 {
-    fnv1a(describe::<T>().as_bytes())
+    fingerprint_of(&describe::<T>())
+}
+
+/// The fingerprint of a description made by [`describe_with`].
+pub(crate) fn fingerprint_of(description: &str) -> u64 {
+    fnv1a(description.as_bytes())
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

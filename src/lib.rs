@@ -183,6 +183,19 @@ pub mod __testing {
         crate::handshake::Hello::for_type::<T>(limit).encode()
     }
 
+    /// The codec this build encodes with: `postcard-1`, or `bincode-2` with the `bincode`
+    /// feature.
+    pub const CODEC: &str = crate::codec::CODEC;
+
+    /// The hello a sender of `T` with size limit `limit` would send (or a receiver answer,
+    /// accepting) if its build encoded with `codec`: a peer built with the other codec.
+    pub fn hello_with_codec<T>(limit: usize, codec: &str) -> Vec<u8> {
+        let name = crate::codec::describe_with::<T>(codec);
+        let fingerprint = crate::codec::fingerprint_of(&name);
+        crate::handshake::Hello::new(crate::handshake::Status::Ok, fingerprint, limit, &name)
+            .encode()
+    }
+
     /// Bytes in a stream frame header.
     pub const FRAME_HEADER: usize = crate::frame::HEADER;
     /// The largest piece of a stream frame.

@@ -283,17 +283,28 @@ fn garbage_after_handshake_tcp() {
 
 /// Lengths claimed by a header or inside a message never drive an allocation: the address
 /// space is capped 1 GiB above its size (a reservation for a claimed 4 GiB aborts), and the
-/// peak RSS may grow by less than 16 MiB.
+/// peak RSS may grow by less than 16 MiB. (The shared-memory ring's version is in
+/// `bounds.rs`.)
 #[test]
-fn hostile_lengths_allocate_nothing() {
+fn hostile_lengths_allocate_nothing_unix() {
     if common::role().as_deref() != Some("alloc") {
-        return run_child("hostile_lengths_allocate_nothing", "alloc", &[]);
+        return run_child("hostile_lengths_allocate_nothing_unix", "alloc", &[]);
     }
+    hostile_lengths_allocate_nothing(Transport::Unix);
+}
+
+#[test]
+fn hostile_lengths_allocate_nothing_tcp() {
+    if common::role().as_deref() != Some("alloc") {
+        return run_child("hostile_lengths_allocate_nothing_tcp", "alloc", &[]);
+    }
+    hostile_lengths_allocate_nothing(Transport::Tcp);
+}
+
+/// In a child process: the claims, with the address space capped.
+fn hostile_lengths_allocate_nothing(t: Transport) {
     // The largest limit there is, so only the framing's own checks stand in the way.
-    let (rx, addr) = bind(
-        Transport::Unix,
-        &Options::new().max_message_size(u32::MAX as usize),
-    );
+    let (rx, addr) = bind(t, &Options::new().max_message_size(u32::MAX as usize));
     let real = Sender::<Job>::connect(&addr).unwrap();
     real.send(job(0, 10)).unwrap();
     let mut got = vec![rx.recv().unwrap()];
@@ -343,15 +354,12 @@ fn hostile_lengths_allocate_nothing() {
         let (mut c, reply) = raw_hello(&addr, &hello_for::<Job>(u32::MAX as usize));
         assert_eq!(reply[6], 0);
         let writer = c.write_in_background(bytes);
-        wait_dropped(&rx, &mut c, what, &mut got);
+        wait_dropped(&rx, &mut c, &format!("{t:?}: {what}"), &mut got);
         writer.join().unwrap();
     }
     // limit + 1 spread over many pieces, on a receiver with a 1 MiB limit.
     let small_limit = 1 << 20;
-    let (rx2, addr2) = bind(
-        Transport::Unix,
-        &Options::new().max_message_size(small_limit),
-    );
+    let (rx2, addr2) = bind(t, &Options::new().max_message_size(small_limit));
     let mut c = raw_handshaken(&addr2);
     let over: Vec<u8> = (0..=small_limit / PIECE_MAX)
         .flat_map(|_| piece.clone())

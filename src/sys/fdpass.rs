@@ -206,8 +206,11 @@ mod tests {
     fn closed_peer_gives_epipe_not_sigpipe() {
         let (a, b) = UnixStream::pair().unwrap();
         drop(b);
-        let err = send_with_fds(a.as_fd(), b"x", &[a.as_fd()]).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+        // A test binary ignores SIGPIPE: the send runs in a child that does not.
+        crate::sys::sigpipe::in_child_with_default_sigpipe(|| {
+            let err = send_with_fds(a.as_fd(), b"x", &[a.as_fd()]).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+        });
     }
 
     /// Sends `count` pipe write ends (keeping no copy here), receives with `max_fds`, and

@@ -100,3 +100,56 @@ impl Drop for SigpipeBlock {
         }
     }
 }
+
+/// Runs `check` in a forked child whose `SIGPIPE` disposition is the default, and fails
+/// unless the child returns from it normally. A Rust test binary ignores `SIGPIPE`, so a
+/// write that raised it in the test process itself would pass unnoticed; in the child it
+/// kills the process, and the test fails naming the signal.
+#[cfg(test)]
+pub(crate) fn in_child_with_default_sigpipe(check: impl FnOnce()) {
+    // SAFETY: fork has no memory-safety preconditions. The child runs only `check` (system
+    // calls on descriptors it inherited) and then `_exit`, never returning into the test
+    // harness; glibc keeps malloc usable in the child of a multi-threaded parent.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: restoring the default disposition of one signal is always sound.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        let passed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)).is_ok();
+        // SAFETY: _exit ends the child at once, without running the parent's atexit handlers.
+        unsafe { libc::_exit(if passed { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: `pid` is our child and `status` a valid, writable int.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(waited, pid, "waitpid: {}", io::Error::last_os_error());
+    assert!(
+        !libc::WIFSIGNALED(status),
+        "the check was killed by signal {} (SIGPIPE is {})",
+        libc::WTERMSIG(status),
+        libc::SIGPIPE
+    );
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "the check failed in the child"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::IoSlice;
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    #[test]
+    fn a_pipe_whose_reader_is_gone_gives_epipe_not_sigpipe() {
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        drop(reader);
+        in_child_with_default_sigpipe(|| {
+            let err = writev_without_sigpipe(writer.as_fd(), &[IoSlice::new(b"x")]).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+        });
+    }
+}

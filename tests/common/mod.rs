@@ -410,3 +410,51 @@ pub fn sanitizer() -> Option<String> {
         .ok()
         .filter(|s| !s.is_empty())
 }
+
+// ---- kill → Disconnected, timed ------------------------------------------------------------
+
+/// The longest accepted time from a peer's SIGKILL to the other side noticing (`recv`
+/// returning `Disconnected`). The documentation states about 1 ms typically and a target
+/// under 100 ms; this bound leaves room for a loaded two-core machine, not for a slow path.
+pub const KILL_NOTICED: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The spans a receiving thread spends outside `recv` (checking what it got, pausing on
+/// purpose), so that a kill → `Disconnected` measurement counts only the library's time, not
+/// the test's own work on the messages still delivered after the kill.
+#[derive(Debug, Default)]
+pub struct OwnTime(Vec<(std::time::Instant, std::time::Instant)>);
+
+impl OwnTime {
+    /// Records that the test's own work ran from `since` until now.
+    pub fn since(&mut self, since: std::time::Instant) {
+        self.0.push((since, std::time::Instant::now()));
+    }
+
+    /// The part of `from..to` not spent in the recorded spans: the time inside `recv`.
+    pub fn library_time(
+        &self,
+        from: std::time::Instant,
+        to: std::time::Instant,
+    ) -> std::time::Duration {
+        let own: std::time::Duration = self
+            .0
+            .iter()
+            .map(|&(a, b)| b.min(to).saturating_duration_since(a.max(from)))
+            .sum();
+        to.saturating_duration_since(from).saturating_sub(own)
+    }
+}
+
+/// `min …, median …, max … over N` for a set of measured times.
+pub fn distribution(times: &[std::time::Duration]) -> String {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    match (sorted.first(), sorted.last()) {
+        (Some(min), Some(max)) => format!(
+            "min {min:.2?}, median {:.2?}, max {max:.2?} over {}",
+            sorted[sorted.len() / 2],
+            sorted.len()
+        ),
+        _ => "no measurements".to_string(),
+    }
+}

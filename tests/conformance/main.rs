@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod bounds;
 mod capacity;
 mod delivery;
 mod disconnect;
@@ -73,6 +74,8 @@ conformance!(messages::huge_message);
 stream!(messages::over_size_limit);
 conformance!(messages::receiver_size_limit_applies_to_sender => [Unix, Tcp, ShmBound]);
 conformance!(messages::serde_structs);
+stream!(bounds::exactly_the_limit);
+conformance!(bounds::exactly_the_receivers_limit => [Unix, Tcp, ShmBound]);
 conformance!(messages::larger_than_the_buffer);
 
 // 10: constructor errors.
