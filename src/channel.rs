@@ -253,9 +253,7 @@ impl<T: Message> Sender<T> {
             SenderFlavor::Stream(s) => s
                 .send_with(deadline, |buf| codec::encode_into(&msg, buf))
                 .map_err(|f| (msg, f)),
-            SenderFlavor::Shm(s) => s
-                .send_with(deadline, |buf| codec::encode_into(&msg, buf))
-                .map_err(|f| (msg, f)),
+            SenderFlavor::Shm(s) => s.send(deadline, &msg).map_err(|f| (msg, f)),
         }
     }
 }

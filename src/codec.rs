@@ -16,15 +16,147 @@ pub(crate) const CODEC: &str = "bincode-2";
 
 /// Appends the encoding of `msg` to `out`.
 pub(crate) fn encode_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    encode_small(msg, out, usize::MAX).map(|_| ())
+}
+
+/// [`encode_into`] for messages expected to be small: gives up, with `Ok(false)` and `out`
+/// holding part of the encoding, once a byte string or a long string would take `out` past
+/// `cap` bytes. (Other data may still take it past: the check sits only where long runs of
+/// bytes are copied.) A message that gave up is encoded again with [`encode_to`].
+pub(crate) fn encode_small<T: Serialize>(
+    msg: &T,
+    out: &mut Vec<u8>,
+    cap: usize,
+) -> Result<bool, String> {
     #[cfg(not(feature = "bincode"))]
     {
-        postcard::serialize_with_flavor(msg, AppendTo(out)).map_err(|e| e.to_string())
+        match postcard::serialize_with_flavor(msg, AppendTo { out, cap }) {
+            Ok(()) => Ok(true),
+            // `AppendTo` fails only this way, and only at the cap.
+            Err(postcard::Error::SerializeBufferFull) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
     }
     #[cfg(feature = "bincode")]
     {
-        bincode::serde::encode_into_std_write(msg, out, bincode::config::standard())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let mut capped = Capped { out, cap };
+        match bincode::serde::encode_into_writer(msg, &mut capped, bincode::config::standard()) {
+            Ok(()) => Ok(true),
+            Err(bincode::error::EncodeError::Other(OVER_CAP)) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Where [`encode_to`] puts an encoding, in runs of bytes as the encoder produces them.
+pub(crate) trait Sink {
+    /// Takes the next bytes of the encoding; `false` stops the encoding (the sink knows why).
+    fn put(&mut self, bytes: &[u8]) -> bool;
+}
+
+/// Why [`encode_to`] did not finish.
+#[derive(Debug)]
+pub(crate) enum SinkStop {
+    /// The sink refused bytes.
+    Stopped,
+    /// `Serialize` failed.
+    Failed(String),
+}
+
+/// Encodes `msg` into `sink`.
+pub(crate) fn encode_to<T: Serialize>(msg: &T, sink: &mut impl Sink) -> Result<(), SinkStop> {
+    #[cfg(not(feature = "bincode"))]
+    {
+        match postcard::serialize_with_flavor(msg, ToSink(sink)) {
+            Ok(()) => Ok(()),
+            Err(postcard::Error::SerializeBufferFull) => Err(SinkStop::Stopped),
+            Err(e) => Err(SinkStop::Failed(e.to_string())),
+        }
+    }
+    #[cfg(feature = "bincode")]
+    {
+        match bincode::serde::encode_into_writer(msg, ToSink(sink), bincode::config::standard()) {
+            Ok(()) => Ok(()),
+            Err(bincode::error::EncodeError::Other(OVER_CAP)) => Err(SinkStop::Stopped),
+            Err(e) => Err(SinkStop::Failed(e.to_string())),
+        }
+    }
+}
+
+/// The length of `msg`'s encoding, from a walk that copies nothing.
+pub(crate) fn encoded_size<T: Serialize>(msg: &T) -> Result<usize, String> {
+    #[cfg(not(feature = "bincode"))]
+    {
+        postcard::experimental::serialized_size(msg).map_err(|e| e.to_string())
+    }
+    #[cfg(feature = "bincode")]
+    {
+        let mut size = bincode::enc::write::SizeWriter::default();
+        bincode::serde::encode_into_writer(msg, &mut size, bincode::config::standard())
+            .map_err(|e| e.to_string())?;
+        Ok(size.bytes_written)
+    }
+}
+
+/// The error our bincode writers give to stop an encoding.
+#[cfg(feature = "bincode")]
+const OVER_CAP: &str = "conduit: stop";
+
+/// bincode's output for [`encode_small`].
+#[cfg(feature = "bincode")]
+struct Capped<'a> {
+    out: &'a mut Vec<u8>,
+    cap: usize,
+}
+
+#[cfg(feature = "bincode")]
+impl bincode::enc::write::Writer for Capped<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        if bytes.len() > SMALL && self.out.len() + bytes.len() > self.cap {
+            return Err(bincode::error::EncodeError::Other(OVER_CAP));
+        }
+        self.out.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// An encoder's output into a [`Sink`].
+struct ToSink<'a, S>(&'a mut S);
+
+#[cfg(feature = "bincode")]
+impl<S: Sink> bincode::enc::write::Writer for ToSink<'_, S> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        if self.0.put(bytes) {
+            Ok(())
+        } else {
+            Err(bincode::error::EncodeError::Other(OVER_CAP))
+        }
+    }
+}
+
+#[cfg(not(feature = "bincode"))]
+impl<S: Sink> postcard::ser_flavors::Flavor for ToSink<'_, S> {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if self.0.put(data) {
+            Ok(())
+        } else {
+            Err(postcard::Error::SerializeBufferFull)
+        }
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+
+    #[inline]
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -34,10 +166,14 @@ pub(crate) fn encode_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<()
 /// stores, those of the previous frame into the ring, to leave the core (`perf annotate`:
 /// up to 30% of an 8-byte sender, depending on inlining).
 #[cfg(not(feature = "bincode"))]
-struct AppendTo<'a>(&'a mut Vec<u8>);
+struct AppendTo<'a> {
+    out: &'a mut Vec<u8>,
+    /// See [`encode_small`].
+    cap: usize,
+}
 
-/// Slices up to this long are appended byte by byte (see `AppendTo::try_extend`).
-#[cfg(not(feature = "bincode"))]
+/// Slices up to this long are appended byte by byte (see `AppendTo::try_extend`), and never
+/// checked against the cap of [`encode_small`].
 const SMALL: usize = 16;
 
 #[cfg(not(feature = "bincode"))]
@@ -51,19 +187,22 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
             // encoder has just stored one by one) in wider loads that store forwarding
             // cannot serve, and they wait for the sender's earlier stores to leave the core,
             // as above (~7% of the 8-byte sender, `perf`).
-            self.0.reserve(data.len());
+            self.out.reserve(data.len());
             for &byte in data {
-                self.0.push(byte);
+                self.out.push(byte);
             }
         } else {
-            self.0.extend_from_slice(data);
+            if self.out.len() + data.len() > self.cap {
+                return Err(postcard::Error::SerializeBufferFull);
+            }
+            self.out.extend_from_slice(data);
         }
         Ok(())
     }
 
     #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
+        self.out.push(data);
         Ok(())
     }
 

@@ -32,7 +32,7 @@ use super::header::{self, RingHeader, HEADER_SIZE, LAYOUT_VERSION, MAGIC};
 use crate::sync::{AtomicU64, Ordering};
 
 pub(crate) use super::consumer::{Consumer, Taken};
-pub(crate) use super::producer::Producer;
+pub(crate) use super::producer::{Piece, Producer};
 // The single steps under the loops above, for the unit tests, models and property drivers.
 #[cfg(any(test, fuzzing))]
 pub(crate) use super::{consumer::Pop, producer::Push};

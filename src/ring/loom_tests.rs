@@ -316,3 +316,41 @@ fn loom_one_copy_claims_the_ring_after_a_fork() {
         assert_eq!(got, vec![msg(0, 1500), msg(w, 1500), msg(w + 2, 1500)]);
     });
 }
+
+#[test]
+fn loom_pieces_written_in_runs_then_committed() {
+    // The shm sender's direct encoding: each piece reserved larger than it turns out,
+    // written in runs, and committed shrunk; three of them wrap the ring and the producer
+    // must wait for space while the consumer copies earlier ones out.
+    loom::model(|| {
+        let s = shared();
+        let s2 = s.clone();
+        let sent: Vec<Vec<u8>> = (0..3).map(|i| msg(i, 1500)).collect();
+        let producer = {
+            let sent = sent.clone();
+            thread::spawn(move || {
+                let mut p = Producer::new(s2.ring.ring()).unwrap();
+                for m in &sent {
+                    let piece = loop {
+                        if let Some(piece) = p.reserve(2000).unwrap() {
+                            break piece;
+                        }
+                        wait_for_space(&mut p, &s2, 2000).unwrap();
+                    };
+                    let (a, b) = m.split_at(500);
+                    p.write(&piece, 0, a);
+                    p.write(&piece, a.len(), b);
+                    if p.commit(piece.shrink(m.len()), true) {
+                        s2.data.notify();
+                    }
+                }
+                if p.close() {
+                    s2.data.notify();
+                }
+            })
+        };
+        let got = consume(&s, usize::MAX);
+        producer.join().unwrap();
+        assert_eq!(got, sent);
+    });
+}

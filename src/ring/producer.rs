@@ -90,50 +90,98 @@ impl Producer {
     /// Publishes one piece if there is room. `payload.len()` must be at most `max_piece`.
     #[inline]
     pub(crate) fn try_push(&mut self, payload: &[u8], last: bool) -> Result<Push, RingError> {
-        debug_assert!(payload.len() <= self.max_piece());
-        // The consumer refuses empty pieces that are not the last (see `try_pop`).
-        debug_assert!(last || !payload.is_empty());
-        let footprint = self.footprint(payload.len());
-        if !self.has_room(footprint.total())? {
+        let Some(piece) = self.reserve(payload.len())? else {
             return Ok(Push::Full);
+        };
+        // SAFETY: the piece's payload space is `align8(len)` bytes at `off + FRAME_HEADER`,
+        // within the data region (`reserve`); it is ours until `commit`, and the consumer
+        // reads none of it before it sees the header committed there.
+        unsafe { self.ring.write_padded(piece.off + FRAME_HEADER, payload) };
+        let wake = self.commit(piece, last);
+        Ok(Push::Done { wake })
+    }
+
+    /// Takes room at the head for a piece of `len` bytes (at most `max_piece`), or `None`
+    /// when there is not enough now. Write its payload with [`Producer::write`] and publish
+    /// it with [`Producer::commit`]; until then the consumer sees nothing of it, and a piece
+    /// never committed is simply overwritten by the next one.
+    #[inline]
+    pub(crate) fn reserve(&mut self, len: usize) -> Result<Option<Piece>, RingError> {
+        debug_assert!(len <= self.max_piece());
+        let footprint = self.footprint(len);
+        if !self.has_room(footprint.total())? {
+            return Ok(None);
         }
         let start = self.head;
         let pos = start.wrapping_add(footprint.pad as u64);
-        let off = self.ring.offset(pos);
-        let next = pos.wrapping_add(footprint.need as u64);
-        // SAFETY: `off + need <= cap` (either it fit before the end, or off is 0 and need is
-        // at most half the capacity), and `need` is the header and `align8(len)`; off is a
-        // multiple of 8 (positions are); the space is ours (has_room), and the consumer reads
-        // none of it before it sees the header committed below.
-        unsafe { self.ring.write_padded(off + FRAME_HEADER, payload) };
+        Ok(Some(Piece {
+            start,
+            pos,
+            // Either it fits before the end, or it starts at offset 0 and takes at most half
+            // the capacity: `off + need <= capacity` (`footprint`).
+            off: self.ring.offset(pos),
+            next: pos.wrapping_add(footprint.need as u64),
+            pad: footprint.pad,
+            len,
+        }))
+    }
+
+    /// Copies `bytes` into the payload of `piece` from byte `at` on.
+    ///
+    /// # Panics
+    /// If `at + bytes.len()` is past the piece's length.
+    #[inline]
+    pub(crate) fn write(&mut self, piece: &Piece, at: usize, bytes: &[u8]) {
+        assert!(
+            at <= piece.len && bytes.len() <= piece.len - at,
+            "a write past the reserved piece"
+        );
+        let off = piece.off + FRAME_HEADER + at;
+        self.ring.track_payload(off, bytes.len(), true);
+        // SAFETY: `off + bytes.len() <= piece.off + FRAME_HEADER + piece.len`, inside the
+        // data region (`reserve`) and in space the consumer does not read before `commit`.
+        unsafe {
+            let dst = self.ring.data.as_ptr().add(off);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
+        }
+    }
+
+    /// Publishes a piece whose payload has been written; `last` ends its message. Returns
+    /// whether the consumer announced it sleeps: then wake it.
+    #[inline]
+    pub(crate) fn commit(&mut self, piece: Piece, last: bool) -> bool {
+        // The consumer refuses empty pieces that are not the last (see `try_pop`).
+        debug_assert!(last || piece.len != 0);
+        debug_assert!(piece.start == self.head, "pieces are committed in order");
         // Clear the next frame's header slot (ours: `has_room` counted it), so the consumer,
         // which polls it once it has taken this frame, finds zero until we commit there.
         // Relaxed: the Release store below orders it before the commit the consumer acquires.
-        let next_slot = self.ring.slot(self.ring.offset(next));
+        let next_slot = self.ring.slot(self.ring.offset(piece.next));
         next_slot.store(0, Ordering::Relaxed);
         let flags = if last { FLAG_LAST } else { 0 };
         // SYNC POINT: Release publishes the payload (and the cleared next slot); pairs with
         // the consumer's Acquire load of this word in `Consumer::read_header`.
-        self.ring.slot(off).store(
-            header_word(pos, payload.len() as u32, flags),
+        self.ring.slot(piece.off).store(
+            header_word(piece.pos, piece.len as u32, flags),
             Ordering::Release,
         );
-        if footprint.pad != 0 {
+        if piece.pad != 0 {
             // The padding is committed last: until then the consumer polls its (cleared) slot
             // and cannot reach offset 0 before the frame there is complete.
             // SYNC POINT: Release orders the frame's commit before this one; pairs with the
             // consumer's Acquire load in `Consumer::read_header`.
-            let pad_len = (footprint.pad - FRAME_HEADER) as u32;
-            self.ring
-                .slot(self.ring.offset(start))
-                .store(header_word(start, pad_len, FLAG_PAD), Ordering::Release);
+            let pad_len = (piece.pad - FRAME_HEADER) as u32;
+            self.ring.slot(self.ring.offset(piece.start)).store(
+                header_word(piece.start, pad_len, FLAG_PAD),
+                Ordering::Release,
+            );
         }
-        self.head = next;
+        self.head = piece.next;
         let h = self.ring.header();
         // Relaxed: read only by a producer that takes the ring over (`Producer::new`, after a
         // hand-off to a child or a claim after `fork()`), which synchronises with us through
         // the socket that carries the ring or through the claim; the consumer never reads it.
-        h.head.store(next, Ordering::Relaxed);
+        h.head.store(piece.next, Ordering::Relaxed);
         // Dekker with `Consumer::prepare_wait`: our commit store above, this SeqCst fence,
         // then our load of `consumer_waiting`; the consumer stores `consumer_waiting`, fences,
         // then loads the header word at its position. The two fences order the pairs, so at
@@ -142,8 +190,7 @@ impl Producer {
         // until then every publish notifies, which costs an extra wake-up at worst, never a
         // lost one.
         fence(Ordering::SeqCst);
-        let wake = h.consumer_waiting.load(Ordering::Relaxed) == 1;
-        Ok(Push::Done { wake })
+        h.consumer_waiting.load(Ordering::Relaxed) == 1
     }
 
     /// Publishes `bytes` (the rest of one message) in pieces of at most `max_piece`, the
@@ -286,6 +333,38 @@ impl Producer {
         h.producer_closed.store(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         h.consumer_waiting.load(Ordering::Relaxed) == 1
+    }
+}
+
+/// Room taken at the head for one piece ([`Producer::reserve`]).
+#[must_use = "a reserved piece is published only by `Producer::commit`"]
+pub(crate) struct Piece {
+    /// The head when reserved: where padding starts, if any.
+    start: u64,
+    /// The frame's position (after any padding) and its data offset.
+    pos: u64,
+    off: usize,
+    /// The head after the frame.
+    next: u64,
+    /// Padding to the end of the data region (0, or a whole padding frame).
+    pad: usize,
+    /// The payload's length.
+    len: usize,
+}
+
+impl Piece {
+    /// The payload's length.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The same piece with only its first `len` bytes (a message that ended early): the
+    /// next piece starts right after them.
+    pub(crate) fn shrink(mut self, len: usize) -> Piece {
+        assert!(len <= self.len, "a piece only shrinks");
+        self.len = len;
+        self.next = self.pos.wrapping_add((FRAME_HEADER + align8(len)) as u64);
+        self
     }
 }
 

@@ -402,3 +402,45 @@ fn two_threads_stream_in_order() {
     producer.join().unwrap();
     drop(ring);
 }
+
+#[test]
+fn a_reserved_piece_is_written_in_runs_and_may_end_early() {
+    // What the shm sender's direct encoding does: reserve a piece, write it in runs of any
+    // length at any offset, and commit it whole or shrunk to what was written.
+    let ring = HeapRing::new(CAP);
+    let (mut p, mut c) = pair(&ring, usize::MAX);
+    let mut got = Vec::new();
+    let mut buf = Vec::new();
+    for round in 0..12 {
+        let m = msg(round, 1000 + 37 * round);
+        let piece = p.reserve(1500).unwrap().expect("room after each drain");
+        assert_eq!(piece.len(), 1500);
+        let mut at = 0;
+        for run in m.chunks(3 + round * 11) {
+            p.write(&piece, at, run);
+            at += run.len();
+        }
+        let _ = p.commit(piece.shrink(m.len()), true);
+        drain(&mut c, &mut got, &mut buf, 1);
+        assert_eq!(got.pop(), Some(m));
+    }
+    // A piece never committed leaves nothing behind: the next one takes its place.
+    {
+        let abandoned = p.reserve(800).unwrap().unwrap();
+        p.write(&abandoned, 0, &[0xAB; 800]);
+    }
+    let piece = p.reserve(5).unwrap().unwrap();
+    p.write(&piece, 0, b"hello");
+    let _ = p.commit(piece, true);
+    drain(&mut c, &mut got, &mut buf, 1);
+    assert_eq!(got, vec![b"hello".to_vec()]);
+}
+
+#[test]
+#[should_panic(expected = "a write past the reserved piece")]
+fn a_write_past_the_reserved_piece_panics() {
+    let ring = HeapRing::new(CAP);
+    let (mut p, _c) = pair(&ring, usize::MAX);
+    let piece = p.reserve(16).unwrap().unwrap();
+    p.write(&piece, 10, &[0; 7]);
+}

@@ -22,6 +22,7 @@ use crate::sys;
 use crate::sys::memfd::SharedMap;
 use crate::{Error, Options, DEFAULT_SHM_CAPACITY};
 
+mod direct;
 mod recv;
 mod send;
 

@@ -15,8 +15,12 @@ use std::sync::Arc;
 
 use rustix::event::PollFd;
 
+use serde::Serialize;
+
+use super::direct::RingSink;
 use super::{dup_for_child, inherited_parts, open_peer_ring, sleep_bound, Mapped};
 use crate::addr::Address;
+use crate::codec;
 use crate::flavors::lock::{HandleLock, LockFail};
 use crate::flavors::{Backoff, Deadline, NotSent, Tail, KEEP_BUFFER};
 use crate::handshake::{self, Hello};
@@ -24,6 +28,10 @@ use crate::ring::core::Producer;
 use crate::sys::memfd::SharedMap;
 use crate::sys::{self, notify, sock, StreamKind};
 use crate::{Error, Options, SendFailure};
+
+/// Messages whose encoding outgrows this (or one piece, if smaller) are encoded straight
+/// into the ring (`direct.rs`) instead of into the sender's buffer first.
+const DIRECT_FROM: usize = 16 << 10;
 
 /// Check the receiver's liveness through the socket once per this many sends (a crashed
 /// receiver cannot set its "closed" flag; a full ring is noticed at once anyway).
@@ -146,27 +154,19 @@ impl ShmSender {
         Ok((fds, limit))
     }
 
-    /// Encodes one message with `encode` and pushes it into the ring.
-    pub(crate) fn send_with(
-        &self,
-        deadline: Deadline,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
-    ) -> Result<(), NotSent> {
+    /// Encodes `msg` and pushes it into the ring.
+    pub(crate) fn send<T: Serialize>(&self, deadline: Deadline, msg: &T) -> Result<(), NotSent> {
         let mut slot = self.conn.0.lock(deadline).map_err(|f| (f, deadline))?;
         match &mut *slot {
-            Slot::Live(conn) => conn.send(deadline, encode),
+            Slot::Live(conn) => conn.send(deadline, msg),
             Slot::Moved => Err(NotSent::Failed(SendFailure::Moved)),
         }
     }
 }
 
 impl SendConn {
-    /// [`ShmSender::send_with`], holding the lock.
-    fn send(
-        &mut self,
-        deadline: Deadline,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
-    ) -> Result<(), NotSent> {
+    /// [`ShmSender::send`], holding the lock.
+    fn send<T: Serialize>(&mut self, deadline: Deadline, msg: &T) -> Result<(), NotSent> {
         if !self.claimed() {
             return Err(NotSent::Failed(SendFailure::Forked));
         }
@@ -181,14 +181,12 @@ impl SendConn {
         }
         self.finish_tail(deadline)?;
         self.scratch.clear();
-        encode(&mut self.scratch).map_err(NotSent::encode)?;
-        let size = self.scratch.len();
-        if size > self.limit {
-            return Err(NotSent::Failed(SendFailure::TooLarge {
-                size,
-                limit: self.limit,
-            }));
+        let cap = self.link.producer.max_piece().min(DIRECT_FROM);
+        if !codec::encode_small(msg, &mut self.scratch, cap).map_err(NotSent::encode)? {
+            return self.send_direct(deadline, msg);
         }
+        let size = self.scratch.len();
+        self.check_size(size)?;
         let result = match self.link.push(&self.scratch, deadline) {
             (_, Ok(())) => Ok(()),
             (0, Err(fail @ (NotSent::Full | NotSent::Timeout))) => Err(fail),
@@ -197,6 +195,60 @@ impl SendConn {
                 self.tail.keep([&self.scratch[done..]]);
                 Ok(())
             }
+            (_, Err(fail)) => {
+                self.broken = true;
+                Err(fail)
+            }
+        };
+        if self.scratch.capacity() > KEEP_BUFFER {
+            self.scratch = Vec::new();
+        }
+        result
+    }
+
+    /// Refuses a message over the size limit.
+    fn check_size(&self, size: usize) -> Result<(), NotSent> {
+        if size > self.limit {
+            return Err(NotSent::Failed(SendFailure::TooLarge {
+                size,
+                limit: self.limit,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Sends a large message by encoding it straight into the ring (`direct.rs`), after a
+    /// walk that measures it against the size limit.
+    #[cold]
+    fn send_direct<T: Serialize>(&mut self, deadline: Deadline, msg: &T) -> Result<(), NotSent> {
+        let expected = codec::encoded_size(msg).map_err(NotSent::encode)?;
+        self.check_size(expected)?;
+        let mut sink = RingSink::new(
+            &mut self.link.producer,
+            self.link.sock.as_fd(),
+            deadline,
+            expected,
+            &mut self.scratch,
+        );
+        let encoded = codec::encode_to(msg, &mut sink);
+        let result = match sink.finish(encoded) {
+            (_, Ok(true)) => Ok(()),
+            // Committed: keep the rest for the next send (or the drop).
+            (_, Ok(false)) => {
+                self.tail.keep([&self.scratch[..]]);
+                Ok(())
+            }
+            // Nothing is out: the message was not sent, and the channel is as it was.
+            (
+                0,
+                Err(
+                    fail @ (NotSent::Full
+                    | NotSent::Timeout
+                    | NotSent::Failed(SendFailure::Encode(_))),
+                ),
+            ) => Err(fail),
+            // Part of the message is out and the rest cannot follow: the receiver drops the
+            // partial message when the connection ends.
             (_, Err(fail)) => {
                 self.broken = true;
                 Err(fail)
@@ -279,7 +331,7 @@ impl Link {
 /// Waits until a piece of `len` bytes may fit, the deadline passes, or the receiver goes:
 /// spins a little, then sleeps on the connection until the receiver's wake-up byte, its
 /// end, or the deadline (at most `MAX_SLEEP` at a time, see `sleep_bound`).
-fn wait_for_space(
+pub(super) fn wait_for_space(
     producer: &mut Producer,
     sock: BorrowedFd<'_>,
     len: usize,
