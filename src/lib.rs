@@ -113,6 +113,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod addr;
+mod bytes;
 mod channel;
 mod codec;
 mod err;
@@ -151,6 +152,7 @@ pub mod fuzz {
     pub use crate::ring::fuzz_ops::ring_ops;
 }
 
+pub use crate::bytes::Bytes;
 pub use channel::{channel, channel_with, Backend, Receiver, Sender};
 pub use err::{
     Error, RecvError, RecvTimeoutError, SendError, SendFailure, SendTimeoutError, TryRecvError,
