@@ -14,7 +14,8 @@ use serde::ser::{Serialize, Serializer};
 /// sides. A `Bytes`, alone or as a field of any `#[derive(Serialize, Deserialize)]` type,
 /// is encoded with one `serialize_bytes` call (a length, then the bytes in one copy) and
 /// decoded with one copy. On postcard and bincode both encodings are the same bytes on the
-/// wire; only the time differs.
+/// wire; only the time differs (the `shm-vec` and `unix-vec` rows of `examples/compare`: a
+/// 1 MiB `Vec<u8>` takes several times as long as a 1 MiB `Bytes`).
 ///
 /// On [`Backend::Thread`](crate::Backend::Thread) a `Bytes` is moved like any message: the
 /// receiver gets the very buffer that was sent. Across processes it is encoded, and the
