@@ -22,6 +22,8 @@
 //!   connected through an `IpcOneShotServer`), `raw-socketpair` (length-prefixed frames on a
 //!   socketpair between two processes, written with one `sendmsg` and read through a 64 KiB
 //!   buffer with plain system calls: no conduit, no codec);
+//! - `shm-vec`, `unix-vec` (from 4 KiB): `shm` and `unix` sending a plain `Vec<u8>`, which
+//!   serde encodes byte by byte, beside the same bytes as a `conduit::Bytes`;
 //! - `floor` (in `roundtrip_8B` only): two processes bouncing a counter over one shared cache line
 //!   of a memfd page with raw atomics, the machine's own cost of a cross-core round trip.
 //!
@@ -33,9 +35,10 @@
 //! - one way: the peer streams `iters + 1` messages on command; the clock starts when the
 //!   first arrives and stops when the last does (steady state, both sides in parallel).
 //!
-//! Messages: 8 B is a `u64`; other sizes are a byte blob serialized with `serde_bytes`
-//! (held in an `Arc` by the sender, a fresh blob per message at the receiver; threads move
-//! the `Arc`). Capacities are the defaults; nothing is pinned to a core.
+//! Messages: 8 B is a `u64`; other sizes are a `conduit::Bytes`, encoded as one byte string
+//! (shared by the sender's clones, a fresh buffer per message at the receiver; threads move
+//! it), or a `Vec<u8>` in the vec rows. Capacities are the defaults; nothing is pinned to a
+//! core.
 //!
 //! Children are this binary re-run with `CONDUIT_COMPARE_ROLE` set. They die with us
 //! (`PR_SET_PDEATHSIG`) and are reaped after their size's groups; socket files live in a
@@ -88,7 +91,7 @@ fn main() {
         let mut g = c.benchmark_group(format!("roundtrip_{}", label(size)));
         plan.apply(&mut g);
         for name in Name::ALL {
-            if name == Name::Floor && size != 8 {
+            if !name.measures(size) {
                 continue;
             }
             g.bench_function(name.as_str(), |b| {
@@ -106,7 +109,10 @@ fn main() {
             8 => Throughput::Elements(1),
             bytes => Throughput::Bytes(bytes as u64),
         });
-        for name in Name::ALL.into_iter().filter(|&n| n != Name::Floor) {
+        for name in Name::ALL
+            .into_iter()
+            .filter(|&n| n != Name::Floor && n.measures(size))
+        {
             g.bench_function(name.as_str(), |b| {
                 let link = peer(&mut links, name, size, dir.path());
                 let _armed = dog.arm(STUCK, link.pids(), what(name, size));

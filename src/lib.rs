@@ -35,12 +35,12 @@
 //! process for brevity; see `examples/workers.rs` for real child processes.
 //!
 //! ```
-//! use conduit::{Receiver, Sender};
+//! use conduit::{Bytes, Receiver, Sender};
 //! let path = std::env::temp_dir().join(format!("conduit-libdoc-{}.sock", std::process::id()));
 //! let addr = format!("unix:{}", path.display());
-//! let rx = Receiver::<(u32, Vec<u8>)>::bind(&addr)?;
-//! let tx = Sender::<(u32, Vec<u8>)>::connect(&addr)?;
-//! tx.send((1, vec![0xAB; 100_000])).unwrap(); // large messages are streamed in pieces
+//! let rx = Receiver::<(u32, Bytes)>::bind(&addr)?;
+//! let tx = Sender::<(u32, Bytes)>::connect(&addr)?;
+//! tx.send((1, vec![0xAB; 100_000].into())).unwrap(); // large messages are streamed in pieces
 //! drop(tx);
 //! assert_eq!(rx.recv().unwrap().1.len(), 100_000);
 //! assert!(rx.recv().is_err()); // the only sender is gone: Disconnected
@@ -74,7 +74,7 @@
 //! file at PATH is only a Unix socket used to hand the ring over and to notice a peer's death.
 //!
 //! ```
-//! use conduit::{channel, Backend, Receiver, Sender};
+//! use conduit::{channel, Backend, Bytes, Receiver, Sender};
 //! let path = std::env::temp_dir().join(format!("conduit-shmdoc-{}.sock", std::process::id()));
 //! let addr = format!("shm:{}", path.display());
 //! let rx = Receiver::<String>::bind(&addr)?;
@@ -83,10 +83,30 @@
 //! assert_eq!(rx.recv().unwrap(), "through shared memory");
 //!
 //! // An anonymous pair; a message bigger than the 1 MiB ring streams through it in pieces.
-//! let (tx, rx) = channel::<Vec<u8>>(Backend::Shm)?;
+//! let (tx, rx) = channel::<Bytes>(Backend::Shm)?;
 //! let reader = std::thread::spawn(move || rx.recv().unwrap().len());
-//! tx.send(vec![5; 3 << 20]).unwrap();
+//! tx.send(vec![5; 3 << 20].into()).unwrap();
 //! assert_eq!(reader.join().unwrap(), 3 << 20);
+//! # Ok::<(), conduit::Error>(())
+//! ```
+//!
+//! ## Byte payloads: use [`Bytes`], not `Vec<u8>`
+//!
+//! serde encodes a `Vec<u8>` element by element: the codec is called once per byte, on
+//! both sides, which dominates the cost of a large message on every process backend. Send
+//! bytes as a [`Bytes`] (or mark a `Vec<u8>` field `#[serde(with = "serde_bytes")]`): it is
+//! encoded as one byte string, a length and then one copy, as a message or as a field of
+//! any derived type. It is also cheap to clone, and between threads it is moved like every
+//! message, never copied.
+//!
+//! ```
+//! use conduit::{channel, Backend, Bytes};
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Chunk { offset: u64, data: Bytes }
+//!
+//! let (tx, rx) = channel::<Chunk>(Backend::Pipe)?;
+//! tx.send(Chunk { offset: 0, data: Bytes::from(vec![1u8; 4096]) }).unwrap();
+//! assert_eq!(rx.recv().unwrap().data.len(), 4096);
 //! # Ok::<(), conduit::Error>(())
 //! ```
 //!
@@ -113,6 +133,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod addr;
+mod bytes;
 mod channel;
 mod codec;
 mod err;
@@ -151,6 +172,7 @@ pub mod fuzz {
     pub use crate::ring::fuzz_ops::ring_ops;
 }
 
+pub use crate::bytes::Bytes;
 pub use channel::{channel, channel_with, Backend, Receiver, Sender};
 pub use err::{
     Error, RecvError, RecvTimeoutError, SendError, SendFailure, SendTimeoutError, TryRecvError,
@@ -167,7 +189,7 @@ pub use sys::open_fd_count;
 ///
 /// ```
 /// #[derive(serde::Serialize, serde::Deserialize)]
-/// struct Job { id: u64, payload: Vec<u8> }
+/// struct Job { id: u64, payload: conduit::Bytes }
 /// fn takes_message<T: conduit::Message>() {}
 /// takes_message::<Job>();
 /// ```

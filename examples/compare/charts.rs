@@ -1,5 +1,6 @@
 //! The two SVG charts, drawn with plotters: round-trip p50 and one-way bytes/s against
-//! message size, both axes logarithmic, one line per row (backends solid, peers dashed).
+//! message size, both axes logarithmic, one line per row (backends solid, peers dashed, the
+//! `Vec<u8>` rows dotted in a lighter shade of their backend's colour).
 
 use std::path::Path;
 
@@ -16,7 +17,9 @@ fn color(name: Name) -> RGBColor {
         Name::Thread => RGBColor(31, 119, 180),
         Name::Crossbeam => RGBColor(120, 170, 220),
         Name::Shm => RGBColor(214, 39, 40),
+        Name::ShmVec => RGBColor(240, 140, 140),
         Name::Unix => RGBColor(44, 160, 44),
+        Name::UnixVec => RGBColor(140, 210, 140),
         Name::Tcp => RGBColor(255, 127, 14),
         Name::Pipe => RGBColor(148, 103, 189),
         Name::RawSocketpair => RGBColor(110, 110, 110),
@@ -125,6 +128,8 @@ fn plot(
         let style = color(*name).stroke_width(2);
         let series = if name.kind() == Kind::Peer {
             chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style))?
+        } else if name.vec_of().is_some() {
+            chart.draw_series(DashedLineSeries::new(points.clone(), 3, 3, style))?
         } else {
             chart.draw_series(LineSeries::new(points.clone(), style))?
         };

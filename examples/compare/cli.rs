@@ -11,13 +11,16 @@ and writes target/conduit-report/{results.json,latency.svg,throughput.svg}.
   --backends LIST  comma-separated rows to measure (default: all):
                      backends  thread, shm, unix, tcp, pipe
                      peers     crossbeam, ipc-channel, raw-socketpair
+                     vec       shm-vec, unix-vec: shm and unix sending a plain
+                               Vec<u8>, which serde encodes byte by byte (from 4 KiB)
                      floor     two processes spinning on one shared cache line,
                                measured first and last, the lower kept
-                   also `all`, `backends`, `peers`. The ratio columns need floor and
-                   ipc-channel; they are blank without them.
+                   also `all`, `backends`, `peers`, `vec`. The ratio columns need floor
+                   and ipc-channel; they are blank without them.
   --sizes LIST     comma-separated message sizes, e.g. 8,64,4KiB,1MiB (1 B to 16 MiB;
-                   default 8,64,4KiB,64KiB,1MiB). 8 B is a u64; every other size is a byte
-                   blob serialized with serde_bytes.
+                   default 8,64,4KiB,64KiB,1MiB). 8 B is a u64; every other size is a
+                   conduit::Bytes, encoded as one byte string (a length, then one copy),
+                   except in the vec rows.
   --quick          a smoke run: shorter measurements (about 15 s)
   --full           a longer, finer run: more sizes (8 B to 4 MiB), longer measurements
                    (about 4 minutes); the default run takes under a minute
@@ -33,7 +36,7 @@ What is measured, per row and size (a fresh pair of threads or processes for eac
   throughput  one-way streaming from the peer to this process, sender and receiver in
               parallel; msgs_per_s and bytes_per_s (payload bytes) are the median of three
               timed runs; p50_ns and p99_ns are null (timing each message would slow it).
-Thread rows move values (an Arc for blobs): no bytes are copied, so their bytes/s is
+Thread rows move values (a Bytes for blobs): no bytes are copied, so their bytes/s is
 the channel's rate times the size, not a copy rate.
 
 results.json is an array with one object per row and workload: name, kind
@@ -169,7 +172,9 @@ pub fn parse_names(list: &str) -> Result<Vec<Name>, String> {
             "backends" | "peers" => names.extend(Name::ALL.into_iter().filter(|n| {
                 (n.kind() == crate::names::Kind::Backend) == (word == "backends")
                     && n.kind() != crate::names::Kind::Floor
+                    && n.vec_of().is_none()
             })),
+            "vec" => names.extend(Name::ALL.into_iter().filter(|n| n.vec_of().is_some())),
             _ => match Name::parse(word) {
                 Some(n) => names.push(n),
                 None => {

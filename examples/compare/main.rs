@@ -11,7 +11,9 @@
 //! Rows (`--backends`): conduit's `thread` (`Backend::Thread`, two threads), `shm`
 //! (`shm:PATH`), `unix` (`unix:PATH`), `tcp` (`tcp:127.0.0.1:PORT`) and `pipe`
 //! (`channel(Backend::Pipe)` handed to the child), each between this process and a child
-//! process; the peers `crossbeam` (crossbeam-channel `bounded(1024)`, two threads: the
+//! process; `shm-vec` and `unix-vec`, the same as `shm` and `unix` but sending a plain
+//! `Vec<u8>`, which serde encodes byte by byte (from 4 KiB only: what a byte payload costs
+//! when it is not a `conduit::Bytes`); the peers `crossbeam` (crossbeam-channel `bounded(1024)`, two threads: the
 //! Thread backend's capacity and message types, so the two compare like for like),
 //! `ipc-channel` (servo's, two processes) and `raw-socketpair` (length-prefixed frames on a
 //! socketpair with plain system calls: what the socket backend could cost at best); and the
@@ -20,7 +22,7 @@
 //! lower kept: a pair that only spins is the first to suffer from other load).
 //!
 //! For each row and message size (`--sizes`, default 8 B, 64 B, 4 KiB, 64 KiB, 1 MiB; 8 B is
-//! a `u64`, other sizes are byte blobs serialized with `serde_bytes`) a fresh pair is started
+//! a `u64`, other sizes are a `conduit::Bytes`, a `Vec<u8>` in the vec rows) a fresh pair is started
 //! and measured twice (`workloads.rs` says exactly how):
 //!
 //! - round trip: ping-pong; p50 and p99 of per-round-trip times, each timed alone unless it

@@ -90,7 +90,10 @@ pub fn run_all(cfg: &Config, dir: &Path, dog: &Watchdog, clock: f64) -> Vec<Row>
         stages.push((Name::Floor, 8));
     }
     for &size in &cfg.sizes {
-        let names = cfg.names.iter().filter(|&&n| n != Name::Floor);
+        let names = cfg
+            .names
+            .iter()
+            .filter(|&&n| n != Name::Floor && n.measures(size));
         stages.extend(names.map(|&n| (n, size)));
     }
     if floor {

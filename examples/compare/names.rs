@@ -12,8 +12,12 @@ pub enum Name {
     Crossbeam,
     /// `shm:PATH`, between two processes.
     Shm,
+    /// `shm:PATH` with plain `Vec<u8>` messages, which serde encodes element by element.
+    ShmVec,
     /// `unix:PATH` (`Backend::Socket`), between two processes.
     Unix,
+    /// `unix:PATH` with plain `Vec<u8>` messages.
+    UnixVec,
     /// `tcp:127.0.0.1:PORT` (`Backend::Socket` over loopback), between two processes.
     Tcp,
     /// `channel(Backend::Pipe)` handed to a child, between two processes.
@@ -33,12 +37,14 @@ pub enum Kind {
 }
 
 impl Name {
-    pub const ALL: [Name; 9] = [
+    pub const ALL: [Name; 11] = [
         Name::Floor,
         Name::Thread,
         Name::Crossbeam,
         Name::Shm,
+        Name::ShmVec,
         Name::Unix,
+        Name::UnixVec,
         Name::Tcp,
         Name::Pipe,
         Name::RawSocketpair,
@@ -52,7 +58,9 @@ impl Name {
             Name::Thread => "thread",
             Name::Crossbeam => "crossbeam",
             Name::Shm => "shm",
+            Name::ShmVec => "shm-vec",
             Name::Unix => "unix",
+            Name::UnixVec => "unix-vec",
             Name::Tcp => "tcp",
             Name::Pipe => "pipe",
             Name::RawSocketpair => "raw-socketpair",
@@ -68,10 +76,36 @@ impl Name {
         match self {
             Name::Floor => Kind::Floor,
             Name::Thread | Name::Shm | Name::Unix | Name::Tcp | Name::Pipe => Kind::Backend,
+            Name::ShmVec | Name::UnixVec => Kind::Backend,
             Name::Crossbeam | Name::RawSocketpair | Name::IpcChannel => Kind::Peer,
         }
     }
 }
+
+impl Name {
+    /// For a `Vec<u8>` row, the backend it runs on; `None` for every other row.
+    pub fn vec_of(self) -> Option<Name> {
+        match self {
+            Name::ShmVec => Some(Name::Shm),
+            Name::UnixVec => Some(Name::Unix),
+            _ => None,
+        }
+    }
+
+    /// Whether this row is measured at `size`: the floor at 8 bytes only (a `u64`), the
+    /// `Vec<u8>` rows from [`VEC_MIN_SIZE`] (below it they would repeat their backend's
+    /// figures or differ by little, and each row costs time), every other row at every size.
+    pub fn measures(self, size: usize) -> bool {
+        match self {
+            Name::Floor => size == 8,
+            Name::ShmVec | Name::UnixVec => size >= VEC_MIN_SIZE,
+            _ => true,
+        }
+    }
+}
+
+/// The smallest size the `Vec<u8>` rows are measured at.
+pub const VEC_MIN_SIZE: usize = 4 << 10;
 
 impl Kind {
     pub fn as_str(self) -> &'static str {

@@ -9,20 +9,22 @@
 //!   steady-state receive rate of `n` messages with sender and receiver in parallel. Each
 //!   message is checked (a `u64` must be the next number: FIFO).
 //!
-//! Messages: 8 bytes is a `u64`; any other size is a [`Blob`], bytes serialized with
-//! `serde_bytes` (one length, one copy), held in an `Arc` so the sender does not copy the
-//! bytes before each send, while the receiver gets a fresh blob per message, as a user's
-//! receiver would. Threads move the `Arc`; nothing is copied. Every row uses these types,
-//! defaults for capacities (Thread and crossbeam: 1024 messages), and the same warm-up.
+//! Messages: 8 bytes is a `u64`; any other size is a [`Blob`], a `conduit::Bytes`, encoded
+//! as one byte string (one length, one copy) and shared by its clones, so the sender does
+//! not copy the bytes before each send, while the receiver gets a fresh buffer per message,
+//! as a user's receiver would. Threads move it; nothing is copied. The `Vec<u8>` rows
+//! (`shm-vec`, `unix-vec`) send a plain `Vec<u8>` instead, which serde encodes and decodes
+//! one byte at a time; their sender clones its prototype for each message (one `memcpy`,
+//! small beside the encoding), as a user building a fresh `Vec` per message would. Every
+//! row uses these types, defaults for capacities (Thread and crossbeam: 1024 messages), and
+//! the same warm-up.
 
 use std::hint::black_box;
 use std::path::Path;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use conduit::{channel, Backend, Message, Receiver, Sender};
-use serde::{Deserialize, Serialize};
 
 use crate::names::Name;
 use crate::peers;
@@ -31,6 +33,8 @@ use crate::procs::{self, ChildGuard, PATIENCE};
 /// Child arguments, passed in the environment.
 pub const ARG_NAME: &str = "CONDUIT_COMPARE_NAME";
 pub const ARG_SIZE: &str = "CONDUIT_COMPARE_SIZE";
+/// `vec` when the child's messages are `Vec<u8>` rather than [`Blob`]s.
+const ARG_PAYLOAD: &str = "CONDUIT_COMPARE_PAYLOAD";
 const ARG_FWD: &str = "CONDUIT_COMPARE_FWD";
 const ARG_BACK: &str = "CONDUIT_COMPARE_BACK";
 
@@ -46,10 +50,10 @@ pub trait Link {
 
 /// Starts the pair for one row and message size.
 pub fn start(name: Name, size: usize, dir: &Path) -> Result<Box<dyn Link>, String> {
-    if size == 8 {
-        start_typed::<u64>(name, size, dir)
-    } else {
-        start_typed::<Blob>(name, size, dir)
+    match name.vec_of() {
+        _ if size == 8 => start_typed::<u64>(name, size, dir),
+        Some(backend) => process_pair::<Vec<u8>>(backend, size, dir),
+        None => start_typed::<Blob>(name, size, dir),
     }
 }
 
@@ -59,6 +63,7 @@ fn start_typed<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<dy
         Name::Thread => thread_pair::<T>(size),
         Name::Crossbeam => peers::crossbeam::start::<T>(size),
         Name::Shm | Name::Unix | Name::Tcp | Name::Pipe => process_pair::<T>(name, size, dir),
+        Name::ShmVec | Name::UnixVec => unreachable!("start sends Vec<u8> rows to their backend"),
         Name::RawSocketpair => peers::raw::start(size),
         Name::IpcChannel => peers::ipc::start::<T>(size),
     }
@@ -73,6 +78,9 @@ pub fn child_main() -> bool {
     let size: usize = procs::arg(ARG_SIZE).parse().expect("a message size");
     match (role.as_str(), size == 8) {
         ("conduit", true) => conduit_child::<u64>(size),
+        ("conduit", false) if std::env::var_os(ARG_PAYLOAD).is_some() => {
+            conduit_child::<Vec<u8>>(size)
+        }
         ("conduit", false) => conduit_child::<Blob>(size),
         ("ipc", true) => peers::ipc::child::<u64>(size),
         ("ipc", false) => peers::ipc::child::<Blob>(size),
@@ -83,30 +91,14 @@ pub fn child_main() -> bool {
     true
 }
 
-/// Bytes serialized as one byte string by `serde_bytes`; cheap to clone on the sending side.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Blob(#[serde(with = "arc_bytes")] Arc<[u8]>);
+/// The byte message: one byte string on the wire, cheap to clone on the sending side.
+pub type Blob = conduit::Bytes;
 
-/// `serde_bytes` for an `Arc<[u8]>`, which it has no impl for: written from the shared slice
-/// (no copy), read into a fresh `Arc` with one copy (borrowed from the input when the codec
-/// can, as postcard does).
-mod arc_bytes {
-    use std::borrow::Cow;
-    use std::sync::Arc;
-
-    pub fn serialize<S: serde::Serializer>(bytes: &Arc<[u8]>, s: S) -> Result<S::Ok, S::Error> {
-        serde_bytes::serialize(&bytes[..], s)
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<[u8]>, D::Error> {
-        let bytes: Cow<'de, [u8]> = serde_bytes::deserialize(d)?;
-        Ok(Arc::from(&*bytes))
-    }
-}
-
-/// A message type of the workloads: `u64` for 8 bytes, [`Blob`] otherwise.
+/// A message type of the workloads: `u64` for 8 bytes, [`Blob`] otherwise, `Vec<u8>` in
+/// the `Vec<u8>` rows.
 pub trait Payload: Message + Clone {
+    /// True for `Vec<u8>`: the child must be told, since the size alone does not say.
+    const VEC: bool = false;
     /// The sender's prototype for `size`-byte messages.
     fn proto(size: usize) -> Self;
     /// The `i`-th message made from the prototype.
@@ -129,13 +121,26 @@ impl Payload for u64 {
 
 impl Payload for Blob {
     fn proto(size: usize) -> Blob {
-        Blob(vec![0xC3; size].into())
+        Blob::from(vec![0xC3; size])
     }
     fn nth(&self, _: u64) -> Blob {
         self.clone()
     }
     fn is(&self, _: u64, size: usize) -> bool {
-        self.0.len() == size
+        self.len() == size
+    }
+}
+
+impl Payload for Vec<u8> {
+    const VEC: bool = true;
+    fn proto(size: usize) -> Vec<u8> {
+        vec![0xC3; size]
+    }
+    fn nth(&self, _: u64) -> Vec<u8> {
+        self.clone()
+    }
+    fn is(&self, _: u64, size: usize) -> bool {
+        self.len() == size
     }
 }
 
@@ -324,12 +329,16 @@ fn process_pair<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<d
     let mut cmd = procs::command("conduit");
     cmd.env(ARG_NAME, name.as_str())
         .env(ARG_SIZE, size.to_string());
+    if T::VEC {
+        cmd.env(ARG_PAYLOAD, "vec");
+    }
     let share = err("share_with_child");
     cmd_rx.share_with_child(&mut cmd, "CMD").map_err(share)?;
     ctl_tx.share_with_child(&mut cmd, "CTL").map_err(share)?;
     drop((cmd_rx, ctl_tx)); // the child holds them now
     let file = |what: &str| {
-        let path = dir.join(format!("{what}-{}-{size}.sock", name.as_str()));
+        let vec = if T::VEC { "-vec" } else { "" };
+        let path = dir.join(format!("{what}-{}{vec}-{size}.sock", name.as_str()));
         format!("{}:{}", name.as_str(), path.display())
     };
     let (back, fwd) = match name {
