@@ -38,11 +38,11 @@
 //!   a varint of 1 to 4 bytes here; in the shm ring every frame of up to 8 payload bytes
 //!   takes 16 bytes (8-byte header, payload padded to 8), so the ring traffic is the same as
 //!   for a fixed 8-byte payload.
-//! - 4 KiB and 1 MiB messages: [`Blob`], bytes serialized with `serde_bytes` (a length
-//!   and one copy) rather than `Vec<u8>`'s element-by-element sequence, which would measure
-//!   serde's per-byte loop instead of the transport. The sender's blob is an `Arc<[u8]>`,
-//!   so the child does not copy a megabyte before each send; the receiver builds a fresh
-//!   blob for each message, as a user's receiver would.
+//! - 4 KiB and 1 MiB messages: [`conduit::Bytes`] (a length and the bytes in one run)
+//!   rather than `Vec<u8>`'s element-by-element sequence, which would measure serde's
+//!   per-byte loop instead of the transport. Clones share one buffer, so the child does not
+//!   copy a megabyte before each send; the receiver gets a fresh value for each message, as
+//!   a user's receiver would.
 //!
 //! Rings and buffers are the defaults (1 MiB shm ring; the kernel's socket buffer), so a
 //! 1 MiB message crosses the shm ring in three pieces.
@@ -55,7 +55,6 @@
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conduit::{Message, Receiver, Sender};
@@ -118,27 +117,8 @@ impl Ping for Raw64 {
     }
 }
 
-/// Bytes serialized as one byte string by `serde_bytes`; cheap to clone on the sending side.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-struct Blob(#[serde(with = "arc_bytes")] Arc<[u8]>);
-
-/// `serde_bytes` for an `Arc<[u8]>`, which it has no impl for: written from the shared slice
-/// (no copy), read into a fresh `Arc` with one copy (borrowed from the input when the codec
-/// can, as postcard does).
-mod arc_bytes {
-    use std::borrow::Cow;
-    use std::sync::Arc;
-
-    pub fn serialize<S: serde::Serializer>(bytes: &Arc<[u8]>, s: S) -> Result<S::Ok, S::Error> {
-        serde_bytes::serialize(&bytes[..], s)
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<[u8]>, D::Error> {
-        let bytes: Cow<'de, [u8]> = serde_bytes::deserialize(d)?;
-        Ok(Arc::from(&*bytes))
-    }
-}
+/// The large messages: one byte string, cheap to clone on the sending side.
+type Blob = conduit::Bytes;
 
 fn main() {
     if let Ok(role) = std::env::var(ROLE) {
@@ -439,7 +419,7 @@ mod child {
                 if size <= 8 {
                     stream(&arg(ARG_A), &arg(ARG_B), |i| i);
                 } else {
-                    let blob = Blob(vec![0xC3; size].into());
+                    let blob = Blob::from(vec![0xC3; size]);
                     stream(&arg(ARG_A), &arg(ARG_B), move |_| blob.clone());
                 }
             }

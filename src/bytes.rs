@@ -1,6 +1,7 @@
 //! [`Bytes`]: the byte payload type, encoded as one byte string.
 
 use std::borrow::Borrow;
+use std::cell::RefCell;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::{Deref, RangeBounds};
@@ -267,11 +268,49 @@ impl Serialize for Bytes {
 }
 
 /// From a byte string (borrowed, transient or owned: an owned one is taken without a copy)
-/// or from a sequence of bytes, as a self-describing format may write one.
+/// or from a sequence of bytes, as a self-describing format may write one. A borrowed byte
+/// string inside a received message's buffer shares that buffer (see [`decode_sharing`]).
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
-        deserializer.deserialize_byte_buf(BytesVisitor)
+        // `deserialize_bytes`: decoders of a slice (postcard, bincode) then hand out a
+        // borrowed byte string, which may be shared instead of copied.
+        deserializer.deserialize_bytes(BytesVisitor)
     }
+}
+
+thread_local! {
+    /// The buffer of the message this thread is decoding, while [`decode_sharing`] runs.
+    static DECODING: RefCell<Option<::bytes::Bytes>> = const { RefCell::new(None) };
+}
+
+/// Runs `decode` over a received message's buffer `buf` (the receiver's own copy, which no
+/// peer can change): a [`Bytes`] decoded from a byte string inside it shares `buf` instead
+/// of copying the bytes. The receive paths use it for large messages, whose buffer they then
+/// give up; small ones are decoded from a reused buffer and copied.
+pub(crate) fn decode_sharing<R>(buf: &::bytes::Bytes, decode: impl FnOnce(&[u8]) -> R) -> R {
+    /// Puts back whatever was there, even if `decode` panics.
+    struct Restore(Option<::bytes::Bytes>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            DECODING.with(|d| *d.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(DECODING.with(|d| d.replace(Some(buf.clone()))));
+    decode(buf)
+}
+
+/// `bytes` as a share of the buffer being decoded, if it lies inside it.
+fn shared(bytes: &[u8]) -> Option<Bytes> {
+    DECODING.with(|d| {
+        let decoding = d.borrow();
+        let buf = decoding.as_ref()?;
+        let start = buf.as_ptr() as usize;
+        let at = bytes.as_ptr() as usize;
+        let inside =
+            at >= start && at - start <= buf.len() && bytes.len() <= buf.len() - (at - start);
+        (inside && !bytes.is_empty()).then(|| Bytes(buf.slice_ref(bytes)))
+    })
 }
 
 struct BytesVisitor;
@@ -292,7 +331,7 @@ impl<'de> Visitor<'de> for BytesVisitor {
     }
 
     fn visit_borrowed_bytes<E: de::Error>(self, bytes: &'de [u8]) -> Result<Bytes, E> {
-        Ok(Bytes::copy_from_slice(bytes))
+        Ok(shared(bytes).unwrap_or_else(|| Bytes::copy_from_slice(bytes)))
     }
 
     fn visit_byte_buf<E: de::Error>(self, bytes: Vec<u8>) -> Result<Bytes, E> {

@@ -23,6 +23,7 @@ pub(crate) fn encode_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<()
 /// holding part of the encoding, once a byte string or a long string would take `out` past
 /// `cap` bytes. (Other data may still take it past: the check sits only where long runs of
 /// bytes are copied.) A message that gave up is encoded again with [`encode_to`].
+#[inline]
 pub(crate) fn encode_small<T: Serialize>(
     msg: &T,
     out: &mut Vec<u8>,

@@ -182,3 +182,25 @@ fn size_limit(setup: Setup) {
     pair.tx.send(after.clone()).unwrap();
     assert_eq!(pair.recv_ok(), after, "{setup:?}: after the refusal");
 }
+
+every_setup!(large_fields_share_the_received_buffer => [ShmAnon, ShmBound]);
+
+/// Two large byte fields of one message, received on `shm:`: both are shares of the one
+/// buffer the message was copied into out of the ring, so they sit side by side in it,
+/// separated only by the second one's length prefix. Copied out, each would be an
+/// allocation of its own, at least an allocator's header apart.
+fn large_fields_share_the_received_buffer(setup: Setup) {
+    let a = Bytes::from(content(1, 100_000));
+    let b = Bytes::from(content(2, 100_000));
+    let got = round_trip(setup, vec![(a.clone(), b.clone())]);
+    let (ga, gb) = &got[0];
+    assert!(
+        ga == &a && gb == &b,
+        "{setup:?}: the fields arrived changed"
+    );
+    let gap = (gb.as_ptr() as usize).wrapping_sub(ga.as_ptr() as usize + ga.len());
+    assert!(
+        gap <= 9,
+        "{setup:?}: the second field starts {gap} bytes after the first ends: copied out"
+    );
+}
