@@ -69,7 +69,8 @@ impl Bytes {
 
     /// A buffer holding a copy of `bytes`.
     pub fn copy_from_slice(bytes: &[u8]) -> Bytes {
-        Bytes(::bytes::Bytes::copy_from_slice(bytes))
+        // Through an exact-size box: `From<Vec<u8>>` would first check for spare capacity.
+        Bytes(::bytes::Bytes::from(Box::<[u8]>::from(bytes)))
     }
 
     /// The number of bytes.
@@ -300,8 +301,21 @@ pub(crate) fn decode_sharing<R>(buf: &::bytes::Bytes, decode: impl FnOnce(&[u8])
     decode(buf)
 }
 
+/// Byte strings shorter than this are copied even from a buffer they could share: the copy
+/// costs less than looking the buffer up.
+const SHARE_FROM: usize = 1024;
+
 /// `bytes` as a share of the buffer being decoded, if it lies inside it.
+#[inline]
 fn shared(bytes: &[u8]) -> Option<Bytes> {
+    if bytes.len() < SHARE_FROM {
+        return None;
+    }
+    shared_slow(bytes)
+}
+
+#[cold]
+fn shared_slow(bytes: &[u8]) -> Option<Bytes> {
     DECODING.with(|d| {
         let decoding = d.borrow();
         let buf = decoding.as_ref()?;
@@ -309,7 +323,7 @@ fn shared(bytes: &[u8]) -> Option<Bytes> {
         let at = bytes.as_ptr() as usize;
         let inside =
             at >= start && at - start <= buf.len() && bytes.len() <= buf.len() - (at - start);
-        (inside && !bytes.is_empty()).then(|| Bytes(buf.slice_ref(bytes)))
+        inside.then(|| Bytes(buf.slice_ref(bytes)))
     })
 }
 
