@@ -206,9 +206,11 @@ enum Side {
     Sender,
 }
 
-/// Sends every message, alternating `send` and `send_timeout`; when the storm hits the
-/// receiver, pauses now and then so that the receiver waits (blocked) for more.
-fn send_all(tx: &Sender<Msg>, storm_on: Side) -> Result<(), String> {
+/// Sends every message, alternating `send` and `send_timeout`, pausing 1 ms after every tenth:
+/// when the storm hits the receiver, so that it waits (blocked) for more; when it hits the
+/// sender, so that the transfer outlasts enough signals even when nothing makes the sender
+/// wait (a storm sends one per millisecond, and a fast transfer saw too few to count).
+fn send_all(tx: &Sender<Msg>) -> Result<(), String> {
     for seq in 0..COUNT {
         let sent = if seq % 2 == 0 {
             tx.send(message(seq)).map_err(|e| e.to_string())
@@ -217,7 +219,7 @@ fn send_all(tx: &Sender<Msg>, storm_on: Side) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         };
         sent.map_err(|e| format!("send {seq}: {e}"))?;
-        if storm_on == Side::Receiver && seq % 10 == 9 {
+        if seq % 10 == 9 {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -330,7 +332,7 @@ fn in_process(storm_on: Side) {
         let (tx, rx) = pair(setup);
         let sender = std::thread::spawn(move || {
             let storm = (storm_on == Side::Sender).then(Storm::at_this_thread);
-            let result = send_all(&tx, storm_on);
+            let result = send_all(&tx);
             drop(tx);
             (result, storm.map_or(0, Storm::stop))
         });
@@ -400,7 +402,7 @@ fn signal_child() {
         Ok(tx) => tx,
         Err(e) => fail(2, format!("sender: {e}")),
     };
-    if let Err(e) = send_all(&tx, storm_on) {
+    if let Err(e) = send_all(&tx) {
         fail(3, e);
     }
     let sent = storm.map_or(0, Storm::stop);
