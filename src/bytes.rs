@@ -303,12 +303,12 @@ pub(crate) fn decode_sharing<R>(buf: &::bytes::Bytes, decode: impl FnOnce(&[u8])
 
 /// Byte strings shorter than this are copied even from a buffer they could share: the copy
 /// costs less than looking the buffer up.
-const SHARE_FROM: usize = 1024;
+const LOOKUP_FROM: usize = 1024;
 
 /// `bytes` as a share of the buffer being decoded, if it lies inside it.
 #[inline]
 fn shared(bytes: &[u8]) -> Option<Bytes> {
-    if bytes.len() < SHARE_FROM {
+    if bytes.len() < LOOKUP_FROM {
         return None;
     }
     shared_slow(bytes)

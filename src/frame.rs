@@ -130,6 +130,17 @@ impl FrameReader {
         }
     }
 
+    /// Swaps the assembly vector for `other` right after [`FrameReader::next_message`]
+    /// handed out a message longer than one piece (which is always assembled): the caller
+    /// takes the message's vector and later gives one back the same way. `None` (nothing
+    /// swapped) for any other message.
+    pub(crate) fn swap_assembled(&mut self, other: Vec<u8>) -> Option<Vec<u8>> {
+        if !self.assembly_done || self.assembly.len() <= PIECE_MAX {
+            return None;
+        }
+        Some(std::mem::replace(&mut self.assembly, other))
+    }
+
     /// True when bytes of an incomplete message are held (a torn message if the stream ends).
     pub(crate) fn mid_message(&self) -> bool {
         self.start != self.end
@@ -271,6 +282,47 @@ mod tests {
             assert_eq!(feed(&mut r, &stream, step).unwrap(), msgs, "step {step}");
             assert!(!r.mid_message());
         }
+    }
+
+    #[test]
+    fn an_assembled_message_can_be_taken_and_a_vector_given_back() {
+        let big: Vec<u8> = (0..PIECE_MAX as u32 + 5).map(|i| (i % 251) as u8).collect();
+        let small = vec![7u8; 300];
+        /// Feeds one message's frames through the buffer; true once it is handed out (and
+        /// left there, as a receiver leaves it while it decodes).
+        fn deliver(r: &mut FrameReader, msg: &[u8]) -> bool {
+            let bytes = frames(msg);
+            let mut pos = 0;
+            while pos < bytes.len() {
+                let n = if let Some((assembly, max)) = r.direct() {
+                    let n = max.min(bytes.len() - pos);
+                    assembly.extend_from_slice(&bytes[pos..pos + n]);
+                    r.appended(n);
+                    n
+                } else {
+                    let spare = r.spare();
+                    let n = spare.len().min(bytes.len() - pos).min(4096);
+                    spare[..n].copy_from_slice(&bytes[pos..pos + n]);
+                    r.filled(n);
+                    n
+                };
+                pos += n;
+                if let Some(m) = r.next_message().unwrap() {
+                    return pos == bytes.len() && m == msg;
+                }
+            }
+            false
+        }
+        let mut r = FrameReader::new(1 << 20);
+        assert!(deliver(&mut r, &big));
+        let taken = r.swap_assembled(Vec::with_capacity(10)).expect("assembled");
+        assert_eq!(taken, big);
+        // A one-piece message is read from the buffer: nothing to take.
+        assert!(deliver(&mut r, &small));
+        assert_eq!(r.swap_assembled(Vec::new()), None);
+        // The vector given back assembles the next message.
+        assert!(deliver(&mut r, &big));
+        assert!(!r.mid_message());
     }
 
     #[test]

@@ -183,10 +183,12 @@ fn size_limit(setup: Setup) {
     assert_eq!(pair.recv_ok(), after, "{setup:?}: after the refusal");
 }
 
-every_setup!(large_fields_share_the_received_buffer => [ShmAnon, ShmBound]);
+every_setup!(large_fields_share_the_received_buffer => [
+    SocketAnon, PipeAnon, Unix, Tcp, ShmAnon, ShmBound
+]);
 
-/// Two large byte fields of one message, received on `shm:`: both are shares of the one
-/// buffer the message was copied into out of the ring, so they sit side by side in it,
+/// Two large byte fields of one received message: both are shares of the one buffer the
+/// message was read or copied into (the ring's, or the stream's), so they sit side by side in it,
 /// separated only by the second one's length prefix. Copied out, each would be an
 /// allocation of its own, at least an allocator's header apart.
 fn large_fields_share_the_received_buffer(setup: Setup) {

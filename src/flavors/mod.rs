@@ -14,6 +14,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use crate::codec::Decode;
 use crate::{RecvError, RecvTimeoutError, SendFailure, TryRecvError};
 use lock::LockFail;
 
@@ -112,6 +113,25 @@ impl Backoff {
 pub(crate) fn in_turn(next: usize, n: usize) -> impl Iterator<Item = usize> {
     let next = next.min(n);
     (next..n).chain(0..next)
+}
+
+/// Received messages at least this long are decoded from a buffer the receiver gives up
+/// ([`decode_shared`]), so that a [`crate::Bytes`] in them shares it instead of being copied.
+pub(crate) const SHARE_FROM: usize = 64 << 10;
+
+/// Decodes the message in `buf` (the receiver's own copy) from a buffer a [`crate::Bytes`]
+/// may keep a share of (`bytes::decode_sharing`): the copy into `buf` is then the only one
+/// on the receiving side. `buf` gets its vector back if nothing kept a share, else a fresh
+/// one of the same size for the next message (which is probably as large).
+pub(crate) fn decode_shared(buf: &mut Vec<u8>, decode: &mut Decode<'_>) -> Result<(), String> {
+    let len = buf.len();
+    let shared = ::bytes::Bytes::from(std::mem::take(buf));
+    let decoded = crate::bytes::decode_sharing(&shared, |bytes| decode(bytes));
+    *buf = match shared.try_into_mut() {
+        Ok(unshared) => unshared.into(),
+        Err(_) => Vec::with_capacity(len),
+    };
+    decoded
 }
 
 /// Removes the connections `dead` marks from a receiver's list, letting `on_drop` see each

@@ -16,7 +16,9 @@ use crate::addr::Address;
 use crate::codec::Decode;
 use crate::flavors::acceptor::Acceptor;
 use crate::flavors::lock::{HandleLock, LockFail};
-use crate::flavors::{drop_dead, in_turn, Backoff, Deadline, NotReceived};
+use crate::flavors::{
+    decode_shared, drop_dead, in_turn, Backoff, Deadline, NotReceived, SHARE_FROM,
+};
 use crate::handshake::Hello;
 use crate::ring::core::{Consumer, Taken};
 use crate::sys::memfd::SharedMap;
@@ -30,24 +32,6 @@ const SLIP_AFTER: u32 = 8;
 const SLIP_FOR: Duration = Duration::from_micros(2);
 /// Reassembly capacity kept between messages, per sender.
 const KEEP_ASSEMBLY: usize = 8 << 20;
-/// Messages at least this long are decoded from a buffer the receiver gives up, so that a
-/// [`crate::Bytes`] in them shares it instead of being copied out (`decode_shared`).
-const SHARE_FROM: usize = 64 << 10;
-
-/// Decodes the message in `assembling` from a buffer a [`crate::Bytes`] may keep a share of
-/// (`bytes::decode_sharing`): the copy out of the ring is then the only one on this side.
-/// `assembling` gets its buffer back if nothing kept a share, else a fresh one of the same
-/// size for the next message (which is probably as large).
-fn decode_shared(assembling: &mut Vec<u8>, decode: &mut Decode<'_>) -> Result<(), String> {
-    let len = assembling.len();
-    let buf = ::bytes::Bytes::from(std::mem::take(assembling));
-    let decoded = crate::bytes::decode_sharing(&buf, |bytes| decode(bytes));
-    *assembling = match buf.try_into_mut() {
-        Ok(unshared) => unshared.into(),
-        Err(_) => Vec::with_capacity(len),
-    };
-    decoded
-}
 
 /// The receiving half: the rings of every connected sender.
 pub(crate) struct ShmReceiver {

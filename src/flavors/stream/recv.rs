@@ -13,8 +13,8 @@ use crate::addr::Address;
 use crate::codec::Decode;
 use crate::flavors::acceptor::{self, Acceptor};
 use crate::flavors::lock::{HandleLock, LockFail};
-use crate::flavors::{drop_dead, in_turn, Deadline, NotReceived};
-use crate::frame::FrameReader;
+use crate::flavors::{decode_shared, drop_dead, in_turn, Deadline, NotReceived, SHARE_FROM};
+use crate::frame::{FrameReader, PIECE_MAX};
 use crate::handshake::Hello;
 use crate::sys::{self, StreamKind};
 use crate::{Error, Options};
@@ -184,8 +184,23 @@ impl RecvState {
         let mut found = false;
         for i in in_turn(self.next, self.conns.len()) {
             let conn = &mut self.conns[i];
-            match conn.reader.next_message() {
-                Ok(Some(bytes)) => match decode(bytes) {
+            let next = match conn.reader.next_message() {
+                Ok(Some(bytes)) if bytes.len() < SHARE_FROM.max(PIECE_MAX + 1) => {
+                    Ok(Some(decode(bytes)))
+                }
+                // Longer than a piece, so in the reader's assembly: decoded from a buffer
+                // that a `Bytes` in it may share (see `decode_shared`).
+                Ok(Some(_)) => {
+                    let mut buf = conn.reader.swap_assembled(Vec::new()).unwrap_or_default();
+                    let decoded = decode_shared(&mut buf, decode);
+                    conn.reader.swap_assembled(buf);
+                    Ok(Some(decoded))
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match next {
+                Ok(Some(decoded)) => match decoded {
                     Ok(()) => {
                         self.next = i + 1;
                         found = true;
