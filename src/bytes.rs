@@ -20,7 +20,11 @@ use serde::ser::{Serialize, Serializer};
 ///
 /// On [`Backend::Thread`](crate::Backend::Thread) a `Bytes` is moved like any message: the
 /// receiver gets the very buffer that was sent. Across processes it is encoded, and the
-/// receiver gets a buffer of its own.
+/// receiver gets a buffer of its own. In a received message of 64 KiB or more, every `Bytes`
+/// of 1 KiB or more is a share of the one buffer the message arrived in (no copy after the
+/// one out of the ring or the socket), so keeping any of them keeps that whole buffer
+/// alive: to keep a small part of a large message for long, copy it
+/// ([`Bytes::copy_from_slice`]).
 ///
 /// It wraps a [`bytes::Bytes`] (the `bytes` crate's type, also used by tokio and hyper):
 /// clones and [`slice`](Bytes::slice)s share one reference-counted buffer, [`from_static`]
