@@ -274,7 +274,7 @@ impl Serialize for Bytes {
 
 /// From a byte string (borrowed, transient or owned: an owned one is taken without a copy)
 /// or from a sequence of bytes, as a self-describing format may write one. A borrowed byte
-/// string inside a received message's buffer shares that buffer (see [`decode_sharing`]).
+/// string inside a received message's buffer shares that buffer (see `decode_sharing`).
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
         // `deserialize_bytes`: decoders of a slice (postcard, bincode) then hand out a
