@@ -1,5 +1,6 @@
 //! The sending half of the shared-memory flavor: encode, then push the message into the ring
-//! in pieces of at most half the ring.
+//! in pieces of at most half the ring; a large message is encoded straight into its pieces
+//! (`direct.rs`).
 //!
 //! Clones share one producer behind a lock (the ring has exactly one producer; `lock.rs`):
 //! `try_send` does not wait for a clone that holds it, `send_timeout` waits no longer than its
