@@ -524,8 +524,8 @@ pub mod floor {
 /// holds its publisher back; each subscriber buffers 4 MiB worth of messages, at least 8
 /// and at most 1024, both ways alike. The child leaves when told to, when its parent dies
 /// (`PR_SET_PDEATHSIG`) or when a sample reaches no subscriber. iceoryx2 removes a pair's
-/// files with it, but keeps its directories under `/tmp/iceoryx2` and one 16-byte
-/// `/dev/shm/iox2_*` file for later runs.
+/// files with it (a killed run's, when the next run creates a node), but keeps its
+/// directories under `/tmp/iceoryx2` and one 16-byte `/dev/shm/iox2_*` file for later runs.
 pub mod iceoryx2 {
     use std::hint::black_box;
     use std::sync::atomic::{AtomicU64, Ordering};
