@@ -516,13 +516,13 @@ pub mod floor {
 /// memory, one service each way, named after this process and a counter so no two pairs
 /// (nor two runs) share one. The sender loans a sample sized for the message and writes the
 /// payload straight into it (a `u64`'s bytes, or the prototype copied in: one copy, iceoryx2's
-/// intended use); the receiver polls `receive()` in a spin loop (`spin_loop()`, and after
-/// 128 empty polls `yield_now()` too) and checks the sample where it lies, without
-/// copying it out; the child echoes a sample by copying its payload into a sample of its
-/// own. A `u64` user header tells data from commands. Nothing is dropped: the services
-/// refuse overflow and the publishers retry until delivered, so a full subscriber buffer
-/// holds its publisher back; each subscriber buffers 4 MiB worth of messages, at least 8
-/// and at most 1024, both ways alike. The child leaves when told to, when its parent dies
+/// intended use); the receiver polls `receive()` in a spin loop (`spin_loop()`; after 128
+/// empty polls `yield_now()`, after tens of milliseconds 200 µs naps) and checks the sample
+/// where it lies, without copying it out; the child echoes a sample by copying its payload
+/// into a sample of its own. A `u64` user header tells data from commands. Nothing is
+/// dropped: the services refuse overflow and the publishers retry until delivered, so a
+/// full subscriber buffer holds its publisher back; each subscriber buffers 4 MiB worth of
+/// messages, at least 8 and at most 1024, both ways alike. The child leaves when told to, when its parent dies
 /// (`PR_SET_PDEATHSIG`) or when a sample reaches no subscriber. iceoryx2 removes a pair's
 /// files with it (a killed run's, when the next run creates a node), but keeps its
 /// directories under `/tmp/iceoryx2` and one 16-byte `/dev/shm/iox2_*` file for later runs.
@@ -564,13 +564,21 @@ pub mod iceoryx2 {
     /// rather than after a whole time slice (milliseconds). On an idle machine a small
     /// message arrives sooner: the loop only spins.
     const SPINS: u32 = 1 << 7;
+    /// Polls, spinning or yielding, before each poll also sleeps for [`NAP`]: tens of
+    /// milliseconds without a message. The bench keeps a size's pairs while it measures
+    /// the other rows; an idle child then leaves their cores alone.
+    const YIELDS: u32 = SPINS + (1 << 16);
+    const NAP: Duration = Duration::from_micros(200);
 
-    /// Waits a little between two polls of an empty subscriber.
+    /// Waits a little between two polls of an empty subscriber; `spins` counts the polls
+    /// that found nothing.
     fn idle(spins: u32) {
         if spins < SPINS {
             std::hint::spin_loop();
-        } else {
+        } else if spins < YIELDS {
             std::thread::yield_now();
+        } else {
+            std::thread::sleep(NAP);
         }
     }
 
@@ -669,9 +677,9 @@ pub mod iceoryx2 {
                     Ok(None) => {}
                     Err(e) => return Err(format!("iceoryx2 receive: {e:?}")),
                 }
-                spins = spins.wrapping_add(1);
+                spins = spins.saturating_add(1);
                 idle(spins);
-                if spins % (1 << 16) == 0 && self.child.exited() {
+                if spins % (1 << 12) == 0 && self.child.exited() {
                     return Err("the iceoryx2 peer is gone".into());
                 }
             }
