@@ -21,7 +21,9 @@
 //!   capacity, between two threads running the same loops), `ipc-channel` (two processes,
 //!   connected through an `IpcOneShotServer`), `raw-socketpair` (length-prefixed frames on a
 //!   socketpair between two processes, written with one `sendmsg` and read through a 64 KiB
-//!   buffer with plain system calls: no conduit, no codec);
+//!   buffer with plain system calls: no conduit, no codec), `iceoryx2` (publish-subscribe over
+//!   shared memory between two processes, the payload written into the loaned sample and read
+//!   in place by a spinning subscriber);
 //! - `shm-vec`, `unix-vec` (from 4 KiB): `shm` and `unix` sending a plain `Vec<u8>`, which
 //!   serde encodes byte by byte, beside the same bytes as a `conduit::Bytes`;
 //! - `floor` (in `roundtrip_8B` only): two processes bouncing a counter over one shared cache line

@@ -66,7 +66,12 @@ fn backends_take_names_and_groups() {
     );
     assert_eq!(
         config("--backends peers").names,
-        vec![Name::Crossbeam, Name::RawSocketpair, Name::IpcChannel]
+        vec![
+            Name::Crossbeam,
+            Name::RawSocketpair,
+            Name::IpcChannel,
+            Name::Iceoryx2
+        ]
     );
     assert_eq!(
         config("--backends backends,ipc-channel").names,

@@ -24,6 +24,7 @@ fn color(name: Name) -> RGBColor {
         Name::Pipe => RGBColor(148, 103, 189),
         Name::RawSocketpair => RGBColor(110, 110, 110),
         Name::IpcChannel => RGBColor(140, 86, 75),
+        Name::Iceoryx2 => RGBColor(23, 190, 207),
     }
 }
 

@@ -10,7 +10,10 @@ and writes target/conduit-report/{results.json,latency.svg,throughput.svg}.
 
   --backends LIST  comma-separated rows to measure (default: all):
                      backends  thread, shm, unix, tcp, pipe
-                     peers     crossbeam, ipc-channel, raw-socketpair
+                     peers     crossbeam, ipc-channel, raw-socketpair, iceoryx2
+                               (publish-subscribe over shared memory, the
+                               payload written into the loaned sample, a
+                               spinning subscriber each way)
                      vec       shm-vec, unix-vec: shm and unix sending a plain
                                Vec<u8>, which serde encodes byte by byte (from 4 KiB)
                      floor     two processes spinning on one shared cache line,

@@ -15,8 +15,10 @@
 //! `Vec<u8>`, which serde encodes byte by byte (from 4 KiB only: what a byte payload costs
 //! when it is not a `conduit::Bytes`); the peers `crossbeam` (crossbeam-channel `bounded(1024)`, two threads: the
 //! Thread backend's capacity and message types, so the two compare like for like),
-//! `ipc-channel` (servo's, two processes) and `raw-socketpair` (length-prefixed frames on a
-//! socketpair with plain system calls: what the socket backend could cost at best); and the
+//! `ipc-channel` (servo's, two processes), `raw-socketpair` (length-prefixed frames on a
+//! socketpair with plain system calls: what the socket backend could cost at best) and
+//! `iceoryx2` (Eclipse iceoryx2 publish-subscribe over shared memory, two processes, the
+//! payload written into the loaned sample and read in place by a spinning subscriber); and the
 //! `floor`, two processes bouncing a counter over one shared cache line with raw atomics,
 //! the machine's own cost of a cross-core round trip (measured first and again last, the
 //! lower kept: a pair that only spins is the first to suffer from other load).

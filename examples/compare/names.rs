@@ -26,6 +26,9 @@ pub enum Name {
     RawSocketpair,
     /// servo's ipc-channel, between two processes.
     IpcChannel,
+    /// Eclipse iceoryx2 publish-subscribe over shared memory, a spinning subscriber each
+    /// way, between two processes.
+    Iceoryx2,
 }
 
 /// What a row is, as written in the JSON `kind` field.
@@ -37,7 +40,7 @@ pub enum Kind {
 }
 
 impl Name {
-    pub const ALL: [Name; 11] = [
+    pub const ALL: [Name; 12] = [
         Name::Floor,
         Name::Thread,
         Name::Crossbeam,
@@ -49,6 +52,7 @@ impl Name {
         Name::Pipe,
         Name::RawSocketpair,
         Name::IpcChannel,
+        Name::Iceoryx2,
     ];
 
     /// The name on the command line, in the table and in the JSON.
@@ -65,6 +69,7 @@ impl Name {
             Name::Pipe => "pipe",
             Name::RawSocketpair => "raw-socketpair",
             Name::IpcChannel => "ipc-channel",
+            Name::Iceoryx2 => "iceoryx2",
         }
     }
 
@@ -77,7 +82,7 @@ impl Name {
             Name::Floor => Kind::Floor,
             Name::Thread | Name::Shm | Name::Unix | Name::Tcp | Name::Pipe => Kind::Backend,
             Name::ShmVec | Name::UnixVec => Kind::Backend,
-            Name::Crossbeam | Name::RawSocketpair | Name::IpcChannel => Kind::Peer,
+            Name::Crossbeam | Name::RawSocketpair | Name::IpcChannel | Name::Iceoryx2 => Kind::Peer,
         }
     }
 }

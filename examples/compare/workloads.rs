@@ -66,6 +66,7 @@ fn start_typed<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<dy
         Name::ShmVec | Name::UnixVec => unreachable!("start sends Vec<u8> rows to their backend"),
         Name::RawSocketpair => peers::raw::start(size),
         Name::IpcChannel => peers::ipc::start::<T>(size),
+        Name::Iceoryx2 => peers::iceoryx2::start(size),
     }
 }
 
@@ -85,6 +86,7 @@ pub fn child_main() -> bool {
         ("ipc", true) => peers::ipc::child::<u64>(size),
         ("ipc", false) => peers::ipc::child::<Blob>(size),
         ("raw", _) => peers::raw::child(size),
+        ("iceoryx2", _) => peers::iceoryx2::child(size),
         ("floor", _) => peers::floor::child(),
         (other, _) => panic!("unknown child role {other:?}"),
     }
