@@ -8,14 +8,17 @@
 //! byte arrives; only root can start it, so that test is skipped (saying so) otherwise.
 
 mod common;
+mod wire;
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
 use conduit::__testing::{hello_for, hello_with_codec, CODEC};
 use conduit::{Error, Receiver, RecvTimeoutError, Sender};
+
+use wire::Raw;
 
 const ENTRY: &str = "peer_checks_child";
 /// The user the squatter runs as (`nobody`).
@@ -163,42 +166,10 @@ fn the_hand_built_hello_is_the_real_one() {
     );
 }
 
-/// A raw stream to `addr` (`unix:`, `shm:` or `tcp:`), or a listener for one.
-enum Conn {
-    Unix(UnixStream),
-    Tcp(std::net::TcpStream),
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.read(buf),
-            Conn::Tcp(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.write(buf),
-            Conn::Tcp(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn connect_raw(addr: &str) -> Conn {
-    let c = match addr.strip_prefix("tcp:") {
-        Some(host_port) => Conn::Tcp(std::net::TcpStream::connect(host_port).expect("connect")),
-        None => Conn::Unix(UnixStream::connect(addr.split_once(':').unwrap().1).expect("connect")),
-    };
-    match &c {
-        Conn::Unix(s) => s.set_read_timeout(Some(Duration::from_secs(10))).unwrap(),
-        Conn::Tcp(s) => s.set_read_timeout(Some(Duration::from_secs(10))).unwrap(),
-    }
+/// A raw client of `addr` (`unix:`, `shm:` or `tcp:`) that gives up reading after 10 s.
+fn connect_raw(addr: &str) -> Raw {
+    let c = Raw::connect(addr);
+    c.set_read_timeout(Duration::from_secs(10));
     c
 }
 
@@ -223,15 +194,15 @@ fn names_both_codecs(e: &Error, what: &str) {
 /// A listener that answers like a receiver of the same type built with the other codec:
 /// `connect` fails with `TypeMismatch`, and writes nothing after its hello.
 fn listener_of_the_other_codec(scheme: &str) {
-    let (addr, accept): (String, Box<dyn FnOnce() -> Conn + Send>) = if scheme == "tcp" {
+    let (addr, accept): (String, Box<dyn FnOnce() -> Raw + Send>) = if scheme == "tcp" {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = format!("tcp:{}", l.local_addr().unwrap());
-        (addr, Box::new(move || Conn::Tcp(l.accept().unwrap().0)))
+        (addr, Box::new(move || Raw::Tcp(l.accept().unwrap().0)))
     } else {
         let path = common::temp_dir().join("other.sock");
         let l = UnixListener::bind(&path).unwrap();
         let addr = format!("{scheme}:{}", path.display());
-        (addr, Box::new(move || Conn::Unix(l.accept().unwrap().0)))
+        (addr, Box::new(move || Raw::Unix(l.accept().unwrap().0)))
     };
     let listener = std::thread::spawn(move || {
         let mut c = accept();

@@ -42,8 +42,12 @@ pub enum Raw {
 }
 
 impl Raw {
+    /// Connects to a `unix:`, `shm:` (its rendezvous socket) or `tcp:` address.
     pub fn connect(addr: &str) -> Raw {
-        if let Some(path) = addr.strip_prefix("unix:") {
+        if let Some(path) = addr
+            .strip_prefix("unix:")
+            .or_else(|| addr.strip_prefix("shm:"))
+        {
             Raw::Unix(UnixStream::connect(path).expect("raw unix connect"))
         } else {
             let host_port = addr.strip_prefix("tcp:").expect("tcp address");
