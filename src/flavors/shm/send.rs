@@ -201,10 +201,15 @@ impl SendConn {
                 Err(fail)
             }
         };
+        self.shrink_scratch();
+        result
+    }
+
+    /// Lets go of a send buffer that one large message grew past `KEEP_BUFFER`.
+    fn shrink_scratch(&mut self) {
         if self.scratch.capacity() > KEEP_BUFFER {
             self.scratch = Vec::new();
         }
-        result
     }
 
     /// Refuses a message over the size limit.
@@ -255,9 +260,7 @@ impl SendConn {
                 Err(fail)
             }
         };
-        if self.scratch.capacity() > KEEP_BUFFER {
-            self.scratch = Vec::new();
-        }
+        self.shrink_scratch();
         result
     }
 
