@@ -9,6 +9,10 @@ use std::ops::{Deref, RangeBounds};
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::ser::{Serialize, Serializer};
 
+use crate::blob::{self, SendMode};
+#[cfg(doc)]
+use crate::BlobBuf;
+
 /// An immutable, cheaply cloned byte buffer, serialized as one byte string.
 ///
 /// serde encodes a `Vec<u8>` element by element: one call into the codec per byte, on both
@@ -100,6 +104,13 @@ impl Bytes {
     /// The bytes as a slice.
     pub fn as_slice(&self) -> &[u8] {
         &self.0
+    }
+
+    /// True when these bytes lie in a sealed buffer ([`BlobBuf::seal`], or received as
+    /// one): no process can change them, and across `shm:` and `unix:` they travel as a
+    /// descriptor, not as bytes.
+    pub fn is_sealed(&self) -> bool {
+        blob::sealed_of(self).is_some()
     }
 }
 
@@ -265,10 +276,15 @@ impl<'a> IntoIterator for &'a Bytes {
     }
 }
 
-/// One byte string: `serialize_bytes`.
+/// One byte string: `serialize_bytes`. (A sealed buffer in a message sent over `shm:` or
+/// `unix:` may instead travel as its descriptor: see [`BlobBuf`](crate::BlobBuf).)
 impl Serialize for Bytes {
+    #[inline]
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(self)
+        match blob::send_mode() {
+            SendMode::Plain => serializer.serialize_bytes(self),
+            mode => blob::serialize(self, mode, serializer),
+        }
     }
 }
 
@@ -276,11 +292,23 @@ impl Serialize for Bytes {
 /// or from a sequence of bytes, as a self-describing format may write one. A borrowed byte
 /// string inside a received message's buffer shares that buffer (see `decode_sharing`).
 impl<'de> Deserialize<'de> for Bytes {
+    #[inline]
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
-        // `deserialize_bytes`: decoders of a slice (postcard, bincode) then hand out a
-        // borrowed byte string, which may be shared instead of copied.
-        deserializer.deserialize_bytes(BytesVisitor)
+        if blob::receiving_attached() {
+            return blob::deserialize(deserializer);
+        }
+        deserialize_plain(deserializer)
     }
+}
+
+/// A `Bytes` from one byte string.
+#[inline]
+pub(crate) fn deserialize_plain<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Bytes, D::Error> {
+    // `deserialize_bytes`: decoders of a slice (postcard, bincode) then hand out a borrowed
+    // byte string, which may be shared instead of copied.
+    deserializer.deserialize_bytes(BytesVisitor)
 }
 
 thread_local! {

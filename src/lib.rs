@@ -133,6 +133,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod addr;
+mod blob;
 mod bytes;
 mod channel;
 mod codec;
@@ -172,6 +173,7 @@ pub mod fuzz {
     pub use crate::ring::fuzz_ops::ring_ops;
 }
 
+pub use crate::blob::BlobBuf;
 pub use crate::bytes::Bytes;
 pub use channel::{channel, channel_with, Backend, Receiver, Sender};
 pub use err::{

@@ -5,6 +5,7 @@
 //! - `stream/`: length-prefixed frames over a Unix socket, a TCP socket or a pipe.
 //! - `shm/`: a shared-memory ring per connected sender.
 //! - `acceptor.rs`: the thread that accepts and handshakes senders for a bound receiver.
+//! - `attached.rs`: descriptors (sealed buffers) passed beside messages on `shm:` and `unix:`.
 //! - `lock.rs`: the per-handle lock with deadlines that serializing backends share.
 //!
 //! This file holds what the flavors share: deadlines, why a send or receive did not happen,
@@ -19,6 +20,7 @@ use crate::{RecvError, RecvTimeoutError, SendFailure, TryRecvError};
 use lock::LockFail;
 
 pub(crate) mod acceptor;
+pub(crate) mod attached;
 pub(crate) mod lock;
 pub(crate) mod shm;
 pub(crate) mod stream;

@@ -25,8 +25,9 @@ pub(crate) enum Pop {
 /// Outcome of [`Consumer::pop_message`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Taken {
-    /// A whole message is in the output.
-    Message,
+    /// A whole message is in the output; `attached` when it opened with the marker that
+    /// says descriptors were passed with it (see [`Consumer::try_pop`]).
+    Message { attached: bool },
     /// Nothing more published now (the output may hold the first pieces of a message).
     Empty,
     /// The producer closed its side and everything it published has been taken.
@@ -43,6 +44,10 @@ pub(crate) struct Consumer {
     checked: u64,
     /// The largest message we accept, in bytes.
     limit: usize,
+    /// The message being taken opened with the descriptors marker.
+    attached: bool,
+    /// `attached` of the last message completed.
+    completed_attached: bool,
 }
 
 impl Consumer {
@@ -59,6 +64,8 @@ impl Consumer {
             tail,
             checked: tail,
             limit,
+            attached: false,
+            completed_attached: false,
         })
     }
 
@@ -133,8 +140,16 @@ impl Consumer {
                 return Err(RingError::Corrupted("unknown frame flags"));
             }
             if len == 0 && flags & FLAG_LAST == 0 {
-                // It would let a peer keep us busy forever without nearing the size limit.
-                return Err(RingError::Corrupted("an empty piece that is not the last"));
+                // The marker of a message with descriptors attached (the shm flavor passes
+                // them on the connection's socket), valid only as a message's first frame:
+                // anywhere else it would let a peer keep us busy forever without nearing the
+                // size limit.
+                if !out.is_empty() || self.attached {
+                    return Err(RingError::Corrupted(
+                        "an empty piece that does not open its message",
+                    ));
+                }
+                self.attached = true;
             }
             // The length first: rounding a length near `u32::MAX` up would overflow on 32 bits.
             if len > self.ring.capacity / 2 {
@@ -164,10 +179,11 @@ impl Consumer {
                 out.set_len(total);
             }
             wake |= self.release(need);
-            return Ok(Pop::Piece {
-                last: flags & FLAG_LAST != 0,
-                wake,
-            });
+            let last = flags & FLAG_LAST != 0;
+            if last {
+                self.completed_attached = std::mem::take(&mut self.attached);
+            }
+            return Ok(Pop::Piece { last, wake });
         }
     }
 
@@ -184,7 +200,12 @@ impl Consumer {
         loop {
             let (asleep, taken) = match self.try_pop(out)? {
                 Pop::Piece { last: false, wake } => (wake, None),
-                Pop::Piece { last: true, wake } => (wake, Some(Taken::Message)),
+                Pop::Piece { last: true, wake } => (
+                    wake,
+                    Some(Taken::Message {
+                        attached: self.completed_attached,
+                    }),
+                ),
                 Pop::Empty { wake } => (wake, Some(Taken::Empty)),
                 Pop::Closed => (false, Some(Taken::Closed)),
             };

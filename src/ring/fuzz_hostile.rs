@@ -93,7 +93,7 @@ enum Expect {
     Corrupt,
 }
 
-fn expect(word: u64, pos: u64, so_far: usize, limit: usize) -> Expect {
+fn expect(word: u64, pos: u64, so_far: usize, marked: bool, limit: usize) -> Expect {
     let (len, stamp) = (word as u32 as usize, (word >> 32) as u32);
     if stamp & FLAG_COMMIT == 0 {
         return Expect::Nothing;
@@ -116,7 +116,12 @@ fn expect(word: u64, pos: u64, so_far: usize, limit: usize) -> Expect {
         return Expect::Corrupt;
     }
     let last = flags == FLAG_LAST;
-    if (len == 0 && !last) || len > CAP / 2 || FRAME_HEADER + align8(len) > contiguous {
+    // An empty piece that is not the last: the descriptors marker, only as the first frame
+    // of a message.
+    if len == 0 && !last && (so_far != 0 || marked) {
+        return Expect::Corrupt;
+    }
+    if len > CAP / 2 || FRAME_HEADER + align8(len) > contiguous {
         return Expect::Corrupt;
     }
     if so_far + len > limit {
@@ -183,16 +188,19 @@ fn hostile_run(data: &[u8]) -> Outcome {
     let mut out: Vec<u8> = Vec::new();
     let mut delivered = 0usize;
     let mut outcome = Outcome::default();
+    // Whether the message being taken opened with the descriptors marker.
+    let mut marked = false;
     let mut check_pop = |consumer: &mut Consumer, tail: &mut u64| -> Result<Pop, RingError> {
+        let marked = &mut marked;
         let before = out.len();
         let closed = h.producer_closed.load(Relaxed) != 0;
         // What the ring says the consumer must do, worked out before it looks: at most one
         // padding frame, then the word at offset 0 (where padding is refused).
         let mut at = *tail;
-        let mut want = expect(word_at(&ring, offset(at)), at, before, limit);
+        let mut want = expect(word_at(&ring, offset(at)), at, before, *marked, limit);
         if let Expect::Pad(n) = want {
             at = at.wrapping_add(n);
-            want = expect(word_at(&ring, offset(at)), at, before, limit);
+            want = expect(word_at(&ring, offset(at)), at, before, *marked, limit);
         }
         let popped = consumer.try_pop(&mut out);
         match (&popped, want) {
@@ -222,6 +230,9 @@ fn hostile_run(data: &[u8]) -> Outcome {
                 if last {
                     outcome.messages += 1;
                     out.clear();
+                    *marked = false;
+                } else if len == 0 {
+                    *marked = true;
                 }
             }
             (Ok(Pop::Empty { .. }), Expect::Nothing) => {
@@ -343,7 +354,7 @@ fn hostile_run(data: &[u8]) -> Outcome {
                 let closed = h.producer_closed.load(Relaxed) != 0;
                 match consumer.prepare_wait() {
                     Ok(idle) => {
-                        let nothing = expect(word, at, 0, usize::MAX) == Expect::Nothing;
+                        let nothing = expect(word, at, 0, false, usize::MAX) == Expect::Nothing;
                         assert!(!idle || (nothing && !closed), "sleeps on {word:#018x}");
                         consumer.end_wait();
                     }

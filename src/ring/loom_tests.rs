@@ -84,7 +84,7 @@ fn consume(s: &Shared, count: usize) -> Vec<Vec<u8>> {
     let mut buf = Vec::new();
     while got.len() < count {
         match c.pop_message(&mut buf, || s.space.notify()).unwrap() {
-            Taken::Message => got.push(std::mem::take(&mut buf)),
+            Taken::Message { .. } => got.push(std::mem::take(&mut buf)),
             Taken::Empty => {
                 if c.prepare_wait().unwrap() {
                     s.data.wait();
@@ -241,7 +241,7 @@ fn loom_close_after_the_last_message_while_polling() {
         let mut got = Vec::new();
         loop {
             match c.pop_message(&mut buf, || s.space.notify()).unwrap() {
-                Taken::Message => got.push(std::mem::take(&mut buf)),
+                Taken::Message { .. } => got.push(std::mem::take(&mut buf)),
                 Taken::Empty => thread::yield_now(),
                 Taken::Closed => break,
             }

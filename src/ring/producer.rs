@@ -150,8 +150,8 @@ impl Producer {
     /// whether the consumer announced it sleeps: then wake it.
     #[inline]
     pub(crate) fn commit(&mut self, piece: Piece, last: bool) -> bool {
-        // The consumer refuses empty pieces that are not the last (see `try_pop`).
-        debug_assert!(last || piece.len != 0);
+        // An empty piece that is not the last is the descriptors marker (see
+        // `Consumer::try_pop`): a sender commits one only to open a message.
         debug_assert!(piece.start == self.head, "pieces are committed in order");
         // Clear the next frame's header slot (ours: `has_room` counted it), so the consumer,
         // which polls it once it has taken this frame, finds zero until we commit there.
@@ -255,6 +255,17 @@ impl Producer {
         let contiguous = self.ring.capacity - self.ring.offset(self.head);
         let pad = if contiguous >= need { 0 } else { contiguous };
         Footprint { pad, need }
+    }
+
+    /// Where the next frame goes: the bytes published so far.
+    pub(crate) fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// The bytes the consumer has handed back so far (its `tail`), read afresh.
+    pub(crate) fn released(&mut self) -> Result<u64, RingError> {
+        self.reload_tail(0)?;
+        Ok(self.cached_tail)
     }
 
     /// Whether a piece of `len` bytes fits now.

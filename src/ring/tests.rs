@@ -2,7 +2,7 @@
 //! small; the threaded one shrinks under `cfg(miri)`.
 
 use super::core::{
-    header_word, Consumer, Pop, Producer, Push, RingError, FLAG_LAST, FLAG_PAD, FRAME_HEADER,
+    header_word, Consumer, Pop, Producer, Push, RingError, Taken, FLAG_LAST, FLAG_PAD, FRAME_HEADER,
 };
 use super::HeapRing;
 
@@ -241,11 +241,6 @@ fn hostile_positions_and_frames_are_refused() {
             0,
             header_word(0, CAP as u32 - 8, FLAG_PAD),
         ),
-        (
-            "an empty piece that is not the last",
-            0,
-            header_word(0, 0, 0),
-        ),
     ];
     for (what, start, word) in cases {
         let ring = HeapRing::new(CAP);
@@ -443,4 +438,51 @@ fn a_write_past_the_reserved_piece_panics() {
     let (mut p, _c) = pair(&ring, usize::MAX);
     let piece = p.reserve(16).unwrap().unwrap();
     p.write(&piece, 10, &[0; 7]);
+}
+
+/// The descriptors marker (an empty piece that is not the last) opens a message and is
+/// reported with it; anywhere else, twice, or after the message's first bytes, the ring is
+/// corrupted.
+#[test]
+fn the_descriptors_marker_only_opens_a_message() {
+    let pop_all = |words: &[(u64, u64)]| {
+        let ring = HeapRing::new(CAP);
+        let mut c = Consumer::new(ring.ring(), usize::MAX).unwrap();
+        for &(pos, word) in words {
+            put_word(&ring, pos, word);
+        }
+        let mut buf = Vec::new();
+        let mut taken = Vec::new();
+        loop {
+            match c.pop_message(&mut buf, || {}) {
+                Ok(Taken::Message { attached }) => {
+                    taken.push((buf.len(), attached));
+                    buf.clear();
+                }
+                Ok(_) => return Ok(taken),
+                Err(e) => return Err((e, taken)),
+            }
+        }
+    };
+    // Marker, a last piece of 8 bytes; then a plain message of 8 bytes.
+    let marked = [
+        (0, header_word(0, 0, 0)),
+        (8, header_word(8, 8, FLAG_LAST)),
+        (24, header_word(24, 8, FLAG_LAST)),
+    ];
+    assert_eq!(pop_all(&marked), Ok(vec![(8, true), (8, false)]));
+    // Two markers.
+    let twice = [(0, header_word(0, 0, 0)), (8, header_word(8, 0, 0))];
+    assert!(matches!(pop_all(&twice), Err((RingError::Corrupted(_), _))));
+    // A marker after the message's first bytes.
+    let late = [(0, header_word(0, 8, 0)), (16, header_word(16, 0, 0))];
+    assert!(matches!(pop_all(&late), Err((RingError::Corrupted(_), _))));
+    // A marker again for the next message is fine.
+    let again = [
+        (0, header_word(0, 0, 0)),
+        (8, header_word(8, 0, FLAG_LAST)),
+        (16, header_word(16, 0, 0)),
+        (24, header_word(24, 8, FLAG_LAST)),
+    ];
+    assert_eq!(pop_all(&again), Ok(vec![(0, true), (8, true)]));
 }

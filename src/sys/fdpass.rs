@@ -63,8 +63,13 @@ pub(crate) fn send_with_fds(
 }
 
 /// `recvmsg(2)` accepting up to `max_fds` descriptors, each close-on-exec
-/// (`MSG_CMSG_CLOEXEC`). Retries `EINTR`. Returns the bytes read (`0` is end of stream) and
-/// the descriptors that came with them.
+/// (`MSG_CMSG_CLOEXEC`), never blocking (`MSG_DONTWAIT`: `WouldBlock` when nothing is
+/// there). Retries `EINTR`. Returns the bytes read (`0` is end of stream) and the
+/// descriptors that came with them.
+///
+/// On a stream socket one call returns the descriptors of at most one `sendmsg`: Linux
+/// stops reading after the first chunk that carries descriptors, so they came with the last
+/// byte read or before it, never with bytes not yet read.
 ///
 /// If the peer sent more descriptors than `max_fds` (whether the kernel had to truncate the
 /// control data, `MSG_CTRUNC`, or they fitted in the rounding of the buffer), every received
@@ -81,7 +86,12 @@ pub(crate) fn recv_with_fds(
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
         let mut iov = [IoSliceMut::new(&mut *buf)];
-        match rustix::net::recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+        match rustix::net::recvmsg(
+            sock,
+            &mut iov,
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+        ) {
             Ok(msg) => break msg,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
@@ -163,6 +173,26 @@ mod tests {
             (&*r).read_exact(&mut byte).unwrap();
             assert_eq!(byte[0], i as u8);
         }
+    }
+
+    /// What the shm flavor's reading of its socket relies on: two `sendmsg`s with
+    /// descriptors are never merged into one read, which ends with the bytes that carried
+    /// the first group.
+    #[test]
+    fn one_read_takes_one_group_of_descriptors() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (_r, w) = pipe();
+        send_with_fds(a.as_fd(), b"\x01\x01", &[]).unwrap();
+        send_with_fds(a.as_fd(), b"\x02", &[w.as_fd(), w.as_fd()]).unwrap();
+        send_with_fds(a.as_fd(), b"\x01", &[]).unwrap();
+        send_with_fds(a.as_fd(), b"\x02", &[w.as_fd()]).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, fds) = recv_with_fds(b.as_fd(), &mut buf, 8).unwrap();
+        assert_eq!((&buf[..n], fds.len()), (&b"\x01\x01\x02"[..], 2));
+        let (n, fds) = recv_with_fds(b.as_fd(), &mut buf, 8).unwrap();
+        assert_eq!((&buf[..n], fds.len()), (&b"\x01\x02"[..], 1));
+        let err = recv_with_fds(b.as_fd(), &mut buf, 8).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]

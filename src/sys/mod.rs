@@ -11,6 +11,7 @@ pub(crate) mod fdpass;
 pub(crate) mod forks;
 pub(crate) mod memfd;
 pub(crate) mod notify;
+pub(crate) mod sealed;
 pub(crate) mod sigpipe;
 pub(crate) mod sock;
 

@@ -13,6 +13,9 @@ use rustix::event::PollFlags;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
+/// The byte a wake-up sends.
+pub(crate) const WAKE: u8 = 1;
+
 /// What to poll a connection's socket for: wake-up bytes, end of file, hang-up.
 pub(crate) const READY: PollFlags = PollFlags::IN.union(PollFlags::RDHUP);
 
@@ -21,7 +24,7 @@ pub(crate) const READY: PollFlags = PollFlags::IN.union(PollFlags::RDHUP);
 /// hang-up, and every sleep is bounded anyway, so errors are ignored.
 pub(crate) fn wake(sock: BorrowedFd<'_>) {
     loop {
-        match rustix::net::send(sock, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+        match rustix::net::send(sock, &[WAKE], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
             Err(Errno::INTR) => continue,
             Ok(_) | Err(_) => return,
         }

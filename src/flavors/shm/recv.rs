@@ -15,6 +15,7 @@ use super::{dup_for_child, inherited_parts, ring_per_sender, sleep_bound, Mapped
 use crate::addr::Address;
 use crate::codec::Decode;
 use crate::flavors::acceptor::Acceptor;
+use crate::flavors::attached::{self, Groups};
 use crate::flavors::lock::{HandleLock, LockFail};
 use crate::flavors::{
     decode_shared, drop_dead, in_turn, Backoff, Deadline, NotReceived, SHARE_FROM,
@@ -60,6 +61,8 @@ struct Conn {
     sock: OwnedFd,
     /// Pieces of the message being received.
     assembling: Vec<u8>,
+    /// Descriptors passed ahead of the messages that name them (`attached.rs`).
+    groups: Groups,
     /// The sender's connection hung up: take what it published, then drop it.
     hup: bool,
     dead: bool,
@@ -113,7 +116,7 @@ impl ShmReceiver {
                     .to_string(),
             });
         };
-        if !conn.assembling.is_empty() {
+        if !conn.assembling.is_empty() || !conn.groups.is_empty() {
             return Err(Error::CannotShare {
                 reason: "it is part-way through a message".to_string(),
             });
@@ -173,9 +176,29 @@ impl Conn {
             consumer,
             sock,
             assembling: Vec::new(),
+            groups: Groups::default(),
             hup: false,
             dead: false,
         })
+    }
+
+    /// Reads wake-ups and groups of descriptors waiting on the socket; notes a sender that
+    /// is gone, and drops one that sent what no sender sends.
+    fn drain(&mut self) {
+        match attached::drain_socket(self.sock.as_fd(), &mut self.groups) {
+            Ok(true) => {}
+            Ok(false) => self.hup = true,
+            Err(_) => self.dead = true,
+        }
+    }
+
+    /// The descriptors of the marked message just taken: passed before it was published,
+    /// so they are queued or waiting on the socket.
+    fn next_group(&mut self) -> Option<Vec<OwnedFd>> {
+        if self.groups.is_empty() {
+            self.drain();
+        }
+        self.groups.pop()
     }
 }
 
@@ -267,12 +290,27 @@ impl RecvState {
                 .consumer
                 .pop_message(&mut conn.assembling, || notify::wake(sock))
             {
-                Ok(Taken::Message) => {
-                    let decoded = if conn.assembling.len() >= SHARE_FROM {
-                        decode_shared(&mut conn.assembling, decode)
+                Ok(Taken::Message { attached }) => {
+                    let group = if attached {
+                        match conn.next_group() {
+                            Some(group) => Some(group),
+                            // Marked, but nothing was passed: the peer is broken or hostile.
+                            None => {
+                                conn.dead = true;
+                                continue;
+                            }
+                        }
                     } else {
-                        decode(&conn.assembling)
+                        None
                     };
+                    let assembling = &mut conn.assembling;
+                    let decoded = attached::decode_with(group, || {
+                        if assembling.len() >= SHARE_FROM {
+                            decode_shared(assembling, decode)
+                        } else {
+                            decode(assembling)
+                        }
+                    });
                     conn.assembling.clear();
                     // Keep the buffer for the next large message, within reason.
                     if conn.assembling.capacity() > KEEP_ASSEMBLY {
@@ -341,10 +379,10 @@ impl RecvState {
         drop(fds);
         for (conn, ready) in self.conns.iter_mut().zip(&ready[first_sock..]) {
             conn.consumer.end_wait();
-            // Wake-up bytes, or the end: a sender that is gone is dropped once its ring
-            // holds nothing more (see `take`).
-            if *ready && !notify::drain(conn.sock.as_fd()) {
-                conn.hup = true;
+            // Wake-up bytes, descriptors, or the end: a sender that is gone is dropped once
+            // its ring holds nothing more (see `take`).
+            if *ready {
+                conn.drain();
             }
         }
         if let (Some(a), true) = (acceptor, first_sock == 1 && ready[0]) {

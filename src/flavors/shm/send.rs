@@ -11,6 +11,7 @@
 //! A full ring: spin briefly, then announce the sleep in the ring and poll the rendezvous
 //! connection, where the receiver's wake-up byte arrives and where its death shows.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
@@ -21,7 +22,9 @@ use serde::Serialize;
 use super::direct::RingSink;
 use super::{dup_for_child, inherited_parts, open_peer_ring, sleep_bound, Mapped};
 use crate::addr::Address;
+use crate::blob::{self, MAX_IN_FLIGHT};
 use crate::codec;
+use crate::flavors::attached::GROUP_BYTE;
 use crate::flavors::lock::{HandleLock, LockFail};
 use crate::flavors::{Backoff, Deadline, NotSent, Tail, KEEP_BUFFER};
 use crate::handshake::{self, Hello};
@@ -66,6 +69,10 @@ struct SendConn {
     fork_gen: u64,
     /// The ring's claim token as of `fork_gen` (`Producer::claim`).
     claim: u64,
+    /// Messages with descriptors attached that the receiver has not released: the ring
+    /// position just past each one's marker, and how many it passed.
+    in_flight: VecDeque<(u64, usize)>,
+    in_flight_fds: usize,
 }
 
 /// The ring and the rendezvous connection to its receiver.
@@ -94,6 +101,8 @@ impl ShmSender {
                 broken: false,
                 fork_gen: sys::forks::generation(),
                 claim,
+                in_flight: VecDeque::new(),
+                in_flight_fds: 0,
             })))),
         })
     }
@@ -188,9 +197,15 @@ impl SendConn {
         }
         let size = self.scratch.len();
         self.check_size(size)?;
+        self.push_scratch(deadline, false)
+    }
+
+    /// Pushes the message encoded in the send buffer. `opened`: its marker is already
+    /// published, so it is committed even before its first byte is.
+    fn push_scratch(&mut self, deadline: Deadline, opened: bool) -> Result<(), NotSent> {
         let result = match self.link.push(&self.scratch, deadline) {
             (_, Ok(())) => Ok(()),
-            (0, Err(fail @ (NotSent::Full | NotSent::Timeout))) => Err(fail),
+            (0, Err(fail @ (NotSent::Full | NotSent::Timeout))) if !opened => Err(fail),
             // Committed: keep the rest for the next send (or the drop).
             (done, Err(NotSent::Full | NotSent::Timeout)) => {
                 self.tail.keep([&self.scratch[done..]]);
@@ -227,8 +242,13 @@ impl SendConn {
     /// walk that measures it against the size limit.
     #[cold]
     fn send_direct<T: Serialize>(&mut self, deadline: Deadline, msg: &T) -> Result<(), NotSent> {
-        let expected = codec::encoded_size(msg).map_err(NotSent::encode)?;
+        let room = self.attach_room();
+        let (expected, sealed) = blob::counting_sealed(room, || codec::encoded_size(msg));
+        let expected = expected.map_err(NotSent::encode)?;
         self.check_size(expected)?;
+        if sealed > 0 {
+            return self.send_attached(deadline, msg, room);
+        }
         let mut sink = RingSink::new(
             &mut self.link.producer,
             self.link.sock.as_fd(),
@@ -262,6 +282,64 @@ impl SendConn {
         };
         self.shrink_scratch();
         result
+    }
+
+    /// How many more descriptors may be passed now: `MAX_IN_FLIGHT` less those of messages
+    /// the receiver has not released the marker of.
+    fn attach_room(&mut self) -> usize {
+        if !self.in_flight.is_empty() {
+            if let Ok(released) = self.link.producer.released() {
+                while let Some(&(end, count)) = self.in_flight.front() {
+                    // Positions only grow (modulo 2^64): `end` is released once `released`
+                    // is at or past it.
+                    if (released.wrapping_sub(end) as i64) < 0 {
+                        break;
+                    }
+                    self.in_flight.pop_front();
+                    self.in_flight_fds -= count;
+                }
+            }
+        }
+        MAX_IN_FLIGHT.saturating_sub(self.in_flight_fds)
+    }
+
+    /// Sends a message holding sealed buffers (`blob.rs`) with their descriptors attached:
+    /// encoded with references into the send buffer, then, once a frame fits, the group of
+    /// descriptors on the socket, the marker that opens the message, and the message.
+    #[cold]
+    fn send_attached<T: Serialize>(
+        &mut self,
+        deadline: Deadline,
+        msg: &T,
+        room: usize,
+    ) -> Result<(), NotSent> {
+        self.scratch.clear();
+        let scratch = &mut self.scratch;
+        let (encoded, group) = blob::encoding_attached(room, || codec::encode_into(msg, scratch));
+        encoded.map_err(NotSent::encode)?;
+        if group.is_empty() {
+            // The value changed since it was measured and holds no sealed buffer any more.
+            self.scratch.clear();
+            codec::encode_into(msg, &mut self.scratch).map_err(NotSent::encode)?;
+            return self.push_scratch(deadline, false);
+        }
+        // Room for the marker first: a group is passed only for a message that is sent.
+        let sock = self.link.sock.as_fd();
+        let marker = loop {
+            match self.link.producer.reserve(0)? {
+                Some(piece) => break piece,
+                None => wait_for_space(&mut self.link.producer, sock, 0, deadline)?,
+            }
+        };
+        let fds: Vec<BorrowedFd<'_>> = group.iter().map(|sealed| sealed.fd()).collect();
+        pass_group(sock, &fds, deadline)?;
+        if self.link.producer.commit(marker, false) {
+            notify::wake(sock);
+        }
+        self.in_flight
+            .push_back((self.link.producer.head(), group.len()));
+        self.in_flight_fds += group.len();
+        self.push_scratch(deadline, true)
     }
 
     /// Whether this process may publish into the ring: always, unless a `fork()` since we
@@ -329,6 +407,28 @@ impl Link {
             || notify::wake(sock),
             |producer, len| wait_for_space(producer, sock, len, deadline),
         )
+    }
+}
+
+/// Passes a group of descriptors on the socket with its marker byte, waiting for room in
+/// the socket's buffer no longer than `deadline`.
+fn pass_group(
+    sock: BorrowedFd<'_>,
+    fds: &[BorrowedFd<'_>],
+    deadline: Deadline,
+) -> Result<(), NotSent> {
+    loop {
+        match sys::fdpass::send_with_fds(sock, &[GROUP_BYTE], fds) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let remaining = deadline.remaining();
+                if remaining.is_some_and(|d| d.is_zero()) || !sys::wait_writable(sock, remaining)? {
+                    return Err(deadline.send_expired());
+                }
+            }
+            // A receiver that is gone gives `Disconnected` (see `From<io::Error>`).
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

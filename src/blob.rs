@@ -1,0 +1,406 @@
+//! Sealed byte payloads ([`BlobBuf`]) and how a message carries them across processes: as
+//! descriptors beside the message, not as bytes inside it.
+//!
+//! A sealed [`Bytes`] lies in a memfd of its own that no process can change (`sys/sealed.rs`).
+//! Every such buffer alive in this process is in a registry keyed by its address, so a
+//! `Bytes` (or a slice of one) can be told to be sealed without a field of its own.
+//!
+//! On a connection that can pass descriptors (`shm:`, `unix:`), the sender first measures a
+//! large message with [`counting_sealed`] active: that walk counts the sealed `Bytes` of at
+//! least [`ATTACH_FROM`] bytes. If there are any, it encodes the message with
+//! [`encoding_attached`] active: then every `Bytes` is written as a tagged pair, either the
+//! bytes themselves or a reference `(file size, offset, length)` to the next descriptor of
+//! the message's group. The backend marks the message as having descriptors attached and
+//! passes the group beside it. The receiver decodes a marked message with
+//! [`decoding_attached`] active, which hands each reference the next descriptor of the
+//! group; [`Sealed::open`] checks its seals and size, and the `Bytes` maps it read-only.
+//! Unmarked messages, and every other backend, encode a `Bytes` as one byte string.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeTuple, Serializer};
+use serde::{Deserialize, Serialize};
+
+use crate::bytes::{self as conduit_bytes, Bytes};
+use crate::sys::sealed::{Sealed, Unsealed};
+use crate::Error;
+
+/// Sealed `Bytes` shorter than this are copied into the message like any other: passing a
+/// descriptor costs a few microseconds (`sendmsg`, `fstat`, `mmap`, and the page faults of
+/// a fresh mapping), a copy of 64 KiB about as much.
+pub(crate) const ATTACH_FROM: usize = 64 << 10;
+
+/// The most descriptors one connection has in flight (sent with messages the receiver has
+/// not taken yet). A sender at the limit copies further sealed buffers into the message;
+/// a receiver that finds more queued drops the connection. Each one in flight is a
+/// descriptor the receiving process holds before the message is decoded.
+pub(crate) const MAX_IN_FLIGHT: usize = 64;
+
+/// A buffer in a shared-memory file of its own, written in place and then sealed into a
+/// [`Bytes`] that no process can change any more.
+///
+/// A sealed `Bytes` crosses `shm:` and `unix:` connections as its file descriptor
+/// (`SCM_RIGHTS`), not as bytes: the message carries a reference, the receiver checks that
+/// the file is sealed against writing and resizing and is the size the message says, and
+/// maps it read-only. Neither side copies the payload, and what the receiver reads can
+/// never change under it, whatever the sender does afterwards (a peer cannot keep a
+/// writable mapping of a sealed file). Received sealed buffers are sealed too: forwarding
+/// one to another process passes the same file again.
+///
+/// This pays when the receiver keeps large payloads or hands them on; for a payload that is
+/// read once, a plain `Bytes` through the ring is usually faster, because a fresh file's
+/// pages cost more to allocate than a copy costs (`docs/performance.md`). It applies to
+/// sealed `Bytes` of at least 64 KiB in a message sent over `shm:` or `unix:`; smaller ones,
+/// and every other backend, carry the bytes themselves (on `thread:` the `Bytes` is moved).
+/// A connection has at most 64 descriptors in flight; past that the bytes are copied.
+///
+/// Each sealed buffer alive holds one descriptor and one mapping until its last `Bytes`
+/// (clone or slice) is dropped. Nothing is named anywhere: a crashed process leaves nothing
+/// behind.
+///
+/// ```
+/// use conduit::{channel, Backend, BlobBuf, Bytes};
+///
+/// let (tx, rx) = channel::<(u64, Bytes)>(Backend::Shm)?;
+/// let mut frame = BlobBuf::new(1 << 20)?; // zeroed
+/// frame[..4].copy_from_slice(b"RIFF"); // written in place, no copy
+/// let frame: Bytes = frame.seal()?;
+/// assert!(frame.is_sealed());
+/// tx.send((7, frame)).unwrap(); // the descriptor goes, the megabyte stays
+/// let (id, got) = rx.recv().unwrap();
+/// assert_eq!((id, &got[..4], got.len()), (7, &b"RIFF"[..], 1 << 20));
+/// assert!(got.is_sealed());
+/// # Ok::<(), conduit::Error>(())
+/// ```
+pub struct BlobBuf {
+    inner: Unsealed,
+}
+
+impl BlobBuf {
+    /// A zeroed buffer of `len` bytes in a new memfd. Fails for `len == 0`, or when the
+    /// system refuses the memory.
+    pub fn new(len: usize) -> Result<BlobBuf, Error> {
+        let inner = Unsealed::create(len).map_err(|e| Error::io("creating a sealed buffer", e))?;
+        Ok(BlobBuf { inner })
+    }
+
+    /// Seals the buffer against every change, by any process, and returns it as a `Bytes`
+    /// (no copy).
+    pub fn seal(self) -> Result<Bytes, Error> {
+        let sealed = self
+            .inner
+            .seal()
+            .map_err(|e| Error::io("sealing a buffer", e))?;
+        Ok(into_bytes(sealed))
+    }
+}
+
+impl Deref for BlobBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.inner.as_slice()
+    }
+}
+
+impl DerefMut for BlobBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.inner.as_mut_slice()
+    }
+}
+
+impl fmt::Debug for BlobBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobBuf").field("len", &self.len()).finish()
+    }
+}
+
+/// The sealed buffers alive in this process, by the address of their first byte.
+static REGISTRY: Mutex<BTreeMap<usize, Weak<Sealed>>> = Mutex::new(BTreeMap::new());
+/// How many entries `REGISTRY` holds: most processes have none, and then looking a `Bytes`
+/// up costs one load.
+static REGISTERED: AtomicUsize = AtomicUsize::new(0);
+
+fn registry() -> std::sync::MutexGuard<'static, BTreeMap<usize, Weak<Sealed>>> {
+    // Nothing panics while holding it; a poisoned map is still consistent.
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a sealed `Bytes` owns: its mapping, registered while it lives.
+struct Owner(Arc<Sealed>);
+
+impl AsRef<[u8]> for Owner {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        // Out of the registry before the mapping goes: a new mapping at the same address
+        // is registered only after this one is unmapped.
+        let base = self.0.as_slice().as_ptr() as usize;
+        let mut map = registry();
+        if map.remove(&base).is_some() {
+            // Relaxed: a count, not a guard of data; the lock orders the map itself.
+            REGISTERED.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Registers `sealed` and wraps it in a `Bytes` that owns it.
+fn into_bytes(sealed: Sealed) -> Bytes {
+    let sealed = Arc::new(sealed);
+    let base = sealed.as_slice().as_ptr() as usize;
+    if registry().insert(base, Arc::downgrade(&sealed)).is_none() {
+        // Relaxed: see `Owner::drop`.
+        REGISTERED.fetch_add(1, Ordering::Relaxed);
+    }
+    Bytes::from(::bytes::Bytes::from_owner(Owner(sealed)))
+}
+
+/// The sealed buffer `bytes` lies in, and its offset there, if it lies in one.
+pub(crate) fn sealed_of(bytes: &[u8]) -> Option<(Arc<Sealed>, usize)> {
+    if REGISTERED.load(Ordering::Relaxed) == 0 || bytes.is_empty() {
+        return None;
+    }
+    let at = bytes.as_ptr() as usize;
+    let map = registry();
+    let (&base, weak) = map.range(..=at).next_back()?;
+    let sealed = weak.upgrade()?;
+    let offset = at - base;
+    (offset + bytes.len() <= sealed.as_slice().len()).then_some((sealed, offset))
+}
+
+/// What `Bytes` serialization does on this thread (`Plain` outside the contexts below).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendMode {
+    Plain,
+    Counting,
+    Attaching,
+}
+
+thread_local! {
+    static SEND_MODE: Cell<SendMode> = const { Cell::new(SendMode::Plain) };
+    /// `Counting`: sealed buffers found; `Attaching`: the group being gathered.
+    static GROUP: RefCell<Vec<Arc<Sealed>>> = const { RefCell::new(Vec::new()) };
+    static RECV_ATTACHED: Cell<bool> = const { Cell::new(false) };
+    /// The received group while a marked message is decoded, and how many were used.
+    static RECEIVED: RefCell<(Vec<Option<OwnedFd>>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+}
+
+/// How `Bytes` serializes on this thread now.
+#[inline]
+pub(crate) fn send_mode() -> SendMode {
+    SEND_MODE.with(Cell::get)
+}
+
+/// Whether the message being decoded on this thread has descriptors attached.
+#[inline]
+pub(crate) fn receiving_attached() -> bool {
+    RECV_ATTACHED.with(Cell::get)
+}
+
+/// Sets `mode` and clears the group for the length of `run`, restoring both after (even
+/// if `run` panics).
+fn with_send_mode<R>(mode: SendMode, run: impl FnOnce() -> R) -> (R, Vec<Arc<Sealed>>) {
+    struct Restore(SendMode, Vec<Arc<Sealed>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SEND_MODE.with(|m| m.set(self.0));
+            let outer = std::mem::take(&mut self.1);
+            GROUP.with(|g| *g.borrow_mut() = outer);
+        }
+    }
+    let previous = SEND_MODE.with(|m| m.replace(mode));
+    let outer = GROUP.with(|g| std::mem::take(&mut *g.borrow_mut()));
+    let restore = Restore(previous, outer);
+    let result = run();
+    let group = GROUP.with(|g| std::mem::take(&mut *g.borrow_mut()));
+    drop(restore);
+    (result, group)
+}
+
+/// Runs `walk` (the sender's measuring walk) and returns its result with the number of
+/// sealed `Bytes` it met that would travel as descriptors (at most `room`).
+pub(crate) fn counting_sealed<R>(room: usize, walk: impl FnOnce() -> R) -> (R, usize) {
+    LIMIT.with(|l| l.set(room));
+    let (result, group) = with_send_mode(SendMode::Counting, walk);
+    (result, group.len())
+}
+
+/// Runs `encode` with sealed `Bytes` written as references (at most `room` of them) and
+/// returns its result with the group of buffers to pass beside the message, in order.
+pub(crate) fn encoding_attached<R>(
+    room: usize,
+    encode: impl FnOnce() -> R,
+) -> (R, Vec<Arc<Sealed>>) {
+    LIMIT.with(|l| l.set(room));
+    with_send_mode(SendMode::Attaching, encode)
+}
+
+thread_local! {
+    /// How many descriptors the current message may take.
+    static LIMIT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Takes `bytes` into the current group if it is a sealed buffer that may travel as its
+/// descriptor: its index in the group and its offset in the buffer.
+fn join_group(bytes: &[u8]) -> Option<(Arc<Sealed>, usize)> {
+    if bytes.len() < ATTACH_FROM {
+        return None;
+    }
+    let (sealed, offset) = sealed_of(bytes)?;
+    GROUP.with(|g| {
+        let mut group = g.borrow_mut();
+        (group.len() < LIMIT.with(Cell::get)).then(|| {
+            group.push(sealed.clone());
+            (sealed, offset)
+        })
+    })
+}
+
+/// A byte string, serialized as one.
+struct Raw<'a>(&'a [u8]);
+
+impl Serialize for Raw<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+/// The tag of a `Bytes` in a message with descriptors attached: the bytes follow.
+const INLINE: u8 = 0;
+/// The tag of a `Bytes` in a message with descriptors attached: `(file size, offset,
+/// length)` of the group's next descriptor follows.
+const ATTACHED: u8 = 1;
+
+/// `Bytes::serialize` outside `SendMode::Plain`.
+#[cold]
+pub(crate) fn serialize<S: Serializer>(
+    bytes: &[u8],
+    mode: SendMode,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match mode {
+        SendMode::Plain => serializer.serialize_bytes(bytes),
+        SendMode::Counting => {
+            join_group(bytes);
+            serializer.serialize_bytes(bytes)
+        }
+        SendMode::Attaching => {
+            let mut pair = serializer.serialize_tuple(2)?;
+            match join_group(bytes) {
+                Some((sealed, offset)) => {
+                    let size = sealed.as_slice().len() as u64;
+                    pair.serialize_element(&ATTACHED)?;
+                    pair.serialize_element(&(size, offset as u64, bytes.len() as u64))?;
+                }
+                None => {
+                    pair.serialize_element(&INLINE)?;
+                    pair.serialize_element(&Raw(bytes))?;
+                }
+            }
+            pair.end()
+        }
+    }
+}
+
+/// Runs `decode` over a message that arrived marked with the descriptors `group`: each
+/// reference in it takes the next one. Fails if `decode` does, or if it left any
+/// descriptor unused (a peer that passes what its message does not name is broken or
+/// hostile). Every descriptor not made into a `Bytes` is closed.
+pub(crate) fn decoding_attached(
+    group: Vec<OwnedFd>,
+    decode: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            RECV_ATTACHED.with(|a| a.set(false));
+            RECEIVED.with(|r| *r.borrow_mut() = (Vec::new(), 0));
+        }
+    }
+    let count = group.len();
+    RECEIVED.with(|r| *r.borrow_mut() = (group.into_iter().map(Some).collect(), 0));
+    RECV_ATTACHED.with(|a| a.set(true));
+    let _restore = Restore;
+    decode()?;
+    let used = RECEIVED.with(|r| r.borrow().1);
+    if used != count {
+        return Err(format!(
+            "{count} descriptors came with a message that names {used}"
+        ));
+    }
+    Ok(())
+}
+
+/// The next descriptor of the group being decoded.
+fn next_received() -> Option<OwnedFd> {
+    RECEIVED.with(|r| {
+        let (fds, used) = &mut *r.borrow_mut();
+        let fd = fds.get_mut(*used)?.take();
+        *used += 1;
+        fd
+    })
+}
+
+/// `Bytes::deserialize` in a message with descriptors attached: a tagged pair.
+#[cold]
+pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+    deserializer.deserialize_tuple(2, TaggedVisitor)
+}
+
+struct TaggedVisitor;
+
+/// The bytes of an inline `Bytes`, decoded as outside this mode (sharing included).
+struct Inline(Bytes);
+
+impl<'de> Deserialize<'de> for Inline {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Inline, D::Error> {
+        conduit_bytes::deserialize_plain(deserializer).map(Inline)
+    }
+}
+
+impl<'de> Visitor<'de> for TaggedVisitor {
+    type Value = Bytes;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a tagged byte string or sealed-buffer reference")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+        let missing = || de::Error::invalid_length(0, &self);
+        let tag: u8 = seq.next_element()?.ok_or_else(missing)?;
+        match tag {
+            INLINE => Ok(seq.next_element::<Inline>()?.ok_or_else(missing)?.0),
+            ATTACHED => {
+                let (size, offset, len): (u64, u64, u64) =
+                    seq.next_element()?.ok_or_else(missing)?;
+                let end = offset
+                    .checked_add(len)
+                    .filter(|&end| end <= size)
+                    .ok_or_else(|| {
+                        de::Error::custom(format!(
+                            "bytes {offset}+{len} lie outside a sealed buffer of {size}"
+                        ))
+                    })?;
+                let fd = next_received().ok_or_else(|| {
+                    de::Error::custom("a message names more descriptors than came with it")
+                })?;
+                let sealed = Sealed::open(fd, size).map_err(de::Error::custom)?;
+                // Both fit in `usize`: `Sealed::open` mapped `size` bytes.
+                Ok(into_bytes(sealed).slice(offset as usize..end as usize))
+            }
+            other => Err(de::Error::custom(format!(
+                "unknown byte string tag {other}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Descriptors passed beside messages (sealed buffers, see `blob.rs`), as the `shm:` and
+//! `unix:` flavors carry them: each message marked as having descriptors attached comes with
+//! exactly one group, passed with `SCM_RIGHTS` before the message's first byte.
+//!
+//! A group can reach the receiver before its message is taken (the shm receiver reads its
+//! socket while it sleeps; a stream read can end just past a marked header), so each
+//! receiving connection queues them, bounded: a sender keeps at most
+//! [`MAX_IN_FLIGHT`](crate::blob::MAX_IN_FLIGHT) descriptors in messages the receiver has not
+//! released yet, and the receiver allows twice that, because a shm sender counts a message
+//! as taken once the receiver has released its first frame, a moment before the receiver
+//! takes the group. More is a broken or hostile peer, and drops the connection.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use crate::blob::{self, MAX_IN_FLIGHT};
+use crate::sys::fdpass;
+use crate::sys::notify::WAKE;
+
+/// The byte a group of descriptors is passed with on a shm connection's socket, where
+/// every other byte is a wake-up ([`notify::WAKE`](crate::sys::notify::WAKE)).
+pub(crate) const GROUP_BYTE: u8 = 2;
+
+/// The most descriptors a receiving connection queues.
+pub(crate) const MAX_QUEUED: usize = 2 * MAX_IN_FLIGHT;
+
+/// Groups of descriptors received ahead of their messages, oldest first.
+#[derive(Default)]
+pub(crate) struct Groups {
+    queue: VecDeque<Vec<OwnedFd>>,
+    fds: usize,
+}
+
+impl Groups {
+    /// Queues a group that arrived; an error (the connection must go) past the bound or
+    /// for an empty group, which no sender passes.
+    pub(crate) fn push(&mut self, group: Vec<OwnedFd>) -> Result<(), String> {
+        if group.is_empty() {
+            return Err("a group of descriptors without descriptors".into());
+        }
+        self.fds += group.len();
+        if self.fds > MAX_QUEUED {
+            return Err(format!(
+                "{} descriptors passed ahead of their messages (at most {MAX_QUEUED})",
+                self.fds
+            ));
+        }
+        self.queue.push_back(group);
+        Ok(())
+    }
+
+    /// The oldest group, for the marked message just taken.
+    pub(crate) fn pop(&mut self) -> Option<Vec<OwnedFd>> {
+        let group = self.queue.pop_front()?;
+        self.fds -= group.len();
+        Some(group)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// Decodes one message with `decode`: with `group` when it came marked (`Some`), so the
+/// sealed buffers it names are made from the group's descriptors, every one of which it
+/// must name.
+pub(crate) fn decode_with(
+    group: Option<Vec<OwnedFd>>,
+    decode: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    match group {
+        None => decode(),
+        Some(group) => blob::decoding_attached(group, decode),
+    }
+}
+
+/// Reads what waits on a shm connection's socket, without blocking: wake-up bytes, and
+/// groups of descriptors, each passed with one [`GROUP_BYTE`] (the last byte of the read
+/// that returns it, see `fdpass::recv_with_fds`), queued in `groups`. `Ok(false)` when the
+/// peer is gone; an error when it sent what no sender sends.
+pub(crate) fn drain_socket(sock: BorrowedFd<'_>, groups: &mut Groups) -> Result<bool, String> {
+    let mut buf = [0u8; 256];
+    // Bounded, as `notify::drain`: what is left keeps the socket readable for the next poll.
+    for _ in 0..16 {
+        match fdpass::recv_with_fds(sock, &mut buf, MAX_QUEUED) {
+            Ok((0, _)) => return Ok(false),
+            Ok((n, fds)) => {
+                let (last, wakes) = buf[..n].split_last().expect("n > 0");
+                if wakes.iter().any(|&b| b != WAKE) {
+                    return Err("a byte on the connection that is not a wake-up".into());
+                }
+                let group = !fds.is_empty();
+                match (*last, group) {
+                    (WAKE, false) => {}
+                    (GROUP_BYTE, true) => groups.push(fds)?,
+                    _ => {
+                        return Err(
+                            "descriptors passed without their marker byte, or it without them"
+                                .into(),
+                        )
+                    }
+                }
+                // A short read without descriptors emptied the socket; after a group, more
+                // may wait.
+                if n < buf.len() && !group {
+                    return Ok(true);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(e.to_string()),
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(true)
+}

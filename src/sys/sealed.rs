@@ -1,0 +1,274 @@
+//! Sealed files: a byte payload in a memfd of its own that no process can change any more.
+//!
+//! [`Unsealed`] is a fresh memfd mapped shared read-write for its creator to fill. Sealing
+//! it unmaps that mapping first (`F_SEAL_WRITE` is refused while a writable shared mapping
+//! exists, which is why `F_SEAL_FUTURE_WRITE` is not used: it would leave that mapping
+//! writable), then adds `F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL` and maps
+//! the file read-only: a [`Sealed`].
+//!
+//! A peer's descriptor becomes a [`Sealed`] only through [`Sealed::open`], which checks that
+//! it is a regular file carrying the write and size seals and exactly the size its frame
+//! announced. Seals cannot be removed, so once checked the bytes can be read as a `&[u8]`:
+//! nobody can write them (no writable mapping can exist, `write(2)` fails) or truncate the
+//! file under the mapping (which would turn a read into `SIGBUS`).
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
+use rustix::fs::{FileType, MemfdFlags, SealFlags};
+
+/// The seals a blob must carry before anyone reads it as plain bytes.
+const READ_SEALS: SealFlags = SealFlags::WRITE
+    .union(SealFlags::SHRINK)
+    .union(SealFlags::GROW);
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// Refuses lengths that cannot be mapped: zero, and more than a file offset holds.
+fn check_len(len: u64) -> io::Result<usize> {
+    match usize::try_from(len) {
+        Ok(n) if n > 0 && len <= i64::MAX as u64 => Ok(n),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a sealed buffer cannot hold {len} bytes"),
+        )),
+    }
+}
+
+/// A fresh memfd mapped shared read-write, for its creator to fill before sealing it.
+pub(crate) struct Unsealed {
+    map: MmapMut,
+    fd: OwnedFd,
+}
+
+impl Unsealed {
+    /// `memfd_create(MFD_CLOEXEC | MFD_ALLOW_SEALING)` of `len` zeroed bytes, mapped.
+    pub(crate) fn create(len: usize) -> io::Result<Unsealed> {
+        let size = check_len(len as u64)? as u64;
+        let fd = rustix::fs::memfd_create(
+            "conduit-blob",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        loop {
+            match rustix::fs::ftruncate(&fd, size) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // The size first: nobody else holds the descriptor yet, but a mapping of a file
+        // that could shrink is one step from SIGBUS.
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW)?;
+        // SAFETY: the memfd is ours alone (just created, close-on-exec, not passed on) and
+        // its size is sealed, so the mapping stays valid and nobody else writes it.
+        let map = unsafe { MmapOptions::new().len(len).map_mut(&fd)? };
+        Ok(Unsealed { map, fd })
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.map
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+
+    /// Unmaps the writable mapping, seals the file against every change, and maps it
+    /// read-only.
+    pub(crate) fn seal(self) -> io::Result<Sealed> {
+        let Unsealed { map, fd } = self;
+        let len = map.len();
+        // The only writable mapping goes before the write seal, which it would block.
+        drop(map);
+        rustix::fs::fcntl_add_seals(&fd, READ_SEALS | SealFlags::SEAL)?;
+        Sealed::map(fd, len)
+    }
+}
+
+impl fmt::Debug for Unsealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unsealed")
+            .field("len", &self.map.len())
+            .finish()
+    }
+}
+
+/// A read-only mapping of a memfd sealed against writing, shrinking and growing.
+pub(crate) struct Sealed {
+    map: Mmap,
+    fd: OwnedFd,
+}
+
+impl Sealed {
+    /// Checks a descriptor received from a peer and maps it read-only.
+    ///
+    /// Refuses with `InvalidData` anything that is not a regular file, that lacks
+    /// `F_SEAL_WRITE`, `F_SEAL_SHRINK` or `F_SEAL_GROW`, or whose size is not exactly
+    /// `expected_len`.
+    pub(crate) fn open(fd: OwnedFd, expected_len: u64) -> io::Result<Sealed> {
+        let len = check_len(expected_len)?;
+        let kind = FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode);
+        if kind != FileType::RegularFile {
+            return Err(invalid(format!(
+                "a blob's descriptor is a {kind:?}, not a memfd"
+            )));
+        }
+        let seals = match rustix::fs::fcntl_get_seals(&fd) {
+            Ok(seals) => seals,
+            Err(rustix::io::Errno::INVAL) => {
+                return Err(invalid(
+                    "a blob's descriptor does not support seals: not a memfd".into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !seals.contains(READ_SEALS) {
+            return Err(invalid(format!(
+                "a blob is not sealed against writing and resizing (seals {seals:?})"
+            )));
+        }
+        // Seals first, size second: once sealed, the size cannot change after this check.
+        let size = rustix::fs::fstat(&fd)?.st_size;
+        if u64::try_from(size).ok() != Some(expected_len) {
+            return Err(invalid(format!(
+                "a blob is {size} bytes, its frame says {expected_len}"
+            )));
+        }
+        Self::map(fd, len)
+    }
+
+    /// Maps the first `len` bytes of a sealed `fd` read-only; `len` is its size.
+    fn map(fd: OwnedFd, len: usize) -> io::Result<Sealed> {
+        // SAFETY: the file is sealed against writing, shrinking and growing (checked by
+        // `open`, or set by `Unsealed::seal`), and seals are never removed: no process can
+        // change these bytes or truncate them away, so they may be read as a `&[u8]` for as
+        // long as the mapping lives.
+        let map = unsafe { MmapOptions::new().len(len).map(&fd)? };
+        Ok(Sealed { map, fd })
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The memfd, to pass to a peer.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRef<[u8]> for Sealed {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealed")
+            .field("len", &self.map.len())
+            .field("fd", &self.fd)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dup(fd: BorrowedFd<'_>) -> OwnedFd {
+        rustix::io::fcntl_dupfd_cloexec(fd, 0).unwrap()
+    }
+
+    fn memfd(len: u64, seals: SealFlags) -> OwnedFd {
+        let fd =
+            rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+        fd
+    }
+
+    #[test]
+    fn written_then_sealed_reads_back_and_refuses_every_change() {
+        let mut buf = Unsealed::create(10_000).unwrap();
+        assert!(buf.as_slice().iter().all(|&b| b == 0), "zeroed");
+        buf.as_mut_slice()[9_999] = 7;
+        buf.as_mut_slice()[0] = 1;
+        let sealed = buf.seal().unwrap();
+        assert_eq!((sealed.as_slice()[0], sealed.as_slice()[9_999]), (1, 7));
+        let seals = rustix::fs::fcntl_get_seals(sealed.fd()).unwrap();
+        assert!(seals.contains(READ_SEALS | SealFlags::SEAL), "{seals:?}");
+        assert_eq!(
+            rustix::io::write(sealed.fd(), b"x").unwrap_err(),
+            rustix::io::Errno::PERM
+        );
+        assert_eq!(
+            rustix::fs::ftruncate(sealed.fd(), 0).unwrap_err(),
+            rustix::io::Errno::PERM
+        );
+        // No writable shared mapping can be made any more.
+        // SAFETY: the call is expected to fail; had it succeeded, the mapping would be
+        // dropped unused at once.
+        let err = unsafe { MmapOptions::new().len(10_000).map_mut(&sealed.fd()) }.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        // A peer's view: the same bytes.
+        let theirs = Sealed::open(dup(sealed.fd()), 10_000).unwrap();
+        assert_eq!(theirs.as_slice(), sealed.as_slice());
+    }
+
+    #[test]
+    fn open_refuses_missing_seals() {
+        for seals in [
+            SealFlags::empty(),
+            SealFlags::SHRINK | SealFlags::GROW,
+            SealFlags::WRITE | SealFlags::SHRINK,
+            SealFlags::WRITE | SealFlags::GROW,
+            SealFlags::FUTURE_WRITE | SealFlags::SHRINK | SealFlags::GROW,
+        ] {
+            let err = Sealed::open(memfd(4096, seals), 4096).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{seals:?}");
+            assert!(err.to_string().contains("not sealed"), "{err}");
+        }
+        Sealed::open(memfd(4096, READ_SEALS), 4096).unwrap();
+    }
+
+    #[test]
+    fn open_refuses_a_size_other_than_the_frames() {
+        for expected in [1, 4095, 4097, 1 << 30] {
+            let err = Sealed::open(memfd(4096, READ_SEALS), expected).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{expected}");
+            assert!(err.to_string().contains("4096 bytes"), "{err}");
+        }
+        for expected in [0, u64::MAX] {
+            let err = Sealed::open(memfd(4096, READ_SEALS), expected).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{expected}");
+        }
+    }
+
+    #[test]
+    fn open_refuses_what_is_not_a_memfd() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        for fd in [r, w] {
+            let err = Sealed::open(fd, 4096).unwrap_err();
+            assert!(err.to_string().contains("not a memfd"), "{err}");
+        }
+        let (s, _t) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(Sealed::open(s.into(), 4096).is_err());
+        let exe = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        let len = exe.metadata().unwrap().len();
+        let err = Sealed::open(exe.into(), len).unwrap_err();
+        assert!(err.to_string().contains("not a memfd"), "{err}");
+    }
+
+    #[test]
+    fn zero_length_is_refused() {
+        assert_eq!(
+            Unsealed::create(0).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+}
