@@ -60,6 +60,7 @@ use std::time::{Duration, Instant};
 use conduit::{Message, Receiver, Sender};
 
 mod floors;
+mod sealed;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
@@ -70,6 +71,9 @@ const ROLE: &str = "CONDUIT_BENCH_ROLE";
 const ARG_A: &str = "CONDUIT_BENCH_A";
 const ARG_B: &str = "CONDUIT_BENCH_B";
 const ARG_SIZE: &str = "CONDUIT_BENCH_SIZE";
+/// How the stream child makes its large messages (`sealed/mod.rs`); unset: one `Bytes`,
+/// cloned.
+const ARG_KIND: &str = "CONDUIT_BENCH_KIND";
 /// Set (to anything) for a short smoke run; `--quick` does the same.
 const QUICK: &str = "CONDUIT_BENCH_QUICK";
 
@@ -133,6 +137,7 @@ fn main() {
         .configure_from_args();
     rtt(&mut c, &plan, &dir.0);
     oneway(&mut c, &plan, &dir.0);
+    sealed::sealed(&mut c, &plan, &dir.0);
     c.final_summary();
 }
 
@@ -328,9 +333,15 @@ struct Stream<T> {
 
 impl<T: Message> Stream<T> {
     fn start(scheme: &str, size: usize, dir: &Path) -> Stream<T> {
-        let data_addr = addr(scheme, dir, &format!("ow-{scheme}-{size}.sock"));
+        Stream::start_kind(scheme, size, "bytes", dir)
+    }
+
+    /// [`Stream::start`] with the child making its messages as `kind` says (see
+    /// `child::run`).
+    fn start_kind(scheme: &str, size: usize, kind: &str, dir: &Path) -> Stream<T> {
+        let data_addr = addr(scheme, dir, &format!("ow-{scheme}-{size}-{kind}.sock"));
         // Commands always go over a socket: they are not timed.
-        let cmd_addr = addr("unix", dir, &format!("cmd-{scheme}-{size}.sock"));
+        let cmd_addr = addr("unix", dir, &format!("cmd-{scheme}-{size}-{kind}.sock"));
         let data = Receiver::<T>::bind(&data_addr).expect("binding the data receiver");
         let child = ChildGuard::spawn(
             "stream",
@@ -338,6 +349,7 @@ impl<T: Message> Stream<T> {
                 (ARG_A, data_addr),
                 (ARG_B, cmd_addr.clone()),
                 (ARG_SIZE, size.to_string()),
+                (ARG_KIND, kind.to_string()),
             ],
         );
         // The child binds its command receiver before it sends this first message.
@@ -416,11 +428,14 @@ mod child {
             },
             "stream" => {
                 let size: usize = arg(ARG_SIZE).parse().expect("a message size");
-                if size <= 8 {
-                    stream(&arg(ARG_A), &arg(ARG_B), |i| i);
-                } else {
-                    let blob = Blob::from(vec![0xC3; size]);
-                    stream(&arg(ARG_A), &arg(ARG_B), move |_| blob.clone());
+                let (data, cmd) = (arg(ARG_A), arg(ARG_B));
+                match (size, arg(ARG_KIND).as_str()) {
+                    (0..=8, _) => stream(&data, &cmd, |i| i),
+                    (_, "bytes") => {
+                        let blob = Blob::from(vec![0xC3; size]);
+                        stream(&data, &cmd, move |_| blob.clone());
+                    }
+                    (_, kind) => sealed::stream_child(&data, &cmd, size, kind),
                 }
             }
             other => panic!("unknown child role {other:?}"),
@@ -454,7 +469,7 @@ mod child {
 
     /// Binds `cmd`, connects to `data`, sends a hello, then streams as many messages as
     /// each command asks for.
-    fn stream<T: Message>(data: &str, cmd: &str, make: impl Fn(u64) -> T) {
+    pub(super) fn stream<T: Message>(data: &str, cmd: &str, make: impl Fn(u64) -> T) {
         let commands = Receiver::<u64>::bind(cmd).expect("binding the command receiver");
         let tx = Sender::<T>::connect(data).expect("connecting the data sender");
         tx.send(make(0)).expect("hello");

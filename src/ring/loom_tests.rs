@@ -354,3 +354,65 @@ fn loom_pieces_written_in_runs_then_committed() {
         assert_eq!(got, sent);
     });
 }
+
+#[test]
+fn loom_marked_messages_find_their_descriptors() {
+    // The shm sender's messages with descriptors attached: the group goes on the socket (a
+    // queue here), then the marker frame is committed, then the message. A consumer that
+    // completes a marked message finds its group already there (passing the group only
+    // after the message fails here), and only marked messages are reported as such; the
+    // messages wrap the ring, so the producer also waits for space.
+    loom::model(|| {
+        let s = shared();
+        let socket = Arc::new(loom::sync::Mutex::new(std::collections::VecDeque::new()));
+        let sent: Vec<Vec<u8>> = (0..3).map(|i| msg(i, 1500)).collect();
+        let producer = {
+            let (s, socket, sent) = (s.clone(), socket.clone(), sent.clone());
+            thread::spawn(move || {
+                let mut p = Producer::new(s.ring.ring()).unwrap();
+                for (i, m) in sent.iter().enumerate() {
+                    if i % 2 == 0 {
+                        let marker = loop {
+                            if let Some(piece) = p.reserve(0).unwrap() {
+                                break piece;
+                            }
+                            wait_for_space(&mut p, &s, 0).unwrap();
+                        };
+                        socket.lock().unwrap().push_back(i);
+                        if p.commit(marker, false) {
+                            s.data.notify();
+                        }
+                    }
+                    send_all(&s, &mut p, std::slice::from_ref(m));
+                }
+                if p.close() {
+                    s.data.notify();
+                }
+            })
+        };
+        let mut c = Consumer::new(s.ring.ring(), usize::MAX).unwrap();
+        let (mut got, mut buf) = (Vec::new(), Vec::new());
+        loop {
+            match c.pop_message(&mut buf, || s.space.notify()).unwrap() {
+                Taken::Message { attached } => {
+                    let i = got.len();
+                    assert_eq!(attached, i % 2 == 0, "message {i}");
+                    if attached {
+                        assert_eq!(socket.lock().unwrap().pop_front(), Some(i), "its group");
+                    }
+                    got.push(std::mem::take(&mut buf));
+                }
+                Taken::Empty => {
+                    if c.prepare_wait().unwrap() {
+                        s.data.wait();
+                        c.end_wait();
+                    }
+                }
+                Taken::Closed => break,
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(got, sent);
+        assert!(socket.lock().unwrap().is_empty());
+    });
+}
