@@ -183,6 +183,7 @@ pub(crate) fn sealed_of(bytes: &[u8]) -> Option<(Arc<Sealed>, usize)> {
 pub(crate) enum SendMode {
     Plain,
     Counting,
+    Probing,
     Attaching,
 }
 
@@ -233,6 +234,15 @@ pub(crate) fn counting_sealed<R>(room: usize, walk: impl FnOnce() -> R) -> (R, u
     LIMIT.with(|l| l.set(room));
     let (result, group) = with_send_mode(SendMode::Counting, walk);
     (result, group.len())
+}
+
+/// Runs `encode` (a plain encoding) so that it stops with an error at the first sealed
+/// `Bytes` that could travel as a descriptor, before copying it: the result, and whether
+/// that is why it stopped (then encode again with [`encoding_attached`]).
+pub(crate) fn probing<R>(encode: impl FnOnce() -> R) -> (R, bool) {
+    LIMIT.with(|l| l.set(MAX_IN_FLIGHT));
+    let (result, group) = with_send_mode(SendMode::Probing, encode);
+    (result, !group.is_empty())
 }
 
 /// Runs `encode` with sealed `Bytes` written as references (at most `room` of them) and
@@ -294,6 +304,10 @@ pub(crate) fn serialize<S: Serializer>(
             join_group(bytes);
             serializer.serialize_bytes(bytes)
         }
+        SendMode::Probing => match join_group(bytes) {
+            Some(_) => Err(serde::ser::Error::custom("a sealed buffer to attach")),
+            None => serializer.serialize_bytes(bytes),
+        },
         SendMode::Attaching => {
             let mut pair = serializer.serialize_tuple(2)?;
             match join_group(bytes) {
@@ -401,6 +415,100 @@ impl<'de> Visitor<'de> for TaggedVisitor {
             other => Err(de::Error::custom(format!(
                 "unknown byte string tag {other}"
             ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::{channel, channel_with, Backend, Options};
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Frame {
+        id: u32,
+        small: Bytes,
+        big: Bytes,
+        part: Bytes,
+        note: String,
+    }
+
+    fn sealed(len: usize, fill: u8) -> Bytes {
+        let mut buf = BlobBuf::new(len).unwrap();
+        buf.fill(fill);
+        buf[len - 1] = fill ^ 0xFF;
+        buf.seal().unwrap()
+    }
+
+    /// On `shm:` and `unix:` sealed buffers of 64 KiB or more arrive sealed (passed as
+    /// descriptors), smaller ones and plain ones as bytes, and the values are equal; on the
+    /// other backends everything arrives as bytes.
+    #[test]
+    fn sealed_fields_cross_each_backend() {
+        for backend in [
+            Backend::Shm,
+            Backend::Socket,
+            Backend::Pipe,
+            Backend::Thread,
+        ] {
+            let (tx, rx) = channel::<Frame>(backend).unwrap();
+            let whole = sealed(300_000, 3);
+            let frame = Frame {
+                id: 7,
+                small: sealed(1000, 1),
+                big: sealed(1 << 20, 2),
+                part: whole.slice(100_000..250_000),
+                note: "end".into(),
+            };
+            let expected = Frame {
+                id: 7,
+                small: Bytes::copy_from_slice(&frame.small),
+                big: Bytes::copy_from_slice(&frame.big),
+                part: Bytes::copy_from_slice(&frame.part),
+                note: "end".into(),
+            };
+            // A pipe carries the bytes: the send needs a reader.
+            let sender = std::thread::spawn(move || tx.send(frame).unwrap());
+            let got = rx.recv().unwrap();
+            sender.join().unwrap();
+            assert_eq!(got, expected, "{backend:?}");
+            let passes = matches!(backend, Backend::Shm | Backend::Socket | Backend::Thread);
+            assert_eq!(
+                (got.big.is_sealed(), got.part.is_sealed()),
+                (passes, passes),
+                "{backend:?}"
+            );
+            assert_eq!(got.small.is_sealed(), backend == Backend::Thread);
+        }
+    }
+
+    /// Past the descriptors a connection may have in flight, sealed buffers are copied, and
+    /// every message still arrives whole.
+    #[test]
+    fn more_than_in_flight_are_copied() {
+        for backend in [Backend::Shm, Backend::Socket] {
+            let opts = Options::new().capacity(64 << 20);
+            let (tx, rx) = channel_with::<Bytes>(backend, &opts).unwrap();
+            let blob = sealed(ATTACH_FROM, 9);
+            let count = 2 * MAX_IN_FLIGHT + 10;
+            let sender = std::thread::spawn(move || {
+                for _ in 0..count {
+                    tx.send(blob.clone()).unwrap();
+                }
+            });
+            let mut passed = 0;
+            for _ in 0..count {
+                let got = rx.recv().unwrap();
+                assert_eq!(
+                    (got.len(), got[0], got[ATTACH_FROM - 1]),
+                    (ATTACH_FROM, 9, 0xF6)
+                );
+                passed += usize::from(got.is_sealed());
+            }
+            sender.join().unwrap();
+            assert!(passed >= MAX_IN_FLIGHT, "{backend:?}: {passed} passed");
         }
     }
 }

@@ -18,6 +18,10 @@ pub(crate) const HEADER: usize = 5;
 pub(crate) const PIECE_MAX: usize = 64 * 1024;
 /// Flag bit: this piece ends its message.
 pub(crate) const FLAG_LAST: u8 = 1;
+/// Flag bit, on a message's first piece only: descriptors were passed with this header
+/// (`SCM_RIGHTS`, on `unix:`), one for each sealed buffer the message names
+/// (`flavors/attached.rs`).
+pub(crate) const FLAG_ATTACHED: u8 = 2;
 /// Bytes the reader's buffer holds: room for a full piece plus a typical read.
 const BUF_SIZE: usize = 2 * (HEADER + PIECE_MAX);
 /// Keep at most this much reassembly capacity between messages.
@@ -38,7 +42,7 @@ pub(crate) fn header(len: usize, last: bool) -> [u8; HEADER] {
 /// Why a byte stream is not valid framing. The connection that sent it is dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FrameError {
-    /// A flag bit this version does not define.
+    /// A flag bit this version does not define, or one where it cannot be.
     UnknownFlags(u8),
     /// A piece longer than [`PIECE_MAX`].
     PieceTooLong(u32),
@@ -72,6 +76,8 @@ pub(crate) struct FrameReader {
     assembly: Vec<u8>,
     /// The assembly holds a message already handed out: clear it before the next piece.
     assembly_done: bool,
+    /// The message being read opened with `FLAG_ATTACHED`.
+    attached: bool,
     /// A piece being read straight into the assembly: its bytes still to come, and whether
     /// it ends its message. Kept (with 0 to come) until `next_message` has handled it.
     direct: Option<(usize, bool)>,
@@ -87,6 +93,7 @@ impl FrameReader {
             end: 0,
             assembly: Vec::new(),
             assembly_done: false,
+            attached: false,
             direct: None,
             limit,
         }
@@ -148,8 +155,9 @@ impl FrameReader {
             || (!self.assembly.is_empty() && !self.assembly_done)
     }
 
-    /// The next complete message, `Ok(None)` if more bytes are needed.
-    pub(crate) fn next_message(&mut self) -> Result<Option<&[u8]>, FrameError> {
+    /// The next complete message, and whether it opened with `FLAG_ATTACHED`; `Ok(None)` if
+    /// more bytes are needed.
+    pub(crate) fn next_message(&mut self) -> Result<Option<(&[u8], bool)>, FrameError> {
         if self.assembly_done {
             self.assembly_done = false;
             if self.assembly.capacity() > KEEP_ASSEMBLY {
@@ -163,7 +171,8 @@ impl FrameReader {
                 self.direct = None;
                 if last {
                     self.assembly_done = true;
-                    return Ok(Some(&self.assembly));
+                    let attached = std::mem::take(&mut self.attached);
+                    return Ok(Some((&self.assembly, attached)));
                 }
             }
             Some(_) => return Ok(None),
@@ -176,7 +185,12 @@ impl FrameReader {
             }
             let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]);
             let flags = avail[4];
-            if flags & !FLAG_LAST != 0 {
+            if flags & !(FLAG_LAST | FLAG_ATTACHED) != 0 {
+                return Err(FrameError::UnknownFlags(flags));
+            }
+            let opens_attached = flags & FLAG_ATTACHED != 0;
+            // Only on a message's first piece (earlier pieces are never empty).
+            if opens_attached && (!self.assembly.is_empty() || self.attached) {
                 return Err(FrameError::UnknownFlags(flags));
             }
             if len as usize > PIECE_MAX {
@@ -205,18 +219,21 @@ impl FrameReader {
                 self.assembly.extend_from_slice(&avail[HEADER..]);
                 self.start = self.end;
                 self.direct = Some((len - have, last));
+                self.attached |= opens_attached;
                 return Ok(None);
             }
             let piece = self.start + HEADER..self.start + HEADER + len;
             self.start = piece.end;
+            self.attached |= opens_attached;
+            let attached = last && std::mem::take(&mut self.attached);
             if last && self.assembly.is_empty() {
                 // The common case: a one-piece message, decoded straight from the buffer.
-                return Ok(Some(&self.buf[piece]));
+                return Ok(Some((&self.buf[piece], attached)));
             }
             self.assembly.extend_from_slice(&self.buf[piece]);
             if last {
                 self.assembly_done = true;
-                return Ok(Some(&self.assembly));
+                return Ok(Some((&self.assembly, attached)));
             }
         }
     }
@@ -261,7 +278,7 @@ mod tests {
                 reader.filled(n);
                 pos += n;
             }
-            while let Some(m) = reader.next_message()? {
+            while let Some((m, _)) = reader.next_message()? {
                 out.push(m.to_vec());
             }
         }
@@ -307,7 +324,7 @@ mod tests {
                     n
                 };
                 pos += n;
-                if let Some(m) = r.next_message().unwrap() {
+                if let Some((m, _)) = r.next_message().unwrap() {
                     return pos == bytes.len() && m == msg;
                 }
             }
@@ -349,7 +366,7 @@ mod tests {
         let rest = &stream[HEADER + PIECE_MAX..];
         r.spare()[..rest.len()].copy_from_slice(rest);
         r.filled(rest.len());
-        assert_eq!(r.next_message(), Ok(Some(&msg[..])));
+        assert_eq!(r.next_message(), Ok(Some((&msg[..], false))));
         assert!(!r.mid_message());
     }
 

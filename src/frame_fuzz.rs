@@ -3,13 +3,19 @@
 //! means, within bounded memory. Compiled for unit tests and under `--cfg fuzzing`, where the
 //! cargo-fuzz target `frame_decode` calls it through `conduit::fuzz`.
 
-use crate::frame::{FrameError, FrameReader, FLAG_LAST, HEADER, PIECE_MAX};
+use crate::frame::{FrameError, FrameReader, FLAG_ATTACHED, FLAG_LAST, HEADER, PIECE_MAX};
 use crate::fuzz_support::{pick_limit, Input, Rng, Watch};
 
 /// What a whole stream means, parsed in one go by the simplest reading of the framing rules:
-/// the messages, the error that ends it (if any) and whether an incomplete message is left.
-fn reference_frames(stream: &[u8], limit: usize) -> (Vec<Vec<u8>>, Option<FrameError>, bool) {
+/// the messages (each with whether its first piece carried `FLAG_ATTACHED`), the error that
+/// ends it (if any) and whether an incomplete message is left.
+#[allow(clippy::type_complexity)]
+fn reference_frames(
+    stream: &[u8],
+    limit: usize,
+) -> (Vec<(Vec<u8>, bool)>, Option<FrameError>, bool) {
     let (mut msgs, mut partial, mut pos) = (Vec::new(), Vec::new(), 0);
+    let mut attached = false;
     let err = loop {
         let rest = &stream[pos..];
         if rest.len() < HEADER {
@@ -17,13 +23,18 @@ fn reference_frames(stream: &[u8], limit: usize) -> (Vec<Vec<u8>>, Option<FrameE
         }
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
         let flags = rest[4];
-        if flags & !FLAG_LAST != 0 {
+        if flags & !(FLAG_LAST | FLAG_ATTACHED) != 0 {
+            break Some(FrameError::UnknownFlags(flags));
+        }
+        // `FLAG_ATTACHED` only on a message's first piece.
+        let opens = flags & FLAG_ATTACHED != 0;
+        if opens && (!partial.is_empty() || attached) {
             break Some(FrameError::UnknownFlags(flags));
         }
         if len as usize > PIECE_MAX {
             break Some(FrameError::PieceTooLong(len));
         }
-        let (len, last) = (len as usize, flags == FLAG_LAST);
+        let (len, last) = (len as usize, flags & FLAG_LAST != 0);
         if len == 0 && !last {
             break Some(FrameError::EmptyPiece);
         }
@@ -39,8 +50,9 @@ fn reference_frames(stream: &[u8], limit: usize) -> (Vec<Vec<u8>>, Option<FrameE
         }
         partial.extend_from_slice(&rest[HEADER..HEADER + len]);
         pos += HEADER + len;
+        attached |= opens;
         if last {
-            msgs.push(std::mem::take(&mut partial));
+            msgs.push((std::mem::take(&mut partial), std::mem::take(&mut attached)));
         }
     };
     (msgs, err, pos < stream.len() || !partial.is_empty())
@@ -67,14 +79,16 @@ pub fn frame_decode(data: &[u8]) {
     let err = 'feed: loop {
         loop {
             match reader.next_message() {
-                Ok(Some(m)) => {
+                Ok(Some((m, attached))) => {
                     assert!(m.len() <= limit, "a message of {} over {limit}", m.len());
-                    let want = expected.next().expect("the reader made up a message");
+                    let (want, want_attached) =
+                        expected.next().expect("the reader made up a message");
                     assert_eq!(
                         m,
                         &want[..],
                         "the reader's message differs from the stream's"
                     );
+                    assert_eq!(attached, *want_attached, "the attached flag differs");
                 }
                 Ok(None) => break,
                 Err(e) => break 'feed Some(e),
@@ -152,7 +166,11 @@ mod tests {
                         _ => PIECE_MAX - rng.next() as usize % 3,
                     };
                     let last = i + 1 == pieces || len == 0;
-                    data.extend_from_slice(&header(len, last));
+                    let mut h = header(len, last);
+                    if i == 0 && rng.next() % 3 == 0 {
+                        h[HEADER - 1] |= FLAG_ATTACHED;
+                    }
+                    data.extend_from_slice(&h);
                     data.extend((0..len).map(|j| j as u8 ^ i as u8));
                     if last {
                         break;

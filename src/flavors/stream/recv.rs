@@ -5,18 +5,19 @@
 //! undecodable message is dropped alone.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::event::{PollFd, PollFlags};
 
 use crate::addr::Address;
 use crate::codec::Decode;
 use crate::flavors::acceptor::{self, Acceptor};
+use crate::flavors::attached::{self, Groups, MAX_QUEUED};
 use crate::flavors::lock::{HandleLock, LockFail};
 use crate::flavors::{decode_shared, drop_dead, in_turn, Deadline, NotReceived, SHARE_FROM};
 use crate::frame::{FrameReader, PIECE_MAX};
 use crate::handshake::Hello;
-use crate::sys::{self, StreamKind};
+use crate::sys::{self, fdpass, StreamKind};
 use crate::{Error, Options};
 
 /// The receiving half: every connection it serves, and the acceptor for bound addresses.
@@ -37,11 +38,17 @@ struct RecvState {
     /// Whether any sender was ever connected (anonymous pairs start connected).
     ever_connected: bool,
     limit: usize,
+    /// The kind of stream the acceptor hands over.
+    accepts: StreamKind,
 }
 
 struct RecvConn {
     fd: OwnedFd,
     reader: FrameReader,
+    /// A Unix socket: descriptors may come with the bytes (`attached.rs`).
+    passes_fds: bool,
+    /// Descriptors that came ahead of the messages that name them.
+    groups: Groups,
     /// The peer closed its end: deliver what is complete, then drop.
     eof: bool,
     /// Drop at the next sweep.
@@ -49,10 +56,12 @@ struct RecvConn {
 }
 
 impl RecvConn {
-    fn new(fd: OwnedFd, limit: usize) -> Self {
+    fn new(fd: OwnedFd, kind: StreamKind, limit: usize) -> Self {
         RecvConn {
             fd,
             reader: FrameReader::new(limit),
+            passes_fds: kind == StreamKind::Unix,
+            groups: Groups::default(),
             eof: false,
             dead: false,
         }
@@ -61,8 +70,22 @@ impl RecvConn {
     /// One non-blocking read into the frame reader (straight into a large message's
     /// assembly when the reader asks for it).
     fn read_some(&mut self) {
+        // Descriptors come only with a marked message's first header, so never with the
+        // rest of a piece read straight into the assembly (a peer that sends them there has
+        // them closed by the kernel, and its message is refused without them).
         let read = match self.reader.direct() {
             Some((assembly, max)) => sys::read_append(&self.fd, assembly, max).map(|n| (n, true)),
+            None if self.passes_fds => {
+                match fdpass::recv_with_fds(self.fd.as_fd(), self.reader.spare(), MAX_QUEUED) {
+                    Ok((n, fds)) if !fds.is_empty() => {
+                        if self.groups.push(fds).is_err() {
+                            self.dead = true;
+                        }
+                        Ok((n, false))
+                    }
+                    other => other.map(|(n, _)| (n, false)),
+                }
+            }
             None => sys::read(&self.fd, self.reader.spare()).map(|n| (n, false)),
         };
         match read {
@@ -82,10 +105,11 @@ impl StreamReceiver {
         sys::set_nonblocking(&fd).map_err(|e| Error::io("configuring the stream", e))?;
         Ok(StreamReceiver {
             state: HandleLock::new(RecvState {
-                conns: vec![RecvConn::new(fd, opts.max_message_size)],
+                conns: vec![RecvConn::new(fd, kind, opts.max_message_size)],
                 next: 0,
                 ever_connected: true,
                 limit: opts.max_message_size,
+                accepts: kind,
             }),
             acceptor: None,
             kind: Some(kind),
@@ -119,12 +143,17 @@ impl StreamReceiver {
     pub(crate) fn bind<T>(addr: &str, parsed: &Address, opts: &Options) -> Result<Self, Error> {
         let mine = Hello::for_type::<T>(opts.max_message_size);
         let acceptor = Acceptor::bind(addr, parsed, mine, acceptor::nothing_more())?;
+        let accepts = match parsed {
+            Address::Unix(_) => StreamKind::Unix,
+            _ => StreamKind::Tcp,
+        };
         Ok(StreamReceiver {
             state: HandleLock::new(RecvState {
                 conns: Vec::new(),
                 next: 0,
                 ever_connected: false,
                 limit: opts.max_message_size,
+                accepts,
             }),
             acceptor: Some(acceptor),
             kind: None,
@@ -158,7 +187,8 @@ impl RecvState {
         loop {
             if let Some(acceptor) = acceptor {
                 while let Some(accepted) = acceptor.take() {
-                    self.conns.push(RecvConn::new(accepted.fd, self.limit));
+                    self.conns
+                        .push(RecvConn::new(accepted.fd, self.accepts, self.limit));
                     self.ever_connected = true;
                 }
             }
@@ -185,19 +215,23 @@ impl RecvState {
         for i in in_turn(self.next, self.conns.len()) {
             let conn = &mut self.conns[i];
             let next = match conn.reader.next_message() {
-                Ok(Some(bytes)) if bytes.len() < SHARE_FROM.max(PIECE_MAX + 1) => {
-                    Ok(Some(decode(bytes)))
+                // Marked as having descriptors attached: they came with its first bytes.
+                Ok(Some((_, true))) if conn.groups.is_empty() => Err(()),
+                Ok(Some((bytes, attached))) if bytes.len() < SHARE_FROM.max(PIECE_MAX + 1) => {
+                    let group = attached.then(|| conn.groups.pop()).flatten();
+                    Ok(Some(attached::decode_with(group, || decode(bytes))))
                 }
                 // Longer than a piece, so in the reader's assembly: decoded from a buffer
                 // that a `Bytes` in it may share (see `decode_shared`).
-                Ok(Some(_)) => {
+                Ok(Some((_, attached))) => {
+                    let group = attached.then(|| conn.groups.pop()).flatten();
                     let mut buf = conn.reader.swap_assembled(Vec::new()).unwrap_or_default();
-                    let decoded = decode_shared(&mut buf, decode);
+                    let decoded = attached::decode_with(group, || decode_shared(&mut buf, decode));
                     conn.reader.swap_assembled(buf);
                     Ok(Some(decoded))
                 }
                 Ok(None) => Ok(None),
-                Err(e) => Err(e),
+                Err(_) => Err(()),
             };
             match next {
                 Ok(Some(decoded)) => match decoded {
@@ -211,7 +245,7 @@ impl RecvState {
                 },
                 // At end of stream an incomplete message is torn: never delivered.
                 Ok(None) => conn.dead |= conn.eof,
-                Err(_) => conn.dead = true,
+                Err(()) => conn.dead = true,
             }
         }
         drop_dead(&mut self.conns, |c| c.dead, |_| {});

@@ -20,12 +20,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::addr::Address;
+use crate::blob::{self, MAX_IN_FLIGHT};
 use crate::flavors::lock::HandleLock;
 use crate::flavors::lock::LockFail;
 use crate::flavors::{Deadline, NotSent, Tail, KEEP_BUFFER};
-use crate::frame::{self, HEADER, PIECE_MAX};
+use crate::frame::{self, FLAG_ATTACHED, HEADER, PIECE_MAX};
 use crate::handshake::{self, Hello};
-use crate::sys::{self, sock, StreamKind};
+use crate::sys::sealed::Sealed;
+use crate::sys::{self, fdpass, sock, StreamKind};
 use crate::{Error, Options, SendFailure};
 
 /// The sending half of a stream connection, shared by clones.
@@ -111,7 +113,7 @@ impl StreamSender {
     pub(crate) fn send_with(
         &self,
         deadline: Deadline,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+        encode: impl Fn(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<(), NotSent> {
         let mut conn = self.conn.lock(deadline).map_err(|f| (f, deadline))?;
         conn.send(deadline, encode)
@@ -123,7 +125,7 @@ impl SendConn {
     fn send(
         &mut self,
         deadline: Deadline,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+        encode: impl Fn(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<(), NotSent> {
         if self.broken {
             return Err(NotSent::Disconnected);
@@ -137,16 +139,43 @@ impl SendConn {
         self.finish_tail(deadline)?;
         self.scratch.clear();
         self.scratch.resize(HEADER, 0);
-        encode(&mut self.scratch).map_err(NotSent::encode)?;
-        let size = self.scratch.len() - HEADER;
+        let group = self.encode(&encode)?;
+        // Sealed buffers passed as descriptors count against the limit as their bytes would.
+        let passed: usize = group.iter().map(|sealed| sealed.as_slice().len()).sum();
+        let size = self.scratch.len() - HEADER + passed;
         if size > self.limit {
             let limit = self.limit;
             self.shrink_buffers();
             return Err(NotSent::Failed(SendFailure::TooLarge { size, limit }));
         }
-        let result = self.write_message(deadline);
+        let result = self.write_message(deadline, &group);
         self.shrink_buffers();
         result
+    }
+
+    /// Encodes into `scratch` after its header room. On a Unix socket, a message holding
+    /// sealed buffers (`blob.rs`) is encoded with references to them instead: the group of
+    /// buffers to pass as descriptors is returned (empty otherwise).
+    fn encode(
+        &mut self,
+        encode: &impl Fn(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<Vec<Arc<Sealed>>, NotSent> {
+        if self.kind != StreamKind::Unix {
+            encode(&mut self.scratch).map_err(NotSent::encode)?;
+            return Ok(Vec::new());
+        }
+        let scratch = &mut self.scratch;
+        // Stops at the first sealed buffer, before copying it.
+        let (encoded, sealed) = blob::probing(|| encode(scratch));
+        if !sealed {
+            encoded.map_err(NotSent::encode)?;
+            return Ok(Vec::new());
+        }
+        self.scratch.truncate(HEADER);
+        let scratch = &mut self.scratch;
+        let (encoded, group) = blob::encoding_attached(MAX_IN_FLIGHT, || encode(scratch));
+        encoded.map_err(NotSent::encode)?;
+        Ok(group)
     }
 
     /// Writes what is left of a committed message, waiting no longer than `deadline`.
@@ -162,7 +191,7 @@ impl SendConn {
 
     /// Frames the message in `scratch` and writes it. Waits for room only until `deadline`;
     /// a message cut short by the deadline keeps its tail for later (see the module docs).
-    fn write_message(&mut self, deadline: Deadline) -> Result<(), NotSent> {
+    fn write_message(&mut self, deadline: Deadline, group: &[Arc<Sealed>]) -> Result<(), NotSent> {
         let SendConn {
             fd,
             kind,
@@ -172,9 +201,11 @@ impl SendConn {
             ..
         } = self;
         let size = scratch.len() - HEADER;
+        let flag = if group.is_empty() { 0 } else { FLAG_ATTACHED };
         let mut slices: Vec<IoSlice<'_>>;
         if size <= PIECE_MAX {
             scratch[..HEADER].copy_from_slice(&frame::header(size, true));
+            scratch[HEADER - 1] |= flag;
             slices = vec![IoSlice::new(scratch)];
         } else {
             let payload = &scratch[HEADER..];
@@ -186,6 +217,7 @@ impl SendConn {
                     .enumerate()
                     .map(|(i, c)| frame::header(c.len(), i + 1 == pieces)),
             );
+            headers[0][HEADER - 1] |= flag;
             slices = Vec::with_capacity(2 * pieces);
             for (h, c) in headers.iter().zip(payload.chunks(PIECE_MAX)) {
                 slices.push(IoSlice::new(h));
@@ -194,6 +226,12 @@ impl SendConn {
         }
         let total = remaining(&slices);
         let mut rest = &mut slices[..];
+        if !group.is_empty() {
+            // The descriptors go with the first bytes of the message.
+            let fds: Vec<BorrowedFd<'_>> = group.iter().map(|sealed| sealed.fd()).collect();
+            let sent = pass_with(fd.as_fd(), &rest[0], &fds, deadline)?;
+            IoSlice::advance_slices(&mut rest, sent);
+        }
         let result = write_slices(fd.as_fd(), *kind, &mut rest, deadline);
         let started = remaining(rest) < total;
         match result {
@@ -237,6 +275,30 @@ impl Drop for SendConn {
         Tail::finish_elsewhere(move || {
             let _ = tail.finish(|rest| write_all(fd.as_fd(), kind, rest, Deadline::Never));
         });
+    }
+}
+
+/// Sends the first bytes of a message (`first`, or as much of it as fits) with the
+/// descriptors `fds`, waiting for room until `deadline`: how many bytes went. Out of time,
+/// nothing was sent.
+fn pass_with(
+    fd: BorrowedFd<'_>,
+    first: &[u8],
+    fds: &[BorrowedFd<'_>],
+    deadline: Deadline,
+) -> Result<usize, NotSent> {
+    loop {
+        match fdpass::send_with_fds(fd, first, fds) {
+            Ok(sent) => return Ok(sent),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let remaining = deadline.remaining();
+                if remaining.is_some_and(|d| d.is_zero()) || !sys::wait_writable(fd, remaining)? {
+                    return Err(deadline.send_expired());
+                }
+            }
+            // A receiver that is gone gives `Disconnected` (see `From<io::Error>`).
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
