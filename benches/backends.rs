@@ -2,8 +2,8 @@
 //! one-way throughput at 8 B, 64 B, 4 KiB, 64 KiB and 1 MiB, in one criterion run.
 //!
 //! ```text
-//! cargo bench --bench backends                           # full run, about 4 minutes
-//! cargo bench --bench backends -- --quick                # smoke run (8 B and 64 KiB), about 10 s
+//! cargo bench --bench backends                           # full run, about 5 minutes
+//! cargo bench --bench backends -- --quick                # smoke run (8 B and 64 KiB), about 15 s
 //! CONDUIT_BENCH_QUICK=1 cargo bench --bench backends     # the same, by environment
 //! cargo bench --bench backends -- roundtrip_8B           # one group (criterion filter)
 //! cargo bench --bench backends -- 'throughput_1MiB/(shm|unix)'
@@ -23,7 +23,11 @@
 //!   socketpair between two processes, written with one `sendmsg` and read through a 64 KiB
 //!   buffer with plain system calls: no conduit, no codec), `iceoryx2` (publish-subscribe over
 //!   shared memory between two processes, the payload written into the loaned sample and read
-//!   in place by a spinning subscriber);
+//!   in place by a spinning subscriber); and, at the sizes the `compare` tool's default run
+//!   gives them (`Name::spot_sizes`), `ipc-bytes` (ipc-channel's `bytes_channel()`, no serde)
+//!   and `ipc-shmem` (an `IpcSharedMemory` region per message) at 64 KiB and 1 MiB, and
+//!   `iceoryx2-wait` (the subscriber blocks on an iceoryx2 event listener that the publisher
+//!   notifies after each sample) at 8 B and 64 KiB;
 //! - `shm-vec`, `unix-vec` (from 4 KiB): `shm` and `unix` sending a plain `Vec<u8>`, which
 //!   serde encodes byte by byte, beside the same bytes as a `conduit::Bytes`;
 //! - `floor` (in `roundtrip_8B` only): two processes bouncing a counter over one shared cache line
@@ -93,7 +97,7 @@ fn main() {
         let mut g = c.benchmark_group(format!("roundtrip_{}", label(size)));
         plan.apply(&mut g);
         for name in Name::ALL {
-            if !name.measures(size) {
+            if !name.measures_unasked(size) {
                 continue;
             }
             g.bench_function(name.as_str(), |b| {
@@ -113,7 +117,7 @@ fn main() {
         });
         for name in Name::ALL
             .into_iter()
-            .filter(|&n| n != Name::Floor && n.measures(size))
+            .filter(|&n| n != Name::Floor && n.measures_unasked(size))
         {
             g.bench_function(name.as_str(), |b| {
                 let link = peer(&mut links, name, size, dir.path());
@@ -153,7 +157,7 @@ fn label(size: usize) -> String {
     names::format_size(size).replace(' ', "")
 }
 
-/// Sizes and time budgets: the full run takes about four minutes, the quick one about 10 s.
+/// Sizes and time budgets: the full run takes about five minutes, the quick one about 15 s.
 struct Plan {
     sizes: &'static [usize],
     warm_up: Duration,

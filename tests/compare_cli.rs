@@ -34,6 +34,14 @@ fn defaults_measure_every_row_at_five_sizes() {
     assert_eq!(cfg.sizes, vec![8, 64, 4096, 65536, 1 << 20]);
     assert_eq!(cfg.mode, Mode::Default);
     assert!(!cfg.json_only);
+    // Unasked, the spot rows run at their few sizes; named, or in a full run, at all.
+    assert!(!cfg.every_size);
+    assert!(config("--backends ipc-bytes").every_size);
+    assert!(config("--full").every_size);
+    assert!(!config("--quick").every_size);
+    assert!(!Name::IpcBytes.measures_unasked(8) && Name::IpcBytes.measures_unasked(1 << 20));
+    assert!(Name::Iceoryx2Wait.measures_unasked(8) && !Name::Iceoryx2Wait.measures_unasked(64));
+    assert!(Name::Shm.measures_unasked(64) && !Name::ShmVec.measures_unasked(64));
 }
 
 #[test]
@@ -47,7 +55,11 @@ fn sizes_take_units_and_come_back_sorted_and_unique() {
         vec![64, 2048, 4096, 1 << 20]
     );
     assert_eq!(config("--sizes=512").sizes, vec![512]);
-    for bad in ["", "0", "8,", "4 KiB", "1GiB", "17MiB", "-8", "8x", "KiB"] {
+    assert_eq!(
+        parse_sizes("16MiB,64MiB").unwrap(),
+        vec![16 << 20, 64 << 20]
+    );
+    for bad in ["", "0", "8,", "4 KiB", "1GiB", "65MiB", "-8", "8x", "KiB"] {
         assert!(parse_sizes(bad).is_err(), "{bad:?} was accepted");
     }
     let sizes = [8, 64, 4096, 65536, 1 << 20, 1536];
@@ -70,7 +82,10 @@ fn backends_take_names_and_groups() {
             Name::Crossbeam,
             Name::RawSocketpair,
             Name::IpcChannel,
-            Name::Iceoryx2
+            Name::IpcBytes,
+            Name::IpcShmem,
+            Name::Iceoryx2,
+            Name::Iceoryx2Wait
         ]
     );
     assert_eq!(
@@ -96,6 +111,7 @@ fn modes_and_json_only() {
     let full = config("--full");
     assert_eq!(full.mode, Mode::Full);
     assert!(full.sizes.len() > 5 && full.sizes.contains(&(4 << 20)));
+    assert_eq!(full.sizes.last(), Some(&(64 << 20)));
     // --sizes wins over the mode's sizes, in either order.
     assert_eq!(config("--sizes 8 --full").sizes, vec![8]);
     assert_eq!(parse(&args("-h")), Ok(Parsed::Help));

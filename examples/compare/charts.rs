@@ -24,7 +24,10 @@ fn color(name: Name) -> RGBColor {
         Name::Pipe => RGBColor(148, 103, 189),
         Name::RawSocketpair => RGBColor(110, 110, 110),
         Name::IpcChannel => RGBColor(140, 86, 75),
+        Name::IpcBytes => RGBColor(196, 156, 148),
+        Name::IpcShmem => RGBColor(227, 119, 194),
         Name::Iceoryx2 => RGBColor(23, 190, 207),
+        Name::Iceoryx2Wait => RGBColor(10, 110, 125),
     }
 }
 

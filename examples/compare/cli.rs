@@ -10,23 +10,37 @@ and writes target/conduit-report/{results.json,latency.svg,throughput.svg}.
 
   --backends LIST  comma-separated rows to measure (default: all):
                      backends  thread, shm, unix, tcp, pipe
-                     peers     crossbeam, ipc-channel, raw-socketpair, iceoryx2
-                               (publish-subscribe over shared memory, the
-                               payload written into the loaned sample, a
-                               spinning subscriber each way)
+                     peers     crossbeam, raw-socketpair,
+                               ipc-channel (serde messages),
+                               ipc-bytes (ipc-channel's bytes_channel: the
+                               bytes as they are, no serde),
+                               ipc-shmem (ipc-channel's IpcSharedMemory: a
+                               memfd region per message, read in place),
+                               iceoryx2 (publish-subscribe over shared memory,
+                               the payload written into the loaned sample, a
+                               spinning subscriber each way),
+                               iceoryx2-wait (the same, the subscriber blocking
+                               on an iceoryx2 event listener that the publisher
+                               notifies after each sample)
                      vec       shm-vec, unix-vec: shm and unix sending a plain
                                Vec<u8>, which serde encodes byte by byte (from 4 KiB)
                      floor     two processes spinning on one shared cache line,
                                measured first and last, the lower kept
                    also `all`, `backends`, `peers`, `vec`. The ratio columns need floor
-                   and ipc-channel; they are blank without them.
-  --sizes LIST     comma-separated message sizes, e.g. 8,64,4KiB,1MiB (1 B to 16 MiB;
-                   default 8,64,4KiB,64KiB,1MiB). 8 B is a u64; every other size is a
-                   conduit::Bytes, encoded as one byte string (a length, then one copy),
-                   except in the vec rows.
+                   and ipc-channel; they are blank without them. Without this flag a
+                   default or quick run measures ipc-bytes and ipc-shmem at 64 KiB and
+                   1 MiB only, iceoryx2-wait at 8 B and 64 KiB only; --full, or naming
+                   them here (also through `all` or `peers`), measures them at every size.
+  --sizes LIST     comma-separated message sizes, e.g. 8,64,4KiB,1MiB (1 B to 64 MiB;
+                   default 8,64,4KiB,64KiB,1MiB). 8 B is a u64 (its 8 bytes in the rows
+                   that send bytes: raw-socketpair, ipc-bytes, ipc-shmem, iceoryx2,
+                   iceoryx2-wait); every other size is a conduit::Bytes, encoded as one
+                   byte string (a length, then one copy), except in the vec rows. At
+                   64 MiB conduit's rows raise their size limit (64 MiB by default) by a
+                   few bytes for the length.
   --quick          a smoke run: shorter measurements (about 15 s)
-  --full           a longer, finer run: more sizes (8 B to 4 MiB), longer measurements
-                   (about 4 minutes); the default run takes under a minute
+  --full           a longer, finer run: more sizes (8 B to 64 MiB), longer measurements
+                   (about 7 minutes); the default run takes under a minute
   --json-only      print results.json to stdout instead of the table, and draw no charts
   -h, --help       this text
 
@@ -70,6 +84,8 @@ impl Mode {
                 256 << 10,
                 1 << 20,
                 4 << 20,
+                16 << 20,
+                64 << 20,
             ],
         }
     }
@@ -88,6 +104,9 @@ impl Mode {
 pub struct Config {
     pub names: Vec<Name>,
     pub sizes: Vec<usize>,
+    /// Whether every row is measured at every size: `--backends` chose the rows, or
+    /// `--full`. Otherwise rows with [`Name::spot_sizes`] run at those sizes only.
+    pub every_size: bool,
     pub mode: Mode,
     pub json_only: bool,
 }
@@ -159,6 +178,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     }
     let mode = mode.unwrap_or(Mode::Default);
     Ok(Parsed::Run(Config {
+        every_size: names.is_some() || mode == Mode::Full,
         names: names.unwrap_or_else(|| Name::ALL.to_vec()),
         sizes: sizes.unwrap_or_else(|| mode.sizes()),
         mode,

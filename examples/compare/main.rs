@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example compare                      # under a minute on 2 cores
 //! cargo run --release --example compare -- --quick           # a smoke run, about 15 s
+//! cargo run --release --example compare -- --full            # 8 B to 64 MiB, about 7 minutes
 //! cargo run --release --example compare -- --backends shm,unix,floor,ipc-channel --sizes 8,1MiB
 //! cargo run --release --example compare -- --help            # every flag, the JSON fields
 //! ```
@@ -13,19 +14,34 @@
 //! (`channel(Backend::Pipe)` handed to the child), each between this process and a child
 //! process; `shm-vec` and `unix-vec`, the same as `shm` and `unix` but sending a plain
 //! `Vec<u8>`, which serde encodes byte by byte (from 4 KiB only: what a byte payload costs
-//! when it is not a `conduit::Bytes`); the peers `crossbeam` (crossbeam-channel `bounded(1024)`, two threads: the
-//! Thread backend's capacity and message types, so the two compare like for like),
-//! `ipc-channel` (servo's, two processes), `raw-socketpair` (length-prefixed frames on a
-//! socketpair with plain system calls: what the socket backend could cost at best) and
-//! `iceoryx2` (Eclipse iceoryx2 publish-subscribe over shared memory, two processes, the
-//! payload written into the loaned sample and read in place by a spinning subscriber); and the
-//! `floor`, two processes bouncing a counter over one shared cache line with raw atomics,
-//! the machine's own cost of a cross-core round trip (measured first and again last, the
-//! lower kept: a pair that only spins is the first to suffer from other load).
+//! when it is not a `conduit::Bytes`); the peers `crossbeam` (crossbeam-channel
+//! `bounded(1024)`, two threads: the Thread backend's capacity and message types, so the two
+//! compare like for like), `ipc-channel` (servo's, two processes, serde messages like
+//! conduit's), `ipc-bytes` (its `bytes_channel()`: the payload's bytes as they are, no
+//! serde), `ipc-shmem` (an `IpcSharedMemory` per message: the bytes copied into a fresh memfd
+//! region, only its descriptor sent, the region read in place), `raw-socketpair`
+//! (length-prefixed frames on a socketpair with plain system calls: what the socket backend
+//! could cost at best), `iceoryx2` (Eclipse iceoryx2 publish-subscribe over shared memory,
+//! two processes, the payload written into the loaned sample and read in place by a spinning
+//! subscriber) and `iceoryx2-wait` (the same with a subscriber that blocks on an iceoryx2
+//! event listener, which the publisher notifies after each sample: what iceoryx2 costs an
+//! application that must not spin); and the `floor`, two processes bouncing a counter over
+//! one shared cache line with raw atomics, the machine's own cost of a cross-core round trip
+//! (measured first and again last, the lower kept: a pair that only spins is the first to
+//! suffer from other load).
 //!
-//! For each row and message size (`--sizes`, default 8 B, 64 B, 4 KiB, 64 KiB, 1 MiB; 8 B is
-//! a `u64`, other sizes are a `conduit::Bytes`, a `Vec<u8>` in the vec rows) a fresh pair is started
-//! and measured twice (`workloads.rs` says exactly how):
+//! Every row costs about the same time at every size, so a default or quick run measures
+//! `ipc-bytes`, `ipc-shmem` and `iceoryx2-wait` only where they differ most from their
+//! siblings, six pairs in all, a few seconds: the byte paths at 64 KiB and 1 MiB (where serde
+//! and copies weigh), the waiting subscriber at 8 B (a wake-up against a spin) and 64 KiB.
+//! `--full`, or naming them in `--backends` (also through `all` or `peers`), measures them
+//! at every size.
+//!
+//! For each row and message size (`--sizes`, default 8 B, 64 B, 4 KiB, 64 KiB, 1 MiB; `--full`
+//! 8 B to 64 MiB; 8 B is a `u64`, 8 bytes of payload in the rows that send bytes, other sizes
+//! are a `conduit::Bytes`, a `Vec<u8>` in the vec rows) a fresh pair is started and measured
+//! twice (`workloads.rs` says exactly how; at 64 MiB conduit's rows raise their 64 MiB size
+//! limit by a few bytes for the length prefix):
 //!
 //! - round trip: ping-pong; p50 and p99 of per-round-trip times, each timed alone unless it
 //!   lasts fewer than 50 clock reads (then in batches of a few, and the table says so);
@@ -39,8 +55,9 @@
 //!
 //! Structure: `cli.rs` flags; `names.rs` rows and sizes; `workloads.rs` the measured loops,
 //! message types and conduit's pairs (shared with `benches/backends.rs`); `peers.rs` the
-//! baselines; `procs.rs` child processes, clean-up and the watchdog; `measure.rs` sampling
-//! and budgets; `report.rs` the table and JSON; `charts.rs` the SVGs.
+//! baselines (with `ipc_bytes_peer.rs` and `iceoryx2_peer.rs`); `procs.rs` child processes,
+//! clean-up and the watchdog; `measure.rs` sampling and budgets; `report.rs` the table and
+//! JSON; `charts.rs` the SVGs.
 //!
 //! Children are this binary re-run with `CONDUIT_COMPARE_ROLE` set. Nothing is left behind:
 //! children die with us (`PR_SET_PDEATHSIG`) and are reaped after their row, socket files

@@ -17,8 +17,13 @@ use crate::workloads::{self, Link};
 const CLOCK_READS_PER_SAMPLE: f64 = 50.0;
 /// At most this many round trips per timing sample.
 const MAX_BATCH: u64 = 1024;
-/// At least this many timing samples per row, however slow.
+/// At least this many timing samples per row, however slow, unless the row is very slow:
 const MIN_SAMPLES: usize = 20;
+/// once the samples have taken this many times the round-trip budget, [`FEW_SAMPLES`]
+/// are enough (a 64 MiB round trip that encodes byte by byte takes a fifth of a second,
+/// and the percentiles of 20 samples are no finer: p99 is the slowest either way).
+const SLOW: u32 = 4;
+const FEW_SAMPLES: usize = 5;
 /// Timed one-way runs per row; the median is reported.
 const RUNS: usize = 3;
 
@@ -74,7 +79,8 @@ pub fn clock_cost_ns() -> f64 {
     (gaps[gaps.len() / 2] as f64).max(1.0)
 }
 
-/// Every row at every size (the floor at 8 bytes only), with a progress bar on stderr.
+/// Every row at every size it is measured at (the floor at 8 bytes only, see
+/// [`Name::measures`] and [`Name::spot_sizes`]), with a progress bar on stderr.
 ///
 /// `clock` is [`clock_cost_ns`].
 pub fn run_all(cfg: &Config, dir: &Path, dog: &Watchdog, clock: f64) -> Vec<Row> {
@@ -90,10 +96,13 @@ pub fn run_all(cfg: &Config, dir: &Path, dog: &Watchdog, clock: f64) -> Vec<Row>
         stages.push((Name::Floor, 8));
     }
     for &size in &cfg.sizes {
-        let names = cfg
-            .names
-            .iter()
-            .filter(|&&n| n != Name::Floor && n.measures(size));
+        let names = cfg.names.iter().filter(|&&n| {
+            let here = match cfg.every_size {
+                true => n.measures(size),
+                false => n.measures_unasked(size),
+            };
+            n != Name::Floor && here
+        });
         stages.extend(names.map(|&n| (n, size)));
     }
     if floor {
@@ -184,9 +193,13 @@ fn measure_rtt(link: &mut dyn Link, budget: &Budget, clock: f64) -> Result<Rtt, 
     };
     let mut samples: Vec<f64> = Vec::with_capacity(budget.max_samples.min(1 << 16));
     let start = Instant::now();
-    while (start.elapsed() < budget.rtt || samples.len() < MIN_SAMPLES)
-        && samples.len() < budget.max_samples
-    {
+    let wanted = |n: usize, spent: Duration| match n {
+        _ if n >= budget.max_samples => false,
+        _ if spent < budget.rtt => true,
+        n if spent < budget.rtt * SLOW => n < MIN_SAMPLES,
+        n => n < FEW_SAMPLES,
+    };
+    while wanted(samples.len(), start.elapsed()) {
         let took = link.round_trips(batch)?;
         samples.push(took.as_nanos() as f64 / batch as f64);
     }

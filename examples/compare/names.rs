@@ -26,9 +26,16 @@ pub enum Name {
     RawSocketpair,
     /// servo's ipc-channel, between two processes.
     IpcChannel,
+    /// ipc-channel's `bytes_channel()`: the payload's bytes without serde.
+    IpcBytes,
+    /// ipc-channel's `IpcSharedMemory`: a memfd region per message, read in place.
+    IpcShmem,
     /// Eclipse iceoryx2 publish-subscribe over shared memory, a spinning subscriber each
     /// way, between two processes.
     Iceoryx2,
+    /// iceoryx2 with a waiting subscriber: it blocks on an event listener that the
+    /// publisher notifies after each sample.
+    Iceoryx2Wait,
 }
 
 /// What a row is, as written in the JSON `kind` field.
@@ -40,7 +47,7 @@ pub enum Kind {
 }
 
 impl Name {
-    pub const ALL: [Name; 12] = [
+    pub const ALL: [Name; 15] = [
         Name::Floor,
         Name::Thread,
         Name::Crossbeam,
@@ -52,7 +59,10 @@ impl Name {
         Name::Pipe,
         Name::RawSocketpair,
         Name::IpcChannel,
+        Name::IpcBytes,
+        Name::IpcShmem,
         Name::Iceoryx2,
+        Name::Iceoryx2Wait,
     ];
 
     /// The name on the command line, in the table and in the JSON.
@@ -69,7 +79,10 @@ impl Name {
             Name::Pipe => "pipe",
             Name::RawSocketpair => "raw-socketpair",
             Name::IpcChannel => "ipc-channel",
+            Name::IpcBytes => "ipc-bytes",
+            Name::IpcShmem => "ipc-shmem",
             Name::Iceoryx2 => "iceoryx2",
+            Name::Iceoryx2Wait => "iceoryx2-wait",
         }
     }
 
@@ -82,7 +95,8 @@ impl Name {
             Name::Floor => Kind::Floor,
             Name::Thread | Name::Shm | Name::Unix | Name::Tcp | Name::Pipe => Kind::Backend,
             Name::ShmVec | Name::UnixVec => Kind::Backend,
-            Name::Crossbeam | Name::RawSocketpair | Name::IpcChannel | Name::Iceoryx2 => Kind::Peer,
+            Name::Crossbeam | Name::RawSocketpair | Name::IpcChannel => Kind::Peer,
+            Name::IpcBytes | Name::IpcShmem | Name::Iceoryx2 | Name::Iceoryx2Wait => Kind::Peer,
         }
     }
 }
@@ -107,6 +121,25 @@ impl Name {
             _ => true,
         }
     }
+
+    /// The sizes a default or quick run measures this row at unless `--backends` names it
+    /// (or its group); `None` for every size. Every row costs about the same time at every
+    /// size, so these variants of a peer run only where they differ most from it, which keeps
+    /// the default run near its old length: the waiting iceoryx2 subscriber at 8 B (a
+    /// wake-up against a spin) and 64 KiB; ipc-channel's byte paths at 64 KiB and 1 MiB,
+    /// where serde and copies weigh most. `--full` measures them at every size.
+    pub fn spot_sizes(self) -> Option<&'static [usize]> {
+        match self {
+            Name::Iceoryx2Wait => Some(&[8, 64 << 10]),
+            Name::IpcBytes | Name::IpcShmem => Some(&[64 << 10, 1 << 20]),
+            _ => None,
+        }
+    }
+
+    /// Whether a run that did not ask for this row by name measures it at `size`.
+    pub fn measures_unasked(self, size: usize) -> bool {
+        self.measures(size) && self.spot_sizes().is_none_or(|s| s.contains(&size))
+    }
 }
 
 /// The smallest size the `Vec<u8>` rows are measured at.
@@ -122,8 +155,10 @@ impl Kind {
     }
 }
 
-/// The largest message size the comparison accepts.
-pub const MAX_SIZE: usize = 16 << 20;
+/// The largest message size the comparison accepts: conduit's default limit
+/// (`DEFAULT_MAX_MESSAGE_SIZE`), which the conduit rows raise by a little for the length
+/// prefix (see `workloads::options`).
+pub const MAX_SIZE: usize = 64 << 20;
 
 /// Parses `8`, `64B`, `4KiB`, `4k`, `1MiB`, `1M` (binary multiples, any case) into bytes.
 pub fn parse_size(s: &str) -> Result<usize, String> {
@@ -145,7 +180,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .map_err(|_| format!("bad size {s:?}: use bytes, KiB or MiB, e.g. 8,64,4KiB,1MiB"))?;
     match n.checked_mul(scale) {
         Some(bytes @ 1..=MAX_SIZE) => Ok(bytes),
-        _ => Err(format!("size {s:?} is out of range: 1 B to 16 MiB")),
+        _ => Err(format!("size {s:?} is out of range: 1 B to 64 MiB")),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The baselines, as [`Link`]s like conduit's rows: crossbeam-channel between threads,
-//! ipc-channel, iceoryx2 and a raw framed socketpair between processes, and the hardware
-//! floor.
+//! ipc-channel (serde, raw bytes, shared memory regions), iceoryx2 (spinning or waiting)
+//! and a raw framed socketpair between processes, and the hardware floor.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
@@ -512,7 +512,12 @@ pub mod floor {
     }
 }
 
-/// Eclipse iceoryx2 between two processes, publish-subscribe over shared memory
-/// (`iceoryx2_peer.rs`).
+/// ipc-channel's byte paths between two processes: `bytes_channel()` and
+/// `IpcSharedMemory` (`ipc_bytes_peer.rs`).
+#[path = "ipc_bytes_peer.rs"]
+pub mod ipc_bytes;
+
+/// Eclipse iceoryx2 between two processes, publish-subscribe over shared memory, with a
+/// spinning or a waiting subscriber (`iceoryx2_peer.rs`).
 #[path = "iceoryx2_peer.rs"]
 pub mod iceoryx2;

@@ -17,17 +17,19 @@
 //! one byte at a time; their sender clones its prototype for each message (one `memcpy`,
 //! small beside the encoding), as a user building a fresh `Vec` per message would. Every
 //! row uses these types, defaults for capacities (Thread and crossbeam: 1024 messages), and
-//! the same warm-up.
+//! the same warm-up; conduit's default size limit too, except that a 64 MiB message (plus
+//! its length prefix) gets a limit just above it ([`options`]).
 
 use std::hint::black_box;
 use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use conduit::{channel, Backend, Message, Receiver, Sender};
+use conduit::{channel, channel_with, Backend, Message, Options, Receiver, Sender};
 
 use crate::names::Name;
 use crate::peers;
+use crate::peers::ipc_bytes::{Bytes, Flavour as _, Shmem};
 use crate::procs::{self, ChildGuard, PATIENCE};
 
 /// Child arguments, passed in the environment.
@@ -66,7 +68,10 @@ fn start_typed<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<dy
         Name::ShmVec | Name::UnixVec => unreachable!("start sends Vec<u8> rows to their backend"),
         Name::RawSocketpair => peers::raw::start(size),
         Name::IpcChannel => peers::ipc::start::<T>(size),
-        Name::Iceoryx2 => peers::iceoryx2::start(size),
+        Name::IpcBytes => peers::ipc_bytes::start::<Bytes>(size),
+        Name::IpcShmem => peers::ipc_bytes::start::<Shmem>(size),
+        Name::Iceoryx2 => peers::iceoryx2::start(size, false),
+        Name::Iceoryx2Wait => peers::iceoryx2::start(size, true),
     }
 }
 
@@ -85,6 +90,8 @@ pub fn child_main() -> bool {
         ("conduit", false) => conduit_child::<Blob>(size),
         ("ipc", true) => peers::ipc::child::<u64>(size),
         ("ipc", false) => peers::ipc::child::<Blob>(size),
+        (r, _) if r == Bytes::ROLE => peers::ipc_bytes::child::<Bytes>(size),
+        (r, _) if r == Shmem::ROLE => peers::ipc_bytes::child::<Shmem>(size),
         ("raw", _) => peers::raw::child(size),
         ("iceoryx2", _) => peers::iceoryx2::child(size),
         ("floor", _) => peers::floor::child(),
@@ -95,6 +102,18 @@ pub fn child_main() -> bool {
 
 /// The byte message: one byte string on the wire, cheap to clone on the sending side.
 pub type Blob = conduit::Bytes;
+
+/// More than the longest length prefix the codec writes before a byte string (10 bytes).
+const PREFIX_ROOM: usize = 64;
+
+/// conduit's options for `size`-byte messages: the defaults, with the size limit raised
+/// above the default 64 MiB just enough for the length prefix when a message of `size`
+/// bytes would not fit under it (a 64 MiB message does not). Both ends use these, the
+/// child working them out from the size it is given.
+fn options(size: usize) -> Options {
+    let limit = conduit::DEFAULT_MAX_MESSAGE_SIZE.max(size + PREFIX_ROOM);
+    Options::new().max_message_size(limit)
+}
 
 /// A message type of the workloads: `u64` for 8 bytes, [`Blob`] otherwise, `Vec<u8>` in
 /// the `Vec<u8>` rows.
@@ -345,14 +364,16 @@ fn process_pair<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<d
     };
     let (back, fwd) = match name {
         Name::Pipe => {
-            let (fwd, fwd_rx) = channel::<T>(Backend::Pipe).map_err(err("pipe"))?;
-            let (back_tx, back) = channel::<T>(Backend::Pipe).map_err(err("pipe"))?;
+            let opts = options(size);
+            let (fwd, fwd_rx) = channel_with::<T>(Backend::Pipe, &opts).map_err(err("pipe"))?;
+            let (back_tx, back) = channel_with::<T>(Backend::Pipe, &opts).map_err(err("pipe"))?;
             fwd_rx.share_with_child(&mut cmd, "FWD").map_err(share)?;
             back_tx.share_with_child(&mut cmd, "BACK").map_err(share)?;
             (back, Some(fwd))
         }
         Name::Tcp => {
-            let back = Receiver::<T>::bind("tcp:127.0.0.1:0").map_err(err("bind"))?;
+            let back = Receiver::<T>::bind_with("tcp:127.0.0.1:0", &options(size));
+            let back = back.map_err(err("bind"))?;
             let addr = back
                 .local_addr()
                 .ok_or("a tcp receiver without an address")?;
@@ -360,7 +381,8 @@ fn process_pair<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<d
             (back, None)
         }
         _ => {
-            let back = Receiver::<T>::bind(&file("back")).map_err(err("bind"))?;
+            let back = Receiver::<T>::bind_with(&file("back"), &options(size));
+            let back = back.map_err(err("bind"))?;
             cmd.env(ARG_BACK, file("back")).env(ARG_FWD, file("fwd"));
             (back, None)
         }
@@ -373,7 +395,7 @@ fn process_pair<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<d
     };
     let fwd = match (fwd, ready?) {
         (Some(fwd), _) => fwd,
-        (None, addr) => Sender::<T>::connect(&addr).map_err(err("connect"))?,
+        (None, addr) => Sender::<T>::connect_with(&addr, &options(size)).map_err(err("connect"))?,
     };
     let ends = Conduit {
         fwd,
@@ -394,9 +416,11 @@ fn conduit_child<T: Payload>(size: usize) {
             let back = Sender::<T>::from_parent("BACK").map_err(err("from_parent"))?;
             return Ok((fwd, back, String::new()));
         }
-        let fwd = Receiver::<T>::bind(&procs::arg(ARG_FWD)).map_err(err("bind"))?;
+        let opts = options(size);
+        let fwd = Receiver::<T>::bind_with(&procs::arg(ARG_FWD), &opts).map_err(err("bind"))?;
         let addr = fwd.local_addr().unwrap_or_default();
-        let back = Sender::<T>::connect(&procs::arg(ARG_BACK)).map_err(err("connect"))?;
+        let back = Sender::<T>::connect_with(&procs::arg(ARG_BACK), &opts);
+        let back = back.map_err(err("connect"))?;
         Ok((fwd, back, addr))
     };
     match ends() {
