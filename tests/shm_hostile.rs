@@ -82,9 +82,21 @@ const CASES: &[(&str, Case)] = &[
         r.payload(r.head, &bytes);
         header(r, bytes.len(), PAD | LAST);
     }),
-    ("an empty piece that is not the last", |r, _, _| {
-        r.publish(&[], 0)
+    ("the descriptors marker twice", |r, _, _| {
+        // An empty piece that is not the last opens a message with descriptors attached,
+        // once; a second one is something no sender writes.
+        r.publish(&[], 0);
+        r.publish(&[], 0);
+        r.notify();
     }),
+    (
+        "a message marked with descriptors that never came",
+        |r, _, _| {
+            r.publish(&[], 0);
+            r.send_job(&job(HOSTILE + 20, 8));
+            r.notify();
+        },
+    ),
     ("padding that stops short of the end", |r, _, _| {
         r.start_at(r.cap as u64 / 2);
         header(r, r.cap / 2 - 16, PAD);
@@ -187,8 +199,8 @@ fn progress_free_flood(len: usize, flags: u32, what: &'static str) {
     });
 }
 
-/// Empty non-last pieces never grow a message toward the size limit, and no sender writes
-/// one (the stream backends drop a connection that does).
+/// Empty non-last pieces never grow a message toward the size limit: the first is the
+/// descriptors marker, and no sender writes a second.
 #[test]
 fn empty_pieces_without_end() {
     progress_free_flood(0, 0, "empty non-last pieces without end");
