@@ -20,6 +20,8 @@ fn color(name: Name) -> RGBColor {
         Name::ShmVec => RGBColor(240, 140, 140),
         Name::Unix => RGBColor(44, 160, 44),
         Name::UnixVec => RGBColor(140, 210, 140),
+        Name::ShmSealed => RGBColor(150, 20, 20),
+        Name::UnixSealed => RGBColor(20, 100, 20),
         Name::Tcp => RGBColor(255, 127, 14),
         Name::Pipe => RGBColor(148, 103, 189),
         Name::RawSocketpair => RGBColor(110, 110, 110),
@@ -132,7 +134,7 @@ fn plot(
         let style = color(*name).stroke_width(2);
         let series = if name.kind() == Kind::Peer {
             chart.draw_series(DashedLineSeries::new(points.clone(), 8, 5, style))?
-        } else if name.vec_of().is_some() {
+        } else if name.variant_of().is_some() {
             chart.draw_series(DashedLineSeries::new(points.clone(), 3, 3, style))?
         } else {
             chart.draw_series(LineSeries::new(points.clone(), style))?

@@ -24,9 +24,12 @@ and writes target/conduit-report/{results.json,latency.svg,throughput.svg}.
                                notifies after each sample)
                      vec       shm-vec, unix-vec: shm and unix sending a plain
                                Vec<u8>, which serde encodes byte by byte (from 4 KiB)
+                     sealed    shm-sealed, unix-sealed: shm and unix sending a
+                               sealed conduit::Bytes (a BlobBuf), which crosses as
+                               its file descriptor, not its bytes (from 64 KiB)
                      floor     two processes spinning on one shared cache line,
                                measured first and last, the lower kept
-                   also `all`, `backends`, `peers`, `vec`. The ratio columns need floor
+                   also `all`, `backends`, `peers`, `vec`, `sealed`. The ratio columns need floor
                    and ipc-channel; they are blank without them. Without this flag a
                    default or quick run measures ipc-bytes and ipc-shmem at 64 KiB and
                    1 MiB only, iceoryx2-wait at 8 B and 64 KiB only; --full, or naming
@@ -195,9 +198,10 @@ pub fn parse_names(list: &str) -> Result<Vec<Name>, String> {
             "backends" | "peers" => names.extend(Name::ALL.into_iter().filter(|n| {
                 (n.kind() == crate::names::Kind::Backend) == (word == "backends")
                     && n.kind() != crate::names::Kind::Floor
-                    && n.vec_of().is_none()
+                    && n.variant_of().is_none()
             })),
             "vec" => names.extend(Name::ALL.into_iter().filter(|n| n.vec_of().is_some())),
+            "sealed" => names.extend(Name::ALL.into_iter().filter(|n| n.sealed_of().is_some())),
             _ => match Name::parse(word) {
                 Some(n) => names.push(n),
                 None => {

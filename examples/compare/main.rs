@@ -14,7 +14,9 @@
 //! (`channel(Backend::Pipe)` handed to the child), each between this process and a child
 //! process; `shm-vec` and `unix-vec`, the same as `shm` and `unix` but sending a plain
 //! `Vec<u8>`, which serde encodes byte by byte (from 4 KiB only: what a byte payload costs
-//! when it is not a `conduit::Bytes`); the peers `crossbeam` (crossbeam-channel
+//! when it is not a `conduit::Bytes`); `shm-sealed` and `unix-sealed`, the same sending a
+//! sealed `conduit::Bytes` (a `BlobBuf`, sealed once and cloned), which crosses as its file
+//! descriptor while the receiver maps the file (from 64 KiB only); the peers `crossbeam` (crossbeam-channel
 //! `bounded(1024)`, two threads: the Thread backend's capacity and message types, so the two
 //! compare like for like), `ipc-channel` (servo's, two processes, serde messages like
 //! conduit's), `ipc-bytes` (its `bytes_channel()`: the payload's bytes as they are, no

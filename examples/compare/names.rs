@@ -18,6 +18,10 @@ pub enum Name {
     Unix,
     /// `unix:PATH` with plain `Vec<u8>` messages.
     UnixVec,
+    /// `shm:PATH` with a sealed `conduit::Bytes` (a `BlobBuf`): its descriptor crosses.
+    ShmSealed,
+    /// `unix:PATH` with a sealed `conduit::Bytes`.
+    UnixSealed,
     /// `tcp:127.0.0.1:PORT` (`Backend::Socket` over loopback), between two processes.
     Tcp,
     /// `channel(Backend::Pipe)` handed to a child, between two processes.
@@ -47,7 +51,7 @@ pub enum Kind {
 }
 
 impl Name {
-    pub const ALL: [Name; 15] = [
+    pub const ALL: [Name; 17] = [
         Name::Floor,
         Name::Thread,
         Name::Crossbeam,
@@ -55,6 +59,8 @@ impl Name {
         Name::ShmVec,
         Name::Unix,
         Name::UnixVec,
+        Name::ShmSealed,
+        Name::UnixSealed,
         Name::Tcp,
         Name::Pipe,
         Name::RawSocketpair,
@@ -75,6 +81,8 @@ impl Name {
             Name::ShmVec => "shm-vec",
             Name::Unix => "unix",
             Name::UnixVec => "unix-vec",
+            Name::ShmSealed => "shm-sealed",
+            Name::UnixSealed => "unix-sealed",
             Name::Tcp => "tcp",
             Name::Pipe => "pipe",
             Name::RawSocketpair => "raw-socketpair",
@@ -94,7 +102,7 @@ impl Name {
         match self {
             Name::Floor => Kind::Floor,
             Name::Thread | Name::Shm | Name::Unix | Name::Tcp | Name::Pipe => Kind::Backend,
-            Name::ShmVec | Name::UnixVec => Kind::Backend,
+            Name::ShmVec | Name::UnixVec | Name::ShmSealed | Name::UnixSealed => Kind::Backend,
             Name::Crossbeam | Name::RawSocketpair | Name::IpcChannel => Kind::Peer,
             Name::IpcBytes | Name::IpcShmem | Name::Iceoryx2 | Name::Iceoryx2Wait => Kind::Peer,
         }
@@ -111,13 +119,31 @@ impl Name {
         }
     }
 
+    /// For a sealed-buffer row, the backend it runs on; `None` for every other row.
+    pub fn sealed_of(self) -> Option<Name> {
+        match self {
+            Name::ShmSealed => Some(Name::Shm),
+            Name::UnixSealed => Some(Name::Unix),
+            _ => None,
+        }
+    }
+
+    /// For a row that sends its backend's messages another way (`Vec<u8>`, sealed), the
+    /// backend; `None` for every other row.
+    pub fn variant_of(self) -> Option<Name> {
+        self.vec_of().or(self.sealed_of())
+    }
+
     /// Whether this row is measured at `size`: the floor at 8 bytes only (a `u64`), the
     /// `Vec<u8>` rows from [`VEC_MIN_SIZE`] (below it they would repeat their backend's
-    /// figures or differ by little, and each row costs time), every other row at every size.
+    /// figures or differ by little, and each row costs time), the sealed rows from
+    /// [`SEALED_MIN_SIZE`] (below it a sealed buffer is copied like any `Bytes`), every other
+    /// row at every size.
     pub fn measures(self, size: usize) -> bool {
         match self {
             Name::Floor => size == 8,
             Name::ShmVec | Name::UnixVec => size >= VEC_MIN_SIZE,
+            Name::ShmSealed | Name::UnixSealed => size >= SEALED_MIN_SIZE,
             _ => true,
         }
     }
@@ -144,6 +170,10 @@ impl Name {
 
 /// The smallest size the `Vec<u8>` rows are measured at.
 pub const VEC_MIN_SIZE: usize = 4 << 10;
+
+/// The smallest size the sealed rows are measured at: conduit passes a sealed buffer as its
+/// descriptor from 64 KiB.
+pub const SEALED_MIN_SIZE: usize = 64 << 10;
 
 impl Kind {
     pub fn as_str(self) -> &'static str {

@@ -35,7 +35,8 @@ use crate::procs::{self, ChildGuard, PATIENCE};
 /// Child arguments, passed in the environment.
 pub const ARG_NAME: &str = "CONDUIT_COMPARE_NAME";
 pub const ARG_SIZE: &str = "CONDUIT_COMPARE_SIZE";
-/// `vec` when the child's messages are `Vec<u8>` rather than [`Blob`]s.
+/// `vec` when the child's messages are `Vec<u8>` rather than [`Blob`]s, `sealed` when they
+/// are [`SealedBlob`]s.
 const ARG_PAYLOAD: &str = "CONDUIT_COMPARE_PAYLOAD";
 const ARG_FWD: &str = "CONDUIT_COMPARE_FWD";
 const ARG_BACK: &str = "CONDUIT_COMPARE_BACK";
@@ -52,10 +53,11 @@ pub trait Link {
 
 /// Starts the pair for one row and message size.
 pub fn start(name: Name, size: usize, dir: &Path) -> Result<Box<dyn Link>, String> {
-    match name.vec_of() {
+    match (name.vec_of(), name.sealed_of()) {
         _ if size == 8 => start_typed::<u64>(name, size, dir),
-        Some(backend) => process_pair::<Vec<u8>>(backend, size, dir),
-        None => start_typed::<Blob>(name, size, dir),
+        (Some(backend), _) => process_pair::<Vec<u8>>(backend, size, dir),
+        (_, Some(backend)) => process_pair::<SealedBlob>(backend, size, dir),
+        _ => start_typed::<Blob>(name, size, dir),
     }
 }
 
@@ -65,7 +67,9 @@ fn start_typed<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<dy
         Name::Thread => thread_pair::<T>(size),
         Name::Crossbeam => peers::crossbeam::start::<T>(size),
         Name::Shm | Name::Unix | Name::Tcp | Name::Pipe => process_pair::<T>(name, size, dir),
-        Name::ShmVec | Name::UnixVec => unreachable!("start sends Vec<u8> rows to their backend"),
+        Name::ShmVec | Name::UnixVec | Name::ShmSealed | Name::UnixSealed => {
+            unreachable!("start sends Vec<u8> and sealed rows to their backend")
+        }
         Name::RawSocketpair => peers::raw::start(size),
         Name::IpcChannel => peers::ipc::start::<T>(size),
         Name::IpcBytes => peers::ipc_bytes::start::<Bytes>(size),
@@ -84,10 +88,11 @@ pub fn child_main() -> bool {
     let size: usize = procs::arg(ARG_SIZE).parse().expect("a message size");
     match (role.as_str(), size == 8) {
         ("conduit", true) => conduit_child::<u64>(size),
-        ("conduit", false) if std::env::var_os(ARG_PAYLOAD).is_some() => {
-            conduit_child::<Vec<u8>>(size)
-        }
-        ("conduit", false) => conduit_child::<Blob>(size),
+        ("conduit", false) => match std::env::var(ARG_PAYLOAD).as_deref() {
+            Ok("vec") => conduit_child::<Vec<u8>>(size),
+            Ok("sealed") => conduit_child::<SealedBlob>(size),
+            _ => conduit_child::<Blob>(size),
+        },
         ("ipc", true) => peers::ipc::child::<u64>(size),
         ("ipc", false) => peers::ipc::child::<Blob>(size),
         (r, _) if r == Bytes::ROLE => peers::ipc_bytes::child::<Bytes>(size),
@@ -118,8 +123,9 @@ fn options(size: usize) -> Options {
 /// A message type of the workloads: `u64` for 8 bytes, [`Blob`] otherwise, `Vec<u8>` in
 /// the `Vec<u8>` rows.
 pub trait Payload: Message + Clone {
-    /// True for `Vec<u8>`: the child must be told, since the size alone does not say.
-    const VEC: bool = false;
+    /// `vec` or `sealed` for the variant payloads: the child must be told, since the size
+    /// alone does not say.
+    const VARIANT: Option<&'static str> = None;
     /// The sender's prototype for `size`-byte messages.
     fn proto(size: usize) -> Self;
     /// The `i`-th message made from the prototype.
@@ -153,7 +159,7 @@ impl Payload for Blob {
 }
 
 impl Payload for Vec<u8> {
-    const VEC: bool = true;
+    const VARIANT: Option<&'static str> = Some("vec");
     fn proto(size: usize) -> Vec<u8> {
         vec![0xC3; size]
     }
@@ -162,6 +168,31 @@ impl Payload for Vec<u8> {
     }
     fn is(&self, _: u64, size: usize) -> bool {
         self.len() == size
+    }
+}
+
+/// A sealed byte message (`conduit::BlobBuf`): on `shm:` and `unix:` its file descriptor
+/// crosses instead of its bytes, and the receiver maps the sealed file. The prototype is
+/// sealed once and cloned, as the [`Blob`] rows clone theirs; the echo sends back the
+/// buffer it received, which is sealed too, so it crosses as a descriptor again.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SealedBlob(conduit::Bytes);
+
+impl Payload for SealedBlob {
+    const VARIANT: Option<&'static str> = Some("sealed");
+    fn proto(size: usize) -> SealedBlob {
+        let mut buf = conduit::BlobBuf::new(size).expect("a sealed buffer");
+        buf.fill(0xC3);
+        SealedBlob(buf.seal().expect("sealing"))
+    }
+    fn nth(&self, _: u64) -> SealedBlob {
+        self.clone()
+    }
+    fn is(&self, _: u64, size: usize) -> bool {
+        // Not `is_sealed()`: past 64 descriptors in flight conduit copies (a burst of the
+        // stream can get there), and the row measures what it does.
+        self.0.len() == size
     }
 }
 
@@ -350,16 +381,16 @@ fn process_pair<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<d
     let mut cmd = procs::command("conduit");
     cmd.env(ARG_NAME, name.as_str())
         .env(ARG_SIZE, size.to_string());
-    if T::VEC {
-        cmd.env(ARG_PAYLOAD, "vec");
+    if let Some(variant) = T::VARIANT {
+        cmd.env(ARG_PAYLOAD, variant);
     }
     let share = err("share_with_child");
     cmd_rx.share_with_child(&mut cmd, "CMD").map_err(share)?;
     ctl_tx.share_with_child(&mut cmd, "CTL").map_err(share)?;
     drop((cmd_rx, ctl_tx)); // the child holds them now
     let file = |what: &str| {
-        let vec = if T::VEC { "-vec" } else { "" };
-        let path = dir.join(format!("{what}-{}{vec}-{size}.sock", name.as_str()));
+        let variant = T::VARIANT.unwrap_or("");
+        let path = dir.join(format!("{what}-{}{variant}-{size}.sock", name.as_str()));
         format!("{}:{}", name.as_str(), path.display())
     };
     let (back, fwd) = match name {
