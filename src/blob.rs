@@ -167,6 +167,9 @@ fn into_bytes(sealed: Sealed) -> Bytes {
 
 /// The sealed buffer `bytes` lies in, and its offset there, if it lies in one.
 pub(crate) fn sealed_of(bytes: &[u8]) -> Option<(Arc<Sealed>, usize)> {
+    // Relaxed: a thread holding a sealed `Bytes` got it after `into_bytes` counted it,
+    // through whatever handed it over (a channel, a spawn), which orders the count before
+    // this load; for any other `Bytes` a stale count only costs the lookup below.
     if REGISTERED.load(Ordering::Relaxed) == 0 || bytes.is_empty() {
         return None;
     }

@@ -65,6 +65,7 @@ impl Groups {
 /// Decodes one message with `decode`: with `group` when it came marked (`Some`), so the
 /// sealed buffers it names are made from the group's descriptors, every one of which it
 /// must name.
+#[inline]
 pub(crate) fn decode_with(
     group: Option<Vec<OwnedFd>>,
     decode: impl FnOnce() -> Result<(), String>,

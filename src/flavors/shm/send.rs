@@ -202,6 +202,7 @@ impl SendConn {
 
     /// Pushes the message encoded in the send buffer. `opened`: its marker is already
     /// published, so it is committed even before its first byte is.
+    #[inline]
     fn push_scratch(&mut self, deadline: Deadline, opened: bool) -> Result<(), NotSent> {
         let result = match self.link.push(&self.scratch, deadline) {
             (_, Ok(())) => Ok(()),
