@@ -244,7 +244,11 @@ impl RecvState {
                     Err(_) => conn.dead = true,
                 },
                 // At end of stream an incomplete message is torn: never delivered.
-                Ok(None) => conn.dead |= conn.eof,
+                // Descriptors come with a marked frame's first bytes, so a group queued
+                // while nothing of a message is buffered belongs to no frame.
+                Ok(None) => {
+                    conn.dead |= conn.eof || (!conn.groups.is_empty() && !conn.reader.mid_message())
+                }
                 Err(()) => conn.dead = true,
             }
         }
