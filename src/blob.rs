@@ -195,8 +195,27 @@ thread_local! {
     /// `Counting`: sealed buffers found; `Attaching`: the group being gathered.
     static GROUP: RefCell<Vec<Arc<Sealed>>> = const { RefCell::new(Vec::new()) };
     static RECV_ATTACHED: Cell<bool> = const { Cell::new(false) };
-    /// The received group while a marked message is decoded, and how many were used.
-    static RECEIVED: RefCell<(Vec<Option<OwnedFd>>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+    /// The received group while a marked message is decoded.
+    static RECEIVED: RefCell<Received> = const { RefCell::new(Received::none()) };
+}
+
+/// The group of a marked message being decoded.
+struct Received {
+    fds: Vec<Option<OwnedFd>>,
+    /// How many references took theirs.
+    used: usize,
+    /// The bytes the references may still name: the size limit less the message's own.
+    budget: usize,
+}
+
+impl Received {
+    const fn none() -> Received {
+        Received {
+            fds: Vec::new(),
+            used: 0,
+            budget: 0,
+        }
+    }
 }
 
 /// How `Bytes` serializes on this thread now.
@@ -330,26 +349,35 @@ pub(crate) fn serialize<S: Serializer>(
 }
 
 /// Runs `decode` over a message that arrived marked with the descriptors `group`: each
-/// reference in it takes the next one. Fails if `decode` does, or if it left any
-/// descriptor unused (a peer that passes what its message does not name is broken or
-/// hostile). Every descriptor not made into a `Bytes` is closed.
+/// reference in it takes the next one, and together they may name at most `budget` bytes
+/// (the size limit less the message's own length: passed buffers count against it as their
+/// bytes would). Fails if `decode` does, or if it left any descriptor unused (a peer that
+/// passes what its message does not name is broken or hostile). Every descriptor not made
+/// into a `Bytes` is closed.
 pub(crate) fn decoding_attached(
     group: Vec<OwnedFd>,
+    budget: usize,
     decode: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), String> {
     struct Restore;
     impl Drop for Restore {
         fn drop(&mut self) {
             RECV_ATTACHED.with(|a| a.set(false));
-            RECEIVED.with(|r| *r.borrow_mut() = (Vec::new(), 0));
+            RECEIVED.with(|r| *r.borrow_mut() = Received::none());
         }
     }
     let count = group.len();
-    RECEIVED.with(|r| *r.borrow_mut() = (group.into_iter().map(Some).collect(), 0));
+    RECEIVED.with(|r| {
+        *r.borrow_mut() = Received {
+            fds: group.into_iter().map(Some).collect(),
+            used: 0,
+            budget,
+        }
+    });
     RECV_ATTACHED.with(|a| a.set(true));
     let _restore = Restore;
     decode()?;
-    let used = RECEIVED.with(|r| r.borrow().1);
+    let used = RECEIVED.with(|r| r.borrow().used);
     if used != count {
         return Err(format!(
             "{count} descriptors came with a message that names {used}"
@@ -358,13 +386,21 @@ pub(crate) fn decoding_attached(
     Ok(())
 }
 
-/// The next descriptor of the group being decoded.
-fn next_received() -> Option<OwnedFd> {
+/// The next descriptor of the group being decoded, for a reference to `len` bytes.
+fn next_received(len: u64) -> Result<OwnedFd, String> {
     RECEIVED.with(|r| {
-        let (fds, used) = &mut *r.borrow_mut();
-        let fd = fds.get_mut(*used)?.take();
-        *used += 1;
-        fd
+        let received = &mut *r.borrow_mut();
+        let fd = received
+            .fds
+            .get_mut(received.used)
+            .and_then(Option::take)
+            .ok_or("a message names more descriptors than came with it")?;
+        received.used += 1;
+        received.budget = usize::try_from(len)
+            .ok()
+            .and_then(|len| received.budget.checked_sub(len))
+            .ok_or("the sealed buffers a message names take it over the size limit")?;
+        Ok(fd)
     })
 }
 
@@ -408,9 +444,7 @@ impl<'de> Visitor<'de> for TaggedVisitor {
                             "bytes {offset}+{len} lie outside a sealed buffer of {size}"
                         ))
                     })?;
-                let fd = next_received().ok_or_else(|| {
-                    de::Error::custom("a message names more descriptors than came with it")
-                })?;
+                let fd = next_received(len).map_err(de::Error::custom)?;
                 let sealed = Sealed::open(fd, size).map_err(de::Error::custom)?;
                 // Both fit in `usize`: `Sealed::open` mapped `size` bytes.
                 Ok(into_bytes(sealed).slice(offset as usize..end as usize))

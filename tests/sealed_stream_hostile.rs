@@ -5,7 +5,8 @@
 //! A message naming sealed buffers is a frame flagged `ATTACHED` (2) on its first piece,
 //! sent with the descriptors (`SCM_RIGHTS`), each `Bytes` in it a serde pair: `(0, bytes)`
 //! or `(1, (file size, offset, length))` naming the next descriptor. The raw sender here
-//! writes that by hand. One test in this binary, so nothing else in the process opens or
+//! writes that by hand. Passed buffers count against the receiver's size limit (64 MiB by
+//! default) as their bytes would. One test in this binary, so nothing else in the process opens or
 //! closes descriptors while it counts them.
 
 mod common;
@@ -130,6 +131,16 @@ const OFFENCES: &[(&str, Offence)] = &[
         let fd = memfd(LEN, SEALED);
         let msg = doc_of_refs(1, &[(LEN, 8, LEN)]);
         send_with_fds(raw, &frame(&msg, ATTACHED), &[fd.as_fd()]);
+    }),
+    ("a blob over the receiver's size limit", |raw| {
+        // Sparse: 128 MiB of size, no memory.
+        let big = 128 << 20;
+        let fd = memfd(big, SEALED);
+        send_with_fds(
+            raw,
+            &frame(&doc_of_refs(1, &[(big, 0, big)]), ATTACHED),
+            &[fd.as_fd()],
+        );
     }),
     ("a pipe instead of a memfd", |raw| {
         let (r, _w) = rustix::pipe::pipe().unwrap();

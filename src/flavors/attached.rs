@@ -62,17 +62,19 @@ impl Groups {
     }
 }
 
-/// Decodes one message with `decode`: with `group` when it came marked (`Some`), so the
-/// sealed buffers it names are made from the group's descriptors, every one of which it
-/// must name.
+/// Decodes one message of `len` bytes with `decode`: with `group` when it came marked
+/// (`Some`), so the sealed buffers it names are made from the group's descriptors, every
+/// one of which it must name, and which together with the message stay within `limit`.
 #[inline]
 pub(crate) fn decode_with(
     group: Option<Vec<OwnedFd>>,
+    len: usize,
+    limit: usize,
     decode: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), String> {
     match group {
         None => decode(),
-        Some(group) => blob::decoding_attached(group, decode),
+        Some(group) => blob::decoding_attached(group, limit.saturating_sub(len), decode),
     }
 }
 

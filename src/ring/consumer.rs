@@ -69,6 +69,11 @@ impl Consumer {
         })
     }
 
+    /// The largest message accepted, in bytes.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// The bytes consumed so far (our `tail`, as stored in the header).
     #[cfg(any(test, fuzzing))]
     pub(crate) fn consumed(&self) -> u64 {

@@ -304,7 +304,8 @@ impl RecvState {
                         None
                     };
                     let assembling = &mut conn.assembling;
-                    let decoded = attached::decode_with(group, || {
+                    let (len, limit) = (assembling.len(), conn.consumer.limit());
+                    let decoded = attached::decode_with(group, len, limit, || {
                         if assembling.len() >= SHARE_FROM {
                             decode_shared(assembling, decode)
                         } else {

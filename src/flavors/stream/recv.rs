@@ -212,6 +212,7 @@ impl RecvState {
     /// A complete message from the connections, taken in turn; drops broken connections.
     fn take_buffered(&mut self, decode: &mut Decode<'_>) -> bool {
         let mut found = false;
+        let limit = self.limit;
         for i in in_turn(self.next, self.conns.len()) {
             let conn = &mut self.conns[i];
             let next = match conn.reader.next_message() {
@@ -219,14 +220,20 @@ impl RecvState {
                 Ok(Some((_, true))) if conn.groups.is_empty() => Err(()),
                 Ok(Some((bytes, attached))) if bytes.len() < SHARE_FROM.max(PIECE_MAX + 1) => {
                     let group = attached.then(|| conn.groups.pop()).flatten();
-                    Ok(Some(attached::decode_with(group, || decode(bytes))))
+                    let len = bytes.len();
+                    Ok(Some(attached::decode_with(group, len, limit, || {
+                        decode(bytes)
+                    })))
                 }
                 // Longer than a piece, so in the reader's assembly: decoded from a buffer
                 // that a `Bytes` in it may share (see `decode_shared`).
                 Ok(Some((_, attached))) => {
                     let group = attached.then(|| conn.groups.pop()).flatten();
                     let mut buf = conn.reader.swap_assembled(Vec::new()).unwrap_or_default();
-                    let decoded = attached::decode_with(group, || decode_shared(&mut buf, decode));
+                    let len = buf.len();
+                    let decoded = attached::decode_with(group, len, limit, || {
+                        decode_shared(&mut buf, decode)
+                    });
                     conn.reader.swap_assembled(buf);
                     Ok(Some(decoded))
                 }
