@@ -82,10 +82,20 @@ pub(crate) fn decode_with(
 /// groups of descriptors, each passed with one [`GROUP_BYTE`] (the last byte of the read
 /// that returns it, see `fdpass::recv_with_fds`), queued in `groups`. `Ok(false)` when the
 /// peer is gone; an error when it sent what no sender sends.
-pub(crate) fn drain_socket(sock: BorrowedFd<'_>, groups: &mut Groups) -> Result<bool, String> {
+///
+/// `for_a_group`: a marked message was just taken and its group must be here, behind
+/// however many wake-ups: read until a group comes or the socket is empty (at most 4,096
+/// reads of up to 256 bytes, more than a socket buffer holds, so a peer writing all the
+/// while cannot keep us here). Otherwise at most 16 reads, as `notify::drain`: what is left
+/// keeps the socket readable for the next poll.
+pub(crate) fn drain_socket(
+    sock: BorrowedFd<'_>,
+    groups: &mut Groups,
+    for_a_group: bool,
+) -> Result<bool, String> {
     let mut buf = [0u8; 256];
-    // Bounded, as `notify::drain`: what is left keeps the socket readable for the next poll.
-    for _ in 0..16 {
+    let reads = if for_a_group { 4096 } else { 16 };
+    for _ in 0..reads {
         match fdpass::recv_with_fds(sock, &mut buf, MAX_QUEUED) {
             Ok((0, _)) => return Ok(false),
             Ok((n, fds)) => {
@@ -96,7 +106,12 @@ pub(crate) fn drain_socket(sock: BorrowedFd<'_>, groups: &mut Groups) -> Result<
                 let group = !fds.is_empty();
                 match (*last, group) {
                     (WAKE, false) => {}
-                    (GROUP_BYTE, true) => groups.push(fds)?,
+                    (GROUP_BYTE, true) => {
+                        groups.push(fds)?;
+                        if for_a_group {
+                            return Ok(true);
+                        }
+                    }
                     _ => {
                         return Err(
                             "descriptors passed without their marker byte, or it without them"
@@ -116,4 +131,56 @@ pub(crate) fn drain_socket(sock: BorrowedFd<'_>, groups: &mut Groups) -> Result<
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+    use crate::sys::fdpass::send_with_fds;
+
+    fn memfd() -> OwnedFd {
+        rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::CLOEXEC).unwrap()
+    }
+
+    /// A group behind more wake-ups than one ordinary drain reads is still found when a
+    /// marked message needs it.
+    #[test]
+    fn a_group_behind_many_wake_ups_is_found() {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        send_with_fds(a.as_fd(), &[WAKE; 10_000], &[]).unwrap();
+        let fd = memfd();
+        send_with_fds(a.as_fd(), &[GROUP_BYTE], &[fd.as_fd()]).unwrap();
+        let mut groups = Groups::default();
+        assert_eq!(drain_socket(b.as_fd(), &mut groups, false), Ok(true));
+        assert!(groups.is_empty(), "an ordinary drain stops after 16 reads");
+        assert_eq!(drain_socket(b.as_fd(), &mut groups, true), Ok(true));
+        assert_eq!(groups.pop().map(|g| g.len()), Some(1));
+    }
+
+    /// What no sender sends: another byte, descriptors with a wake-up, the marker byte
+    /// alone, more descriptors queued than the bound.
+    #[test]
+    fn what_no_sender_sends_is_an_error() {
+        let fd = memfd();
+        let cases: [(&[u8], usize); 4] =
+            [(b"\x01\x07", 0), (b"\x01", 1), (b"\x02", 0), (b"\x02", 129)];
+        for (bytes, count) in cases {
+            let (a, b) = UnixStream::pair().unwrap();
+            let fds = vec![fd.as_fd(); count];
+            send_with_fds(a.as_fd(), bytes, &fds).unwrap();
+            let mut groups = Groups::default();
+            let got = drain_socket(b.as_fd(), &mut groups, true);
+            assert!(got.is_err(), "{bytes:?} with {count} descriptors: {got:?}");
+        }
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(a);
+        assert_eq!(
+            drain_socket(b.as_fd(), &mut Groups::default(), false),
+            Ok(false)
+        );
+    }
 }

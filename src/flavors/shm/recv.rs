@@ -182,10 +182,11 @@ impl Conn {
         })
     }
 
-    /// Reads wake-ups and groups of descriptors waiting on the socket; notes a sender that
-    /// is gone, and drops one that sent what no sender sends.
-    fn drain(&mut self) {
-        match attached::drain_socket(self.sock.as_fd(), &mut self.groups) {
+    /// Reads wake-ups and groups of descriptors waiting on the socket (until a group comes,
+    /// with `for_a_group`); notes a sender that is gone, and drops one that sent what no
+    /// sender sends.
+    fn drain(&mut self, for_a_group: bool) {
+        match attached::drain_socket(self.sock.as_fd(), &mut self.groups, for_a_group) {
             Ok(true) => {}
             Ok(false) => self.hup = true,
             Err(_) => self.dead = true,
@@ -196,7 +197,7 @@ impl Conn {
     /// so they are queued or waiting on the socket.
     fn next_group(&mut self) -> Option<Vec<OwnedFd>> {
         if self.groups.is_empty() {
-            self.drain();
+            self.drain(true);
         }
         self.groups.pop()
     }
@@ -383,7 +384,7 @@ impl RecvState {
             // Wake-up bytes, descriptors, or the end: a sender that is gone is dropped once
             // its ring holds nothing more (see `take`).
             if *ready {
-                conn.drain();
+                conn.drain(false);
             }
         }
         if let (Some(a), true) = (acceptor, first_sock == 1 && ready[0]) {
