@@ -157,6 +157,13 @@ impl ShmSender {
                 reason: "the sender is part-way through a message, or broken".to_string(),
             });
         }
+        // The child starts counting descriptors in flight from zero.
+        if conn.attach_room() < MAX_IN_FLIGHT {
+            return Err(Error::CannotShare {
+                reason: "the receiver has not taken every sealed buffer it was passed yet"
+                    .to_string(),
+            });
+        }
         let fds = dup_for_child(&conn.link.sock, conn.link.producer.fd())?;
         let limit = conn.limit;
         // Dropped without `close`: the ring lives on in the child.
