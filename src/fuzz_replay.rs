@@ -14,6 +14,7 @@ type Driver = fn(&[u8]);
 
 /// Every fuzz target, by the name of its directories under `fuzz/`, and its driver.
 const TARGETS: &[(&str, Driver)] = &[
+    ("blob_frame", crate::blob_fuzz::blob_frame),
     ("codec", crate::codec_fuzz::codec),
     ("frame_decode", crate::frame_fuzz::frame_decode),
     ("handshake", crate::handshake_fuzz::handshake),

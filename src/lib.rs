@@ -150,6 +150,8 @@ mod sys;
 // Property drivers beside what they test (more in `ring/`), run by `cargo test` and by the
 // cargo-fuzz targets in `fuzz/`.
 #[cfg(any(test, fuzzing))]
+mod blob_fuzz;
+#[cfg(any(test, fuzzing))]
 mod codec_fuzz;
 #[cfg(any(test, fuzzing))]
 mod frame_fuzz;
@@ -165,6 +167,7 @@ mod handshake_fuzz;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzz {
+    pub use crate::blob_fuzz::blob_frame;
     pub use crate::codec_fuzz::codec;
     pub use crate::frame_fuzz::frame_decode;
     pub use crate::fuzz_support::Counting;

@@ -482,3 +482,73 @@ impl Flood {
         self.handle.join().expect("the flood thread")
     }
 }
+
+// ---- descriptors beside messages (sealed buffers: `tests/sealed_hostile.rs`) ---------------
+
+/// The byte a group of descriptors is passed with on a shm connection (`GROUP_BYTE` in
+/// src/flavors/attached.rs); a wake-up is [`WAKE`].
+pub const GROUP: u8 = 2;
+/// A wake-up byte.
+pub const WAKE: u8 = 1;
+/// The most descriptors one `sendmsg` can carry (the kernel's `SCM_MAX_FD`).
+pub const SCM_MAX_FD: usize = 253;
+
+impl Raw {
+    /// [`Raw::connect`] as a sender of `T`: the hello names `T`, so a receiver of `T`
+    /// accepts the connection.
+    pub fn connect_as<T>(addr: &str) -> Raw {
+        let path = addr.strip_prefix("shm:").expect("an shm: address");
+        let mut sock = UnixStream::connect(path).expect("raw connect");
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        sock.write_all(&hello_for::<T>(1 << 20)).expect("hello");
+        let mut buf = [0u8; 600];
+        let (n, fds) = recv_fds(&sock, &mut buf);
+        let reply = finish_hello(&mut sock, buf[..n].to_vec());
+        assert_eq!((&reply[..4], reply[6]), (&b"CNDT"[..], 0), "accepted");
+        let [memfd]: [OwnedFd; 1] = fds.try_into().expect("one descriptor");
+        let file = File::from(memfd);
+        let ring = Ring::over(&file, OwnedFd::from(sock.try_clone().unwrap()));
+        let magic = ring.u64_at(0).load(Ordering::Acquire).to_le_bytes();
+        assert_eq!(&magic, b"CDTRING1", "ring magic");
+        Raw {
+            sock,
+            file,
+            ring,
+            head: 0,
+        }
+    }
+
+    /// Passes `fds` (any number up to [`SCM_MAX_FD`], none included) on the connection with
+    /// the single data byte `byte`, in one `sendmsg`, as a sender passes a group with
+    /// [`GROUP`]. The caller keeps its own descriptors; the receiver gets copies.
+    pub fn pass_fds(&self, byte: u8, fds: &[std::os::fd::BorrowedFd<'_>]) {
+        self.try_pass_fds(byte, fds)
+            .expect("sendmsg with descriptors");
+    }
+
+    /// [`Raw::pass_fds`], failing when the receiver has closed the connection.
+    pub fn try_pass_fds(
+        &self,
+        byte: u8,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> std::io::Result<()> {
+        assert!(fds.len() <= SCM_MAX_FD, "more than one sendmsg carries");
+        let mut space =
+            vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(SCM_MAX_FD))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+        }
+        let iov = [IoSlice::new(std::slice::from_ref(&byte))];
+        let n = rustix::net::sendmsg(&self.sock, &iov, &mut control, SendFlags::NOSIGNAL)?;
+        assert_eq!(n, 1, "the marker byte went");
+        Ok(())
+    }
+
+    /// Publishes a message that says descriptors were passed with it: the marker (an empty
+    /// piece that is not the last) and then `msg` as its one piece.
+    pub fn publish_marked(&mut self, msg: &[u8]) {
+        self.publish(&[], 0);
+        self.publish(msg, LAST);
+    }
+}

@@ -1,0 +1,670 @@
+//! Sealed buffers (`conduit::BlobBuf`) between real processes over `shm:` addresses.
+//!
+//! - A sealed `Bytes` (1 MiB alone; 100 KiB beside inline bytes, a slice of another at a
+//!   non-zero offset, and a string) arrives whole and sealed, and the receiver's copy cannot
+//!   be written: its mapping is `r--s`, cannot be made writable, and the file refuses writes
+//!   and resizes even from the receiving process. Forwarded to a third process and back, it
+//!   is still sealed and still the same file (same inode): it was never copied.
+//! - Past the 64 descriptors a connection keeps in flight, further sealed buffers are
+//!   copied: 200 sent before the receiver reads one all arrive, the first 64 sealed.
+//! - SIGKILL of a sender while descriptors are in flight: the receiver gets every message
+//!   whole, in order, then `Disconnected`, and then holds no descriptor and no mapping it
+//!   did not hold before (counted in a child process, so parallel tests cannot disturb it).
+//! - SIGKILL of a receiver that holds mapped buffers: the sender's send fails with
+//!   `Disconnected` (the message handed back), and the sender is left holding nothing.
+//!
+//! Children are this test binary re-run as one role (`sealed_child`).
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use conduit::{BlobBuf, Bytes, Options, Receiver, RecvTimeoutError, Sender};
+use serde::{Deserialize, Serialize};
+
+/// The test function a child process runs.
+const ENTRY: &str = "sealed_child";
+/// Longest wait for anything that should take milliseconds.
+const LONG: Duration = Duration::from_secs(30);
+/// How long a send may go on after its receiver was killed.
+const SEND_FAILS: Duration = Duration::from_secs(10);
+/// The longest a leak-checking child may run.
+const CHILD_LIMIT: Duration = Duration::from_secs(120);
+/// How long counts may take to return once everything is dropped.
+const SETTLE: Duration = Duration::from_secs(3);
+/// The smallest sealed buffer that travels as its descriptor (`blob::ATTACH_FROM`).
+const ATTACH_FROM: usize = 64 << 10;
+/// The descriptors a connection keeps in flight (`blob::MAX_IN_FLIGHT`).
+const MAX_IN_FLIGHT: u64 = 64;
+const KIB: usize = 1 << 10;
+const MIB: usize = 1 << 20;
+
+/// What the tests send: inline bytes, any number of (mostly sealed) buffers, a string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Parcel {
+    seq: u64,
+    small: Bytes,
+    blobs: Vec<Bytes>,
+    note: String,
+}
+
+/// `common::content(key, len)`, in a sealed buffer when `seal`, else in a plain `Bytes`.
+fn buffer(key: u64, len: usize, seal: bool) -> Bytes {
+    if !seal {
+        return Bytes::from(common::content(key, len));
+    }
+    let mut buf = BlobBuf::new(len).expect("BlobBuf::new");
+    buf.copy_from_slice(&common::content(key, len));
+    let bytes = buf.seal().expect("seal");
+    assert!(bytes.is_sealed(), "a buffer just sealed");
+    bytes
+}
+
+/// Where the slice in the mixed parcel lies in its buffer of 300 KiB.
+const SLICE: std::ops::Range<usize> = 4096 + 13..4096 + 13 + 100_000;
+
+/// The 1 MiB parcel (sealed buffers when `seal`; what the receiver compares with when not).
+fn megabyte(seal: bool) -> Parcel {
+    Parcel {
+        seq: 0,
+        small: Bytes::from(&b""[..]),
+        blobs: vec![buffer(1, MIB, seal)],
+        note: String::new(),
+    }
+}
+
+/// Inline bytes, a 100 KiB buffer, a slice at a non-zero offset of another, a string.
+fn mixed(seal: bool) -> Parcel {
+    Parcel {
+        seq: 1,
+        small: Bytes::from(common::payload(10, 100)),
+        blobs: vec![
+            buffer(11, 100 * KIB, seal),
+            buffer(12, 300 * KIB, seal).slice(SLICE),
+        ],
+        note: "mixed: inline, sealed, a slice, ünïcode".to_string(),
+    }
+}
+
+/// Parcel `seq` of many: one buffer of 64 KiB.
+fn single(seq: u64, seal: bool) -> Parcel {
+    let blobs = vec![buffer(100 + seq, ATTACH_FROM, seal)];
+    let (small, note) = (Bytes::from(vec![1; 3]), String::new());
+    Parcel {
+        seq,
+        small,
+        blobs,
+        note,
+    }
+}
+
+/// Message `seq` of a stream: one, two or no sealed buffers (one of them a slice), and
+/// inline bytes of every size.
+fn streamed(seq: u64, seal: bool) -> Parcel {
+    let key = seq << 8;
+    let blobs = match seq % 4 {
+        0 => vec![buffer(key, ATTACH_FROM, seal)],
+        1 => vec![
+            buffer(key | 1, 100 * KIB, seal),
+            buffer(key | 2, 200 * KIB, seal).slice(777..777 + 80 * KIB),
+        ],
+        2 => Vec::new(),
+        _ => vec![
+            buffer(key | 3, ATTACH_FROM, seal),
+            buffer(key | 4, 1000, false),
+        ],
+    };
+    Parcel {
+        seq,
+        small: Bytes::from(common::payload(seq, (seq % 50) as usize)),
+        blobs,
+        note: format!("parcel {seq}"),
+    }
+}
+
+/// Fails unless `got` is `want` (compared by content, reported briefly). Inline bytes are
+/// never sealed; a buffer of 64 KiB or more may have been copied (past the descriptors in
+/// flight): see [`all_sealed`].
+fn check(got: &Parcel, want: &Parcel, what: &str) {
+    assert!(
+        got == want,
+        "{what}: parcel {} arrived as parcel {} with buffers of {:?} bytes, expected {:?}",
+        want.seq,
+        got.seq,
+        got.blobs.iter().map(Bytes::len).collect::<Vec<_>>(),
+        want.blobs.iter().map(Bytes::len).collect::<Vec<_>>()
+    );
+    assert!(!got.small.is_sealed(), "{what}: inline bytes came sealed");
+    for b in got.blobs.iter().filter(|b| b.len() < ATTACH_FROM) {
+        assert!(!b.is_sealed(), "{what}: a buffer under 64 KiB came sealed");
+    }
+}
+
+/// Fails unless every buffer of 64 KiB or more in `got` arrived sealed.
+fn all_sealed(got: &Parcel, what: &str) {
+    let sealed: Vec<bool> = got.blobs.iter().map(Bytes::is_sealed).collect();
+    let want: Vec<bool> = got.blobs.iter().map(|b| b.len() >= ATTACH_FROM).collect();
+    assert_eq!(sealed, want, "{what}: parcel {}: sealed buffers", got.seq);
+}
+
+// ---- what the received buffers are --------------------------------------------------------
+
+/// The fields of the line of /proc/self/maps whose range holds `bytes`.
+fn mapping_of(bytes: &[u8]) -> Vec<String> {
+    let at = bytes.as_ptr() as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    let holds = |line: &&str| {
+        let (a, b) = line.split(' ').next().unwrap().split_once('-').unwrap();
+        (usize::from_str_radix(a, 16).unwrap()..usize::from_str_radix(b, 16).unwrap()).contains(&at)
+    };
+    let line = maps
+        .lines()
+        .find(holds)
+        .expect("the bytes lie in a mapping");
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+/// The inode of the file `bytes` are mapped from.
+fn inode_of(bytes: &[u8]) -> u64 {
+    mapping_of(bytes)[4].parse().expect("an inode")
+}
+
+/// A descriptor this process holds of the file with `inode`.
+fn fd_of_inode(inode: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .flatten()
+        .find(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+}
+
+/// A received sealed buffer can be changed by nobody, this process included: its mapping
+/// is a shared read-only mapping of a conduit memfd that cannot be made writable, and the
+/// file refuses writes and resizes through a descriptor opened for writing.
+fn assert_read_only(bytes: &Bytes, what: &str) {
+    let map = mapping_of(bytes);
+    assert_eq!(map[1], "r--s", "{what}: mapped as {map:?}");
+    assert!(
+        map.get(5).is_some_and(|p| p.contains("memfd:conduit-blob")),
+        "{what}: not a conduit memfd: {map:?}"
+    );
+    let fd = fd_of_inode(map[4].parse().unwrap()).expect("a descriptor of the mapped file");
+    let file = OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/self/fd/{fd}"));
+    let file = file.expect("open the memfd for writing");
+    let eperm = |r: std::io::Result<()>, op: &str| {
+        let err = r.expect_err(&format!("{what}: {op} succeeded on a sealed buffer"));
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{what}: {op}: {err}");
+    };
+    eperm(file.write_all_at(b"x", 0), "write");
+    eperm(file.set_len(0), "shrink");
+    eperm(file.set_len(bytes.len() as u64 * 2 + 4096), "grow");
+    let start = usize::from_str_radix(map[0].split('-').next().unwrap(), 16).unwrap();
+    // SAFETY: `start` is the first page of a mapping this process holds (read from its
+    // maps just now, kept alive by `bytes`). The call is expected to fail; should it succeed,
+    // the page is only made writable, nothing is written through it, and its protection is
+    // put back at once.
+    let rc = unsafe { libc::mprotect(start as *mut _, 4096, libc::PROT_READ | libc::PROT_WRITE) };
+    let err = std::io::Error::last_os_error();
+    if rc == 0 {
+        // SAFETY: as above: the same page, back to read-only.
+        unsafe { libc::mprotect(start as *mut _, 4096, libc::PROT_READ) };
+        panic!("{what}: the mapping of a sealed buffer was made writable");
+    }
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{what}: {err}");
+}
+
+// ---- processes -----------------------------------------------------------------------------
+
+/// Starts this binary as `role`, dying with the thread that starts it (and killed if the
+/// test lets go of it without waiting).
+fn spawn(role: &str, envs: &[(&str, &str)]) -> common::Reaped {
+    let mut cmd = common::child_command(ENTRY, role);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    common::die_with_parent(&mut cmd);
+    common::Reaped::new(cmd.spawn().expect("spawn a child"))
+}
+
+/// SIGKILL for `child`, which must be what ends it.
+fn kill(child: common::Reaped, what: &str) {
+    // SAFETY: kill(2) with our own child's pid: the child is not reaped yet (`Reaped` owns
+    // it), so the pid cannot name another process.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    let status = child.wait(LONG, what);
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{what}: not ended by the kill ({status})"
+    );
+}
+
+fn fresh_addr(name: &str) -> String {
+    format!("shm:{}", common::temp_dir().join(name).display())
+}
+
+fn bind(opts: &Options) -> (Receiver<Parcel>, String) {
+    let addr = fresh_addr("r.sock");
+    let rx = Receiver::bind_with(&addr, opts).expect("bind");
+    (rx, addr)
+}
+
+/// The next parcel; a bound receiver says `Disconnected` between senders, which is waited
+/// out.
+fn next(rx: &Receiver<Parcel>) -> Parcel {
+    let deadline = Instant::now() + LONG;
+    loop {
+        match rx.recv_timeout(LONG) {
+            Ok(p) => return p,
+            Err(RecvTimeoutError::Disconnected) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            Err(e) => panic!("no parcel: {e}"),
+        }
+    }
+}
+
+fn assert_disconnected(rx: &Receiver<Parcel>, what: &str) {
+    match rx.recv_timeout(LONG) {
+        Err(RecvTimeoutError::Disconnected) => {}
+        Ok(p) => panic!("{what}: parcel {} after the last one", p.seq),
+        Err(e) => panic!("{what}: expected Disconnected, got {e}"),
+    }
+}
+
+/// Connects to a receiver a child is about to bind.
+fn connect_when_bound(addr: &str) -> Sender<Parcel> {
+    let deadline = Instant::now() + LONG;
+    loop {
+        match Sender::connect(addr) {
+            Ok(tx) => return tx,
+            Err(e) => assert!(Instant::now() < deadline, "{addr} never bound: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---- leak counts ---------------------------------------------------------------------------
+
+/// (open descriptors, memfd mappings, sealed-buffer mappings) of this process.
+fn counts() -> (usize, usize, usize) {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    let memfd = maps.lines().filter(|l| l.contains("memfd:")).count();
+    let blobs = maps.lines().filter(|l| l.contains("conduit-blob")).count();
+    (conduit::open_fd_count().expect("fd count"), memfd, blobs)
+}
+
+/// Polls until the counts are `base`, for at most `SETTLE`; then asserts they are.
+fn settle(base: (usize, usize, usize), what: &str) {
+    let start = Instant::now();
+    while counts() != base && start.elapsed() < SETTLE {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        counts(),
+        base,
+        "{what}: (descriptors, memfd maps, blob maps)"
+    );
+}
+
+/// One sealed buffer through a bound receiver and back out of scope, so that what the first
+/// use of each part sets up once is there before the counts are taken.
+fn warm_up() -> (usize, usize, usize) {
+    let (rx, addr) = bind(&Options::new());
+    let tx = Sender::<Parcel>::connect(&addr).expect("connect");
+    tx.send(streamed(0, true)).expect("send");
+    check(&next(&rx), &streamed(0, false), "warm-up");
+    drop((tx, rx));
+    // Steady: the same over five samples 5 ms apart (the acceptor thread may still hold the
+    // connection's descriptors for a moment; counts then are only ever higher).
+    let start = Instant::now();
+    let (mut last, mut same) = (counts(), 0);
+    while same < 5 && start.elapsed() < SETTLE {
+        std::thread::sleep(Duration::from_millis(5));
+        let now = counts();
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    assert_eq!(last.2, 0, "sealed buffers still mapped after the warm-up");
+    last
+}
+
+// ---- child side ----------------------------------------------------------------------------
+
+fn child_fail(code: i32, what: impl std::fmt::Display) -> ! {
+    eprintln!("sealed child: {what}");
+    std::process::exit(code)
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| child_fail(2, format!("{name} is not set")))
+}
+
+fn child_send(tx: &Sender<Parcel>, p: Parcel) {
+    let seq = p.seq;
+    if let Err(e) = tx.send(p) {
+        child_fail(3, format!("send {seq}: {e}"));
+    }
+}
+
+/// Roles: `mixed` (the 1 MiB and the mixed parcel to CDT_ADDR), `relay` (binds CDT_RELAY,
+/// takes the mixed parcel, checks it and sends it on to CDT_ADDR), `many` (200 parcels of
+/// one 64 KiB sealed buffer), `stream` (parcels until killed), `sink` (binds CDT_ADDR, takes
+/// CDT_HOLD parcels or all, holding them), `killed_sender` and `killed_receiver` (the leak
+/// checks). Exit codes: 2 setup; 3 send failed; 4 bad parcel; 9 never killed.
+#[test]
+fn sealed_child() {
+    let Some(role) = common::role() else { return };
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let connect = || Sender::connect(&env("CDT_ADDR")).unwrap_or_else(|e| child_fail(2, e));
+    match role.as_str() {
+        "mixed" => {
+            let tx = connect();
+            child_send(&tx, megabyte(true));
+            child_send(&tx, mixed(true));
+        }
+        "relay" => {
+            let rx = Receiver::<Parcel>::bind(&env("CDT_RELAY"))
+                .unwrap_or_else(|e| child_fail(2, format!("bind: {e}")));
+            let p = rx
+                .recv_timeout(LONG)
+                .unwrap_or_else(|e| child_fail(4, format!("recv: {e}")));
+            check(&p, &mixed(false), "the relay");
+            all_sealed(&p, "the relay");
+            for b in &p.blobs {
+                assert_read_only(b, "in the relay");
+            }
+            child_send(&connect(), p);
+        }
+        "many" => {
+            let tx = connect();
+            for seq in 0..200 {
+                child_send(&tx, single(seq, true));
+            }
+        }
+        "stream" => {
+            let tx = connect();
+            for seq in 0.. {
+                child_send(&tx, streamed(seq, true));
+                if Instant::now() > give_up {
+                    child_fail(9, "never killed");
+                }
+            }
+        }
+        "sink" => sink(give_up),
+        "killed_sender" => {
+            common::child_watchdog(CHILD_LIMIT);
+            killed_sender();
+        }
+        "killed_receiver" => {
+            common::child_watchdog(CHILD_LIMIT);
+            killed_receiver();
+        }
+        other => child_fail(2, format!("unknown role {other}")),
+    }
+}
+
+/// Binds CDT_ADDR with a small ring, says so in CDT_READY, takes CDT_HOLD parcels (`all`:
+/// every one) and holds them, mapped, until killed.
+fn sink(give_up: Instant) {
+    let addr = env("CDT_ADDR");
+    let rx = Receiver::<Parcel>::bind_with(&addr, &Options::new().capacity(64 * KIB))
+        .unwrap_or_else(|e| child_fail(2, format!("bind {addr}: {e}")));
+    let ready = env("CDT_READY");
+    std::fs::write(format!("{ready}.tmp"), "bound")
+        .and_then(|()| std::fs::rename(format!("{ready}.tmp"), &ready))
+        .unwrap_or_else(|e| child_fail(2, format!("writing {ready}: {e}")));
+    let hold: Option<u64> = env("CDT_HOLD").parse().ok();
+    let mut held = Vec::new();
+    while hold.is_none_or(|n| (held.len() as u64) < n) && Instant::now() < give_up {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(p) => {
+                check(&p, &streamed(held.len() as u64, false), "the sink");
+                held.push(p);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(e) => child_fail(4, format!("recv: {e}")),
+        }
+    }
+    while Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child_fail(9, format!("never killed (holding {} parcels)", held.len()))
+}
+
+/// Rounds of: a `stream` child sends; once some parcels arrived (and, every other round,
+/// after a pause that lets it fill its descriptors in flight and the ring), it is killed.
+/// Everything it sent whole arrives, in order, then `Disconnected`; once the parcels and
+/// the receiver are dropped, this process holds what it held before.
+fn killed_sender() {
+    let base = warm_up();
+    let seed = std::env::var("CDT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| common::XorShift::new(std::process::id().into()).next_u64());
+    eprintln!("sealed: killed senders: seed {seed} (CDT_SEED={seed} repeats it)");
+    let mut rng = common::XorShift::new(seed);
+    let mut sealed_seen = 0;
+    for round in 0..8 {
+        let what = format!("round {round}");
+        let (rx, addr) = bind(&Options::new().capacity(256 * KIB));
+        let sender = spawn("stream", &[("CDT_ADDR", &addr)]);
+        let after = 1 + rng.below(40);
+        let mut got = Vec::new();
+        while (got.len() as u64) < after {
+            let p = next(&rx);
+            check(&p, &streamed(got.len() as u64, false), &what);
+            got.push(p);
+        }
+        if round % 2 == 1 {
+            std::thread::sleep(Duration::from_millis(50));
+        } else {
+            std::thread::sleep(Duration::from_micros(rng.below(3_000)));
+        }
+        kill(sender, &what);
+        loop {
+            match rx.recv_timeout(LONG) {
+                Ok(p) => {
+                    check(&p, &streamed(got.len() as u64, false), &what);
+                    got.push(p);
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(e) => panic!("{what}: after the kill: {e}"),
+            }
+        }
+        let sealed = got.iter().flat_map(|p| &p.blobs).filter(|b| b.is_sealed());
+        let sealed = sealed.count();
+        sealed_seen += sealed;
+        eprintln!(
+            "sealed: {what}: {} parcels ({sealed} sealed buffers) before Disconnected",
+            got.len()
+        );
+        drop((got, rx));
+        settle(base, &what);
+    }
+    assert!(sealed_seen > 0, "no buffer travelled as its descriptor");
+}
+
+/// Rounds of: a `sink` child takes parcels and holds them; this process sends until the
+/// sink is killed (blocked on its full ring, or sending freely while it holds every
+/// parcel). The send then fails with `Disconnected` and hands the parcel back; once the
+/// sender is dropped, this process holds what it held before.
+fn killed_receiver() {
+    let base = warm_up();
+    for (round, hold) in ["3", "all", "3", "all"].into_iter().enumerate() {
+        let what = format!("round {round} (the sink holds {hold})");
+        let (addr, ready) = (fresh_addr("sink.sock"), common::temp_dir().join("ready"));
+        let envs = [("CDT_ADDR", &*addr), ("CDT_READY", ready.to_str().unwrap())];
+        let sink = spawn("sink", &[envs[0], envs[1], ("CDT_HOLD", hold)]);
+        let deadline = Instant::now() + LONG;
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "{what}: the sink never bound");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let tx = Sender::<Parcel>::connect(&addr).expect("connect");
+        let progress = Arc::new(AtomicU64::new(0));
+        let (done_tx, done_rx) = mpsc::channel();
+        let counter = progress.clone();
+        let free = hold == "all";
+        let sending = std::thread::spawn(move || {
+            for seq in 0.. {
+                match tx.send(streamed(seq, true)) {
+                    Ok(()) => counter.store(seq + 1, Ordering::SeqCst),
+                    Err(e) => {
+                        let back = e.is_disconnected().then(|| e.into_inner());
+                        let _ = done_tx.send((Instant::now(), seq, back.map(|p| p.seq)));
+                        return;
+                    }
+                }
+                if free {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        // Blocked on the full ring (no progress for 300 ms), or 60 parcels out.
+        let (mut last, mut since) = (0, Instant::now());
+        loop {
+            if let Ok((_, seq, _)) = done_rx.try_recv() {
+                panic!("{what}: send {seq} failed before the kill");
+            }
+            let now = progress.load(Ordering::SeqCst);
+            if free && now >= 60 {
+                break;
+            }
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if !free && now > 0 && since.elapsed() > Duration::from_millis(300) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{what}: never blocked");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let killed_at = Instant::now();
+        kill(sink, &what);
+        let Ok((at, seq, back)) = done_rx.recv_timeout(SEND_FAILS) else {
+            panic!("{what}: sends went on {SEND_FAILS:?} after the receiver was SIGKILLed");
+        };
+        assert_eq!(back, Some(seq), "{what}: Disconnected, the parcel back");
+        sending.join().expect("the sending thread");
+        eprintln!(
+            "sealed: {what}: send {seq} failed {:?} after the kill",
+            at.saturating_duration_since(killed_at)
+        );
+        settle(base, &what);
+    }
+}
+
+// ---- parent side ---------------------------------------------------------------------------
+
+#[test]
+fn sealed_buffers_cross_processes_sealed_and_read_only() {
+    let (rx, addr) = bind(&Options::new());
+    let sender = spawn("mixed", &[("CDT_ADDR", &addr)]);
+    let one = next(&rx);
+    check(&one, &megabyte(false), "1 MiB");
+    all_sealed(&one, "1 MiB");
+    assert_read_only(&one.blobs[0], "1 MiB");
+    let two = next(&rx);
+    check(&two, &mixed(false), "mixed");
+    all_sealed(&two, "mixed");
+    for (i, b) in two.blobs.iter().enumerate() {
+        assert_read_only(b, &format!("mixed, buffer {i}"));
+    }
+    sender.expect_success(LONG, "the sender of sealed buffers");
+    // On to a third process, which checks it and sends it back: still sealed, still the same
+    // files (the descriptors went, not the bytes).
+    let relay_addr = fresh_addr("relay.sock");
+    let relay = spawn("relay", &[("CDT_ADDR", &addr), ("CDT_RELAY", &relay_addr)]);
+    let tx = connect_when_bound(&relay_addr);
+    tx.send(two.clone()).expect("forward");
+    let back = next(&rx);
+    check(&back, &mixed(false), "back from the relay");
+    all_sealed(&back, "back from the relay");
+    for (i, (b, sent)) in back.blobs.iter().zip(&two.blobs).enumerate() {
+        assert_read_only(b, &format!("back from the relay, buffer {i}"));
+        assert_ne!(b.as_ptr(), sent.as_ptr(), "a mapping of its own");
+        assert_eq!(
+            inode_of(b),
+            inode_of(sent),
+            "buffer {i}: another file came back"
+        );
+    }
+    relay.expect_success(LONG, "the relay");
+    drop(tx);
+    assert_disconnected(&rx, "after the relay");
+}
+
+#[test]
+fn past_the_descriptors_in_flight_sealed_buffers_are_copied() {
+    const MANY: u64 = 200;
+    // Room in the ring for every parcel, copied or not: the receiver reads none until the
+    // sender is done.
+    let (rx, addr) = bind(&Options::new().capacity(16 * MIB));
+    spawn("many", &[("CDT_ADDR", &addr)]).expect_success(LONG, "200 sealed parcels");
+    for seq in 0..MANY {
+        let p = rx.recv_timeout(LONG).expect("a parcel");
+        check(&p, &single(seq, false), "many");
+        // Nothing was released while the sender sent: the first 64 took descriptors, the
+        // rest were copied.
+        let sealed = p.blobs[0].is_sealed();
+        assert_eq!(sealed, seq < MAX_IN_FLIGHT, "parcel {seq}: sealed");
+    }
+    assert_disconnected(&rx, "after 200 parcels");
+}
+
+#[test]
+fn sender_killed_with_descriptors_in_flight_leaks_nothing() {
+    spawn("killed_sender", &[]).expect_success(CHILD_LIMIT + LONG, "killed senders");
+}
+
+#[test]
+fn receiver_killed_holding_sealed_buffers_fails_the_send_and_leaks_nothing() {
+    spawn("killed_receiver", &[]).expect_success(CHILD_LIMIT + LONG, "killed receivers");
+}
+
+// ---- in one process ------------------------------------------------------------------------
+
+/// The same sealed buffer twice in one message (so its descriptor twice in one group) comes
+/// out as two sealed buffers of the same file; a sealed buffer under 64 KiB is copied.
+#[test]
+fn the_same_buffer_twice_and_small_ones_copied() {
+    let (tx, rx) = conduit::channel::<Parcel>(conduit::Backend::Shm).expect("channel");
+    let blob = buffer(7, 100 * KIB, true);
+    let small = buffer(8, ATTACH_FROM - 1, true);
+    let p = Parcel {
+        seq: 0,
+        small: small.clone(),
+        blobs: vec![blob.clone(), blob.slice(10..70 * KIB), blob.clone()],
+        note: String::new(),
+    };
+    tx.send(p.clone()).expect("send");
+    let got = rx.recv_timeout(LONG).expect("recv");
+    assert!(got == p, "arrived whole");
+    assert!(got.blobs.iter().all(Bytes::is_sealed), "each one sealed");
+    assert_eq!(inode_of(&got.blobs[0]), inode_of(&got.blobs[2]), "one file");
+    assert!(!got.small.is_sealed(), "under 64 KiB: copied");
+}
+
+/// The documentation of `BlobBuf` and `Bytes::is_sealed` says a sealed buffer crosses
+/// `unix:` connections as its descriptor too; only `shm:` passes it, `unix:` copies it.
+#[test]
+#[ignore = "unix: copies sealed buffers; the BlobBuf documentation says it passes them"]
+fn over_unix_a_sealed_buffer_arrives_sealed() {
+    let addr = common::unix_addr();
+    let rx = Receiver::<Parcel>::bind(&addr).expect("bind");
+    let tx = Sender::<Parcel>::connect(&addr).expect("connect");
+    let sending = std::thread::spawn(move || tx.send(streamed(0, true)).expect("send"));
+    let got = rx.recv_timeout(LONG).expect("recv");
+    sending.join().expect("the sending thread");
+    check(&got, &streamed(0, false), "unix:");
+    all_sealed(&got, "unix:");
+}
