@@ -158,7 +158,9 @@ fn decode_checked<T: serde::de::DeserializeOwned + Parts>(
     made: &[Made],
 ) -> bool {
     let mut slot: Option<T> = None;
-    let decoded = attached::decode_with(Some(group), || codec::decode_into(msg, &mut slot));
+    let decoded = attached::decode_with(Some(group), msg.len(), usize::MAX, || {
+        codec::decode_into(msg, &mut slot)
+    });
     if decoded.is_err() {
         return false;
     }

@@ -654,10 +654,8 @@ fn the_same_buffer_twice_and_small_ones_copied() {
     assert!(!got.small.is_sealed(), "under 64 KiB: copied");
 }
 
-/// The documentation of `BlobBuf` and `Bytes::is_sealed` says a sealed buffer crosses
-/// `unix:` connections as its descriptor too; only `shm:` passes it, `unix:` copies it.
+/// A sealed buffer crosses `unix:` connections as its descriptor too.
 #[test]
-#[ignore = "unix: copies sealed buffers; the BlobBuf documentation says it passes them"]
 fn over_unix_a_sealed_buffer_arrives_sealed() {
     let addr = common::unix_addr();
     let rx = Receiver::<Parcel>::bind(&addr).expect("bind");
