@@ -165,6 +165,14 @@ fn into_bytes(sealed: Sealed) -> Bytes {
     Bytes::from(::bytes::Bytes::from_owner(Owner(sealed)))
 }
 
+/// Whether this process holds any sealed buffer: when it holds none, no `Bytes` can be
+/// passed as a descriptor and senders skip looking.
+#[inline]
+pub(crate) fn any_sealed() -> bool {
+    // Relaxed: as in `sealed_of`.
+    REGISTERED.load(Ordering::Relaxed) != 0
+}
+
 /// The sealed buffer `bytes` lies in, and its offset there, if it lies in one.
 pub(crate) fn sealed_of(bytes: &[u8]) -> Option<(Arc<Sealed>, usize)> {
     // Relaxed: a thread holding a sealed `Bytes` got it after `into_bytes` counted it,

@@ -250,9 +250,7 @@ impl<T: Message> Sender<T> {
     fn send_encoded(&self, msg: T, deadline: Deadline) -> Result<(), (T, NotSent)> {
         match &self.flavor {
             SenderFlavor::Thread(_) => unreachable!("the public methods send thread messages"),
-            SenderFlavor::Stream(s) => s
-                .send_with(deadline, |buf| codec::encode_into(&msg, buf))
-                .map_err(|f| (msg, f)),
+            SenderFlavor::Stream(s) => s.send(deadline, &msg).map_err(|f| (msg, f)),
             SenderFlavor::Shm(s) => s.send(deadline, &msg).map_err(|f| (msg, f)),
         }
     }

@@ -122,11 +122,29 @@ impl FrameReader {
     /// While a piece goes straight into the assembly: the vector to append its bytes to, and
     /// at most how many to append (the rest of the piece, never beyond it). Report what was
     /// appended with [`FrameReader::appended`]. `None`: read into [`FrameReader::spare`].
+    /// (The receiver uses [`FrameReader::direct_and_spare`]; tests and the fuzzer feed
+    /// bytes through this one.)
+    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
     pub(crate) fn direct(&mut self) -> Option<(&mut Vec<u8>, usize)> {
         match self.direct {
             Some((left, _)) if left > 0 => Some((&mut self.assembly, left)),
             _ => None,
         }
+    }
+
+    /// [`FrameReader::direct`] and [`FrameReader::spare`] at once, so that one vectored read
+    /// can take the rest of the piece into the assembly and what follows it (the next
+    /// piece's header) into the buffer. Report them with `appended` and `filled`.
+    pub(crate) fn direct_and_spare(&mut self) -> Option<(&mut Vec<u8>, usize, &mut [u8])> {
+        let left = match self.direct {
+            Some((left, _)) if left > 0 => left,
+            _ => return None,
+        };
+        // While a piece is read straight, the buffer holds nothing (`next_message`).
+        debug_assert_eq!(self.start, self.end);
+        self.start = 0;
+        self.end = 0;
+        Some((&mut self.assembly, left, &mut self.buf[..]))
     }
 
     /// Records that `n` bytes of the current piece were appended to the vector from
@@ -146,6 +164,20 @@ impl FrameReader {
             return None;
         }
         Some(std::mem::replace(&mut self.assembly, other))
+    }
+
+    /// Gives the reader `vec`, emptied, to assemble the next long message into, after
+    /// [`FrameReader::swap_assembled`] took a message's vector and left one without room
+    /// (the caller may reclaim that vector only once what it decoded lets go of it).
+    /// `Err(vec)` when the reader's vector has room or holds part of a message.
+    pub(crate) fn give_assembly(&mut self, mut vec: Vec<u8>) -> Result<(), Vec<u8>> {
+        if self.assembly.capacity() != 0 || self.direct.is_some() {
+            return Err(vec);
+        }
+        vec.clear();
+        self.assembly = vec;
+        self.assembly_done = false;
+        Ok(())
     }
 
     /// True when bytes of an incomplete message are held (a torn message if the stream ends).

@@ -2,7 +2,7 @@
 //!
 //! - A sealed `Bytes` (1 MiB alone; 100 KiB beside inline bytes, a slice of another at a
 //!   non-zero offset, and a string) arrives whole and sealed, and the receiver's copy cannot
-//!   be written: its mapping is `r--s`, cannot be made writable, and the file refuses writes
+//!   be written: its mapping is read-only, and the file refuses writes, writable mappings
 //!   and resizes even from the receiving process. Forwarded to a third process and back, it
 //!   is still sealed and still the same file (same inode): it was never copied.
 //! - Past the 64 descriptors a connection keeps in flight, further sealed buffers are
@@ -18,6 +18,7 @@
 mod common;
 
 use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,18 +185,19 @@ fn fd_of_inode(inode: u64) -> Option<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
 }
 
-/// A received sealed buffer can be changed by nobody, this process included: its mapping
-/// is a shared read-only mapping of a conduit memfd that cannot be made writable, and the
-/// file refuses writes and resizes through a descriptor opened for writing.
+/// A received sealed buffer can be changed by no process: its mapping is a read-only
+/// (private) mapping of a conduit memfd, and the file refuses writes and resizes through a
+/// descriptor opened for writing, and any new writable shared mapping.
 fn assert_read_only(bytes: &Bytes, what: &str) {
     let map = mapping_of(bytes);
-    assert_eq!(map[1], "r--s", "{what}: mapped as {map:?}");
+    assert_eq!(map[1], "r--p", "{what}: mapped as {map:?}");
     assert!(
         map.get(5).is_some_and(|p| p.contains("memfd:conduit-blob")),
         "{what}: not a conduit memfd: {map:?}"
     );
     let fd = fd_of_inode(map[4].parse().unwrap()).expect("a descriptor of the mapped file");
     let file = OpenOptions::new()
+        .read(true)
         .write(true)
         .open(format!("/proc/self/fd/{fd}"));
     let file = file.expect("open the memfd for writing");
@@ -206,19 +208,25 @@ fn assert_read_only(bytes: &Bytes, what: &str) {
     eperm(file.write_all_at(b"x", 0), "write");
     eperm(file.set_len(0), "shrink");
     eperm(file.set_len(bytes.len() as u64 * 2 + 4096), "grow");
-    let start = usize::from_str_radix(map[0].split('-').next().unwrap(), 16).unwrap();
-    // SAFETY: `start` is the first page of a mapping this process holds (read from its
-    // maps just now, kept alive by `bytes`). The call is expected to fail; should it succeed,
-    // the page is only made writable, nothing is written through it, and its protection is
-    // put back at once.
-    let rc = unsafe { libc::mprotect(start as *mut _, 4096, libc::PROT_READ | libc::PROT_WRITE) };
+    // SAFETY: the call is expected to fail; had it succeeded, the mapping would be dropped
+    // unused at once.
+    let shared = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
     let err = std::io::Error::last_os_error();
-    if rc == 0 {
-        // SAFETY: as above: the same page, back to read-only.
-        unsafe { libc::mprotect(start as *mut _, 4096, libc::PROT_READ) };
-        panic!("{what}: the mapping of a sealed buffer was made writable");
-    }
-    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{what}: {err}");
+    assert_eq!(
+        shared,
+        libc::MAP_FAILED,
+        "{what}: a writable shared mapping was made"
+    );
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{what}: {err}");
 }
 
 // ---- processes -----------------------------------------------------------------------------

@@ -18,7 +18,8 @@ use rustix::net::{
 const SCM_MAX_FD: usize = 253;
 
 /// `sendmsg(2)` with `SCM_RIGHTS` carrying `fds` alongside `bytes`, with `MSG_NOSIGNAL`
-/// (a closed peer gives `EPIPE`, never `SIGPIPE`). Retries `EINTR`.
+/// (a closed peer gives `EPIPE`, never `SIGPIPE`) and `MSG_DONTWAIT` (never blocks, even on
+/// a blocking socket: the caller waits for room under its own deadline). Retries `EINTR`.
 ///
 /// `bytes` must be non-empty. Works on blocking and non-blocking sockets; a non-blocking one
 /// gives `WouldBlock` when full. On a stream socket the kernel may take only part of `bytes`
@@ -54,7 +55,12 @@ pub(crate) fn send_with_fds(
     }
     let iov = [IoSlice::new(bytes)];
     loop {
-        match rustix::net::sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL) {
+        match rustix::net::sendmsg(
+            sock,
+            &iov,
+            &mut control,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        ) {
             Ok(n) => return Ok(n),
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),

@@ -72,27 +72,6 @@ pub(crate) fn read(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Reads at most `max` bytes from `fd`, appending them to `vec` without zeroing its spare
-/// capacity first; retries `EINTR`. Returns how many were appended (0 at end of file).
-pub(crate) fn read_append(fd: impl AsFd, vec: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-    vec.reserve(max);
-    loop {
-        let spare = &mut vec.spare_capacity_mut()[..max];
-        match rustix::io::read(&fd, spare) {
-            Ok((init, _)) => {
-                let n = init.len();
-                // SAFETY: rustix's `read` into uninitialised memory returns, as `init`, the
-                // first `n` bytes of `spare`, which the kernel wrote; `spare` starts at the
-                // vector's length and `n <= max <= spare capacity`.
-                unsafe { vec.set_len(vec.len() + n) };
-                return Ok(n);
-            }
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// Puts `fd` in non-blocking mode.
 pub(crate) fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(&fd)?;

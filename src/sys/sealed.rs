@@ -142,12 +142,17 @@ impl Sealed {
     }
 
     /// Maps the first `len` bytes of a sealed `fd` read-only; `len` is its size.
+    ///
+    /// A private mapping (`MAP_PRIVATE`, `PROT_READ`): reading it maps the file's own pages,
+    /// no copy is made, and since the file never changes nothing can tell it from a shared
+    /// one. Linux before 6.7 refuses a *shared* mapping of a write-sealed file even when it
+    /// is read-only (the write seal counted every shared mapping as writable).
     fn map(fd: OwnedFd, len: usize) -> io::Result<Sealed> {
         // SAFETY: the file is sealed against writing, shrinking and growing (checked by
         // `open`, or set by `Unsealed::seal`), and seals are never removed: no process can
         // change these bytes or truncate them away, so they may be read as a `&[u8]` for as
         // long as the mapping lives.
-        let map = unsafe { MmapOptions::new().len(len).map(&fd)? };
+        let map = unsafe { MmapOptions::new().len(len).map_copy_read_only(&fd)? };
         Ok(Sealed { map, fd })
     }
 

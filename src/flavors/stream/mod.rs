@@ -3,6 +3,9 @@
 //!
 //! - `mod.rs` (here): anonymous pairs.
 //! - `send.rs`: the sending half: framing, vectored writes, committed tails.
+//! - `sink.rs`: large messages written as they are encoded, byte strings straight from the
+//!   caller's value.
+//! - `write.rs`: writes under a deadline, without `SIGPIPE`.
 //! - `recv.rs`: the receiving half: polling every connection, the fair scan.
 
 use std::os::fd::OwnedFd;
@@ -12,6 +15,8 @@ use crate::{Error, Options};
 
 mod recv;
 mod send;
+mod sink;
+mod write;
 
 pub(crate) use recv::StreamReceiver;
 pub(crate) use send::StreamSender;

@@ -5,7 +5,7 @@
 //! undecodable message is dropped alone.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::event::{PollFd, PollFlags};
 
@@ -14,8 +14,8 @@ use crate::codec::Decode;
 use crate::flavors::acceptor::{self, Acceptor};
 use crate::flavors::attached::{self, Groups, MAX_QUEUED};
 use crate::flavors::lock::{HandleLock, LockFail};
-use crate::flavors::{decode_shared, drop_dead, in_turn, Deadline, NotReceived, SHARE_FROM};
-use crate::frame::{FrameReader, PIECE_MAX};
+use crate::flavors::{drop_dead, in_turn, Deadline, NotReceived, KEEP_BUFFER, SHARE_FROM};
+use crate::frame::{FrameReader, DIRECT_MIN, HEADER, PIECE_MAX};
 use crate::handshake::Hello;
 use crate::sys::{self, fdpass, StreamKind};
 use crate::{Error, Options};
@@ -49,6 +49,19 @@ struct RecvConn {
     passes_fds: bool,
     /// Descriptors that came ahead of the messages that name them.
     groups: Groups,
+    /// The last read found bytes.
+    hot: bool,
+    /// The last read took all it asked for, so the socket may hold more.
+    full: bool,
+    /// Messages taken since the last read that found bytes: two or more, and the peer is
+    /// streaming rather than answering one message at a time.
+    batch: u32,
+    /// The last message taken was long: read little into the buffer, so the first piece of
+    /// the next long one goes straight into its assembly instead of being copied there.
+    after_long: bool,
+    /// The assembly vector of the last long message, which what was decoded from it may
+    /// still share: the reader's next assembly vector (see [`RecvConn::decode_long`]).
+    lent: Option<::bytes::Bytes>,
     /// The peer closed its end: deliver what is complete, then drop.
     eof: bool,
     /// Drop at the next sweep.
@@ -62,40 +75,150 @@ impl RecvConn {
             reader: FrameReader::new(limit),
             passes_fds: kind == StreamKind::Unix,
             groups: Groups::default(),
+            hot: false,
+            full: false,
+            batch: 0,
+            after_long: false,
+            lent: None,
             eof: false,
             dead: false,
         }
     }
 
-    /// One non-blocking read into the frame reader (straight into a large message's
-    /// assembly when the reader asks for it).
-    fn read_some(&mut self) {
-        // Descriptors come only with a marked message's first header, so never with the
-        // rest of a piece read straight into the assembly (a peer that sends them there has
-        // them closed by the kernel, and its message is refused without them).
-        let read = match self.reader.direct() {
-            Some((assembly, max)) => sys::read_append(&self.fd, assembly, max).map(|n| (n, true)),
-            None if self.passes_fds => {
-                match fdpass::recv_with_fds(self.fd.as_fd(), self.reader.spare(), MAX_QUEUED) {
-                    Ok((n, fds)) if !fds.is_empty() => {
-                        if self.groups.push(fds).is_err() {
-                            self.dead = true;
-                        }
-                        Ok((n, false))
-                    }
-                    other => other.map(|(n, _)| (n, false)),
-                }
+    /// One non-blocking read into the frame reader. While a large piece is read straight
+    /// into its message's assembly, the same read takes the next piece's header into the
+    /// buffer, so that piece goes straight in too: one system call per piece, and no copy
+    /// (a read into the buffer would bring a whole piece there, to be copied out). True
+    /// when it found bytes.
+    ///
+    /// On a Unix socket every read into the buffer is a `recvmsg` that takes the
+    /// descriptors a marked frame's first bytes carry (`attached.rs`), and a read straight
+    /// into an assembly stops at the end of its piece: a plain read that went on into the
+    /// next header would have the kernel close the descriptors that came with it.
+    fn read_some(&mut self) -> bool {
+        let passes_fds = self.passes_fds;
+        let (read, asked) = match self.reader.direct_and_spare() {
+            Some((assembly, max, spare)) => {
+                let then = if passes_fds { 0 } else { HEADER };
+                (
+                    read_append_then(self.fd.as_fd(), assembly, max, &mut spare[..then]),
+                    max + then,
+                )
             }
-            None => sys::read(&self.fd, self.reader.spare()).map(|n| (n, false)),
+            None => {
+                let spare = self.reader.spare();
+                let take = match self.after_long {
+                    true => spare.len().min(HEADER + DIRECT_MIN),
+                    false => spare.len(),
+                };
+                let read = if passes_fds {
+                    match fdpass::recv_with_fds(self.fd.as_fd(), &mut spare[..take], MAX_QUEUED) {
+                        Ok((n, fds)) if !fds.is_empty() => {
+                            if self.groups.push(fds).is_err() {
+                                self.dead = true;
+                            }
+                            Ok((0, n))
+                        }
+                        other => other.map(|(n, _)| (0, n)),
+                    }
+                } else {
+                    sys::read(&self.fd, &mut spare[..take]).map(|n| (0, n))
+                };
+                (read, take)
+            }
         };
+        self.hot = matches!(read, Ok((a, b)) if a + b > 0);
+        self.full = matches!(read, Ok((a, b)) if a + b == asked);
+        if self.hot {
+            self.batch = 0;
+        }
         match read {
-            Ok((0, _)) => self.eof = true,
-            Ok((n, true)) => self.reader.appended(n),
-            Ok((n, false)) => self.reader.filled(n),
+            Ok((0, 0)) => self.eof = true,
+            Ok((appended, filled)) => {
+                self.reader.appended(appended);
+                self.reader.filled(filled);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             // Reset, or anything else: the peer is gone; nothing more will come.
             Err(_) => self.eof = true,
         }
+        self.hot
+    }
+
+    /// Decodes a long message from its assembly vector `buf`, which a [`crate::Bytes`] in
+    /// it may share instead of copying its bytes (`bytes::decode_sharing`). The vector goes
+    /// back to the reader once nothing shares it: at once, or when the next message starts,
+    /// by which time the caller has usually dropped what it received. Only if something
+    /// still shares it then does the reader get a new vector, of the same size. (Making the
+    /// new vector right after decoding kept two alive at a time; the allocator then handed
+    /// memory back to the kernel and took it again, `brk` and page faults with every 64 KiB
+    /// message.)
+    fn decode_long(&mut self, buf: Vec<u8>, decode: &mut Decode<'_>) -> Result<(), String> {
+        let shared = ::bytes::Bytes::from(buf);
+        let decoded = crate::bytes::decode_sharing(&shared, |bytes| decode(bytes));
+        self.lent = Some(shared);
+        self.reclaim(false);
+        decoded
+    }
+
+    /// Gives the reader back the vector [`RecvConn::decode_long`] lent, if nothing shares it
+    /// any more; else, when `now`, a new one of its size.
+    fn reclaim(&mut self, now: bool) {
+        let Some(lent) = self.lent.take() else {
+            return;
+        };
+        let vec = match lent.try_into_mut() {
+            Ok(unshared) => Vec::from(unshared),
+            Err(shared) if now => Vec::with_capacity(shared.len()),
+            Err(shared) => {
+                self.lent = Some(shared);
+                return;
+            }
+        };
+        if vec.capacity() <= KEEP_BUFFER {
+            let _ = self.reader.give_assembly(vec);
+        }
+    }
+}
+
+/// One `readv` of at most `max` bytes appended to `vec` (without zeroing its spare capacity
+/// first) and, once those are in, at most `then.len()` bytes into `then`; retries `EINTR`.
+/// How many went to each.
+fn read_append_then(
+    fd: BorrowedFd<'_>,
+    vec: &mut Vec<u8>,
+    max: usize,
+    then: &mut [u8],
+) -> io::Result<(usize, usize)> {
+    vec.reserve(max);
+    loop {
+        let iov = [
+            libc::iovec {
+                iov_base: vec.spare_capacity_mut().as_mut_ptr().cast(),
+                iov_len: max,
+            },
+            libc::iovec {
+                iov_base: then.as_mut_ptr().cast(),
+                iov_len: then.len(),
+            },
+        ];
+        // SAFETY: `iov` describes memory we hold exclusively for the call: `max` bytes of
+        // `vec`'s spare capacity (reserved above) and all of `then`; the kernel writes at
+        // most that much, and nothing else touches them meanwhile.
+        let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let n = n as usize;
+        let appended = n.min(max);
+        // SAFETY: the kernel wrote the first `appended` bytes of the spare capacity (it
+        // fills the vectors in order), which starts at the vector's length.
+        unsafe { vec.set_len(vec.len() + appended) };
+        return Ok((appended, n - appended));
     }
 }
 
@@ -183,7 +306,8 @@ impl RecvState {
         deadline: Deadline,
         decode: &mut Decode<'_>,
     ) -> Result<(), NotReceived> {
-        let mut polled = false;
+        // Whether the connections were looked at (read or polled) since the call began.
+        let mut looked = false;
         loop {
             if let Some(acceptor) = acceptor {
                 while let Some(accepted) = acceptor.take() {
@@ -199,13 +323,20 @@ impl RecvState {
                 return Err(NotReceived::Disconnected);
             }
             let timeout = deadline.remaining();
-            // Past the deadline, one look at what is ready (made above) is all we owe: peers
-            // that keep streaming bytes must not hold the caller beyond it.
-            if polled && timeout.is_some_and(|t| t.is_zero()) {
+            // Past the deadline, one look at what is ready is all we owe: peers that keep
+            // streaming bytes must not hold the caller beyond it.
+            if looked && timeout.is_some_and(|t| t.is_zero()) {
                 return Err(deadline.recv_expired());
             }
+            looked = true;
+            // A lone connection that is likely to have more bytes waiting is read before
+            // any poll: that saves a system call per batch of small messages, and per piece
+            // of a large one. With more connections the poll comes first, so a busy one
+            // cannot keep the others waiting.
+            if self.read_lone_hot() {
+                continue;
+            }
             self.poll(acceptor, timeout).map_err(NotReceived::Io)?;
-            polled = true;
         }
     }
 
@@ -215,10 +346,12 @@ impl RecvState {
         let limit = self.limit;
         for i in in_turn(self.next, self.conns.len()) {
             let conn = &mut self.conns[i];
+            conn.reclaim(true);
             let next = match conn.reader.next_message() {
                 // Marked as having descriptors attached: they came with its first bytes.
                 Ok(Some((_, true))) if conn.groups.is_empty() => Err(()),
                 Ok(Some((bytes, attached))) if bytes.len() < SHARE_FROM.max(PIECE_MAX + 1) => {
+                    conn.after_long = false;
                     let group = attached.then(|| conn.groups.pop()).flatten();
                     let len = bytes.len();
                     Ok(Some(attached::decode_with(group, len, limit, || {
@@ -226,16 +359,15 @@ impl RecvState {
                     })))
                 }
                 // Longer than a piece, so in the reader's assembly: decoded from a buffer
-                // that a `Bytes` in it may share (see `decode_shared`).
+                // that a `Bytes` in it may share (see `RecvConn::decode_long`).
                 Ok(Some((_, attached))) => {
+                    conn.after_long = true;
                     let group = attached.then(|| conn.groups.pop()).flatten();
-                    let mut buf = conn.reader.swap_assembled(Vec::new()).unwrap_or_default();
+                    let buf = conn.reader.swap_assembled(Vec::new()).unwrap_or_default();
                     let len = buf.len();
-                    let decoded = attached::decode_with(group, len, limit, || {
-                        decode_shared(&mut buf, decode)
-                    });
-                    conn.reader.swap_assembled(buf);
-                    Ok(Some(decoded))
+                    Ok(Some(attached::decode_with(group, len, limit, || {
+                        conn.decode_long(buf, decode)
+                    })))
                 }
                 Ok(None) => Ok(None),
                 Err(_) => Err(()),
@@ -243,6 +375,7 @@ impl RecvState {
             match next {
                 Ok(Some(decoded)) => match decoded {
                     Ok(()) => {
+                        conn.batch = conn.batch.saturating_add(1);
                         self.next = i + 1;
                         found = true;
                         break;
@@ -261,6 +394,19 @@ impl RecvState {
         }
         drop_dead(&mut self.conns, |c| c.dead, |_| {});
         found
+    }
+
+    /// Reads the only connection if more bytes are likely waiting: its last read brought
+    /// several messages (its peer streams faster than we take; a peer that answers one
+    /// message at a time is polled first, as a read would find nothing), or took all it
+    /// asked for part-way through a message. True when it found more.
+    fn read_lone_hot(&mut self) -> bool {
+        match &mut self.conns[..] {
+            [conn] if conn.hot && (conn.batch >= 2 || conn.full && conn.reader.mid_message()) => {
+                conn.read_some()
+            }
+            _ => false,
+        }
     }
 
     /// Waits for data on any connection (or a new one from the acceptor) and reads what is
@@ -284,7 +430,7 @@ impl RecvState {
         let ready: Vec<bool> = fds.iter().map(|p| !p.revents().is_empty()).collect();
         drop(fds);
         for (conn, _) in self.conns.iter_mut().zip(&ready).filter(|(_, r)| **r) {
-            conn.read_some();
+            let _ = conn.read_some();
         }
         if let (Some(a), Some(true)) = (acceptor, ready.last()) {
             a.clear_wake();
