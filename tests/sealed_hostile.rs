@@ -325,7 +325,7 @@ fn expect_from(parts: &[Bytes], want: &[(&[u8], bool)], memfd: &str, what: &str)
         if *sealed {
             let map = mapping_of(part);
             assert!(
-                map.contains(" r--s ") && map.contains(memfd),
+                map.contains(" r--p ") && map.contains(memfd),
                 "{what}: part {i} mapped as {map}"
             );
         }
