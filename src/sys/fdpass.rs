@@ -5,17 +5,18 @@
 //! stream socket the kernel attaches them to that byte, so the receiver gets them with the
 //! `recvmsg` that reads it and never has to guess where they belong.
 
-use std::io::{self, IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::io::{self, IoSlice};
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
 /// The most descriptors Linux carries in one message (`SCM_MAX_FD`); more gives `EINVAL`.
 const SCM_MAX_FD: usize = 253;
+
+/// `u64` words of control buffer for `SCM_MAX_FD` descriptors: a 16-byte `cmsghdr` and
+/// 4 bytes each, rounded up (`CMSG_SPACE`).
+const CONTROL_WORDS: usize = (16 + SCM_MAX_FD * 4).div_ceil(8) + 1;
 
 /// `sendmsg(2)` with `SCM_RIGHTS` carrying `fds` alongside `bytes`, with `MSG_NOSIGNAL`
 /// (a closed peer gives `EPIPE`, never `SIGPIPE`) and `MSG_DONTWAIT` (never blocks, even on
@@ -86,36 +87,85 @@ pub(crate) fn recv_with_fds(
     buf: &mut [u8],
     max_fds: usize,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    // SAFETY: the one vector is `buf`, borrowed mutably for the call.
+    unsafe { recv_vectored_with_fds(sock, &mut iov, max_fds) }
+}
+
+/// [`recv_with_fds`] into the buffers `iov` describes, filled in order: for a caller that
+/// reads into memory it cannot lend as a `&mut [u8]` (a vector's spare capacity).
+///
+/// # Safety
+///
+/// Each `iovec` must describe memory that is valid for writes of its length and that
+/// nothing else reads or writes during the call.
+pub(crate) unsafe fn recv_vectored_with_fds(
+    sock: BorrowedFd<'_>,
+    iov: &mut [libc::iovec],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     // Asking for more than the kernel can ever send only wastes space.
     let room = max_fds.min(SCM_MAX_FD);
-    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(room))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let msg = loop {
-        let mut iov = [IoSliceMut::new(&mut *buf)];
-        match rustix::net::recvmsg(
-            sock,
-            &mut iov,
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
-        ) {
-            Ok(msg) => break msg,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+    let fd_bytes = (room * size_of::<libc::c_int>()) as u32;
+    // SAFETY: CMSG_SPACE only computes a length.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
+    // On the stack, in `u64`s (aligned for `cmsghdr`), uninitialised: only what the kernel
+    // writes is read.
+    let mut control = [MaybeUninit::<u64>::uninit(); CONTROL_WORDS];
+    debug_assert!(space <= CONTROL_WORDS * size_of::<u64>());
+    // SAFETY: `msghdr` is plain data, for which all zeroes is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let flags = libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT;
+    let read = loop {
+        // SAFETY: `msg` points at `iov` (valid for writes, by the caller's promise) and at
+        // `control`, `space` bytes we own; both outlive the call.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     };
     // Take ownership of every descriptor that arrived, so each is closed if we refuse them.
     // Other control messages (credentials, say) are skipped; they hold no resources.
     let mut fds = Vec::new();
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = message {
-            fds.extend(received);
+    // SAFETY: `msg` was filled by `recvmsg`: its control length says how much of `control`
+    // holds messages, which CMSG_FIRSTHDR and CMSG_NXTHDR walk without leaving it.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` points at a whole header inside `control` (see above).
+        let header = unsafe { &*cmsg };
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN only computes a length.
+            let data_len = header.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+            // SAFETY: the data of a header inside `control`.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<libc::c_int>();
+            for i in 0..data_len / size_of::<libc::c_int>() {
+                // SAFETY: within the header's data (`data_len`); each is a descriptor the
+                // kernel just installed in this process for us, owned by nobody else.
+                fds.push(unsafe { OwnedFd::from_raw_fd(data.add(i).read_unaligned()) });
+            }
         }
+        // SAFETY: as for CMSG_FIRSTHDR.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
-    if msg.flags.contains(ReturnFlags::CTRUNC) {
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
         drop(fds);
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("the peer passed more descriptors than the {max_fds} expected (control data truncated)"),
+            format!(
+                "the peer passed more descriptors than fit (control data truncated), at most \
+                 {max_fds} expected"
+            ),
         ));
     }
     if fds.len() > max_fds {
@@ -126,7 +176,7 @@ pub(crate) fn recv_with_fds(
             format!("the peer passed {got} descriptors, at most {max_fds} expected"),
         ));
     }
-    Ok((msg.bytes, fds))
+    Ok((read, fds))
 }
 
 #[cfg(test)]

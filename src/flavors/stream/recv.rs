@@ -91,19 +91,17 @@ impl RecvConn {
     /// (a read into the buffer would bring a whole piece there, to be copied out). True
     /// when it found bytes.
     ///
-    /// On a Unix socket every read into the buffer is a `recvmsg` that takes the
-    /// descriptors a marked frame's first bytes carry (`attached.rs`), and a read straight
-    /// into an assembly stops at the end of its piece: a plain read that went on into the
-    /// next header would have the kernel close the descriptors that came with it.
+    /// On a Unix socket every read is a `recvmsg` that takes the descriptors a marked
+    /// frame's first bytes carry (`attached.rs`): a plain read would have the kernel close
+    /// them.
     fn read_some(&mut self) -> bool {
         let passes_fds = self.passes_fds;
         let (read, asked) = match self.reader.direct_and_spare() {
             Some((assembly, max, spare)) => {
-                let then = if passes_fds { 0 } else { HEADER };
-                (
-                    read_append_then(self.fd.as_fd(), assembly, max, &mut spare[..then]),
-                    max + then,
-                )
+                let groups = passes_fds.then_some(&mut self.groups);
+                let read =
+                    read_append_then(self.fd.as_fd(), assembly, max, &mut spare[..HEADER], groups);
+                (read, max + HEADER)
             }
             None => {
                 let spare = self.reader.spare();
@@ -112,15 +110,16 @@ impl RecvConn {
                     false => spare.len(),
                 };
                 let read = if passes_fds {
-                    match fdpass::recv_with_fds(self.fd.as_fd(), &mut spare[..take], MAX_QUEUED) {
-                        Ok((n, fds)) if !fds.is_empty() => {
-                            if self.groups.push(fds).is_err() {
-                                self.dead = true;
+                    fdpass::recv_with_fds(self.fd.as_fd(), &mut spare[..take], MAX_QUEUED).and_then(
+                        |(n, fds)| {
+                            if !fds.is_empty() {
+                                self.groups
+                                    .push(fds)
+                                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                             }
                             Ok((0, n))
-                        }
-                        other => other.map(|(n, _)| (0, n)),
-                    }
+                        },
+                    )
                 } else {
                     sys::read(&self.fd, &mut spare[..take]).map(|n| (0, n))
                 };
@@ -139,6 +138,9 @@ impl RecvConn {
                 self.reader.filled(filled);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Descriptors no sender passes (too many, or past the bound): the peer is broken
+            // or hostile, and the bytes of that read are lost.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => self.dead = true,
             // Reset, or anything else: the peer is gone; nothing more will come.
             Err(_) => self.eof = true,
         }
@@ -183,16 +185,19 @@ impl RecvConn {
 
 /// One `readv` of at most `max` bytes appended to `vec` (without zeroing its spare capacity
 /// first) and, once those are in, at most `then.len()` bytes into `then`; retries `EINTR`.
-/// How many went to each.
+/// How many went to each. With `groups` (a Unix socket) it is a `recvmsg` that takes the
+/// descriptors a marked frame's first bytes carry into it, as any read of ours there must
+/// (a plain read would have the kernel close them).
 fn read_append_then(
     fd: BorrowedFd<'_>,
     vec: &mut Vec<u8>,
     max: usize,
     then: &mut [u8],
+    mut groups: Option<&mut Groups>,
 ) -> io::Result<(usize, usize)> {
     vec.reserve(max);
     loop {
-        let iov = [
+        let mut iov = [
             libc::iovec {
                 iov_base: vec.spare_capacity_mut().as_mut_ptr().cast(),
                 iov_len: max,
@@ -202,10 +207,22 @@ fn read_append_then(
                 iov_len: then.len(),
             },
         ];
-        // SAFETY: `iov` describes memory we hold exclusively for the call: `max` bytes of
-        // `vec`'s spare capacity (reserved above) and all of `then`; the kernel writes at
-        // most that much, and nothing else touches them meanwhile.
-        let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), 2) };
+        let n = match &mut groups {
+            Some(groups) => {
+                // SAFETY: `iov` describes memory we hold exclusively for the call: `max`
+                // bytes of `vec`'s spare capacity (reserved above) and all of `then`.
+                let (n, fds) = unsafe { fdpass::recv_vectored_with_fds(fd, &mut iov, MAX_QUEUED)? };
+                if !fds.is_empty() {
+                    groups
+                        .push(fds)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                }
+                n as isize
+            }
+            // SAFETY: as above; the kernel writes at most that much, and nothing else
+            // touches them meanwhile.
+            None => unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), 2) },
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
