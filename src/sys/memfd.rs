@@ -52,6 +52,35 @@ fn check_len(len: usize) -> io::Result<u64> {
     }
 }
 
+/// The seals of a descriptor received from a peer, once it is known to be a memfd (a
+/// regular file that supports seals); `InvalidData` otherwise. `what` names it in errors.
+pub(crate) fn peer_memfd_seals(fd: BorrowedFd<'_>, what: &str) -> io::Result<SealFlags> {
+    let kind = FileType::from_raw_mode(rustix::fs::fstat(fd)?.st_mode);
+    if kind != FileType::RegularFile {
+        return Err(invalid(format!(
+            "{what}'s descriptor is a {kind:?}, not a memfd"
+        )));
+    }
+    match rustix::fs::fcntl_get_seals(fd) {
+        Ok(seals) => Ok(seals),
+        Err(rustix::io::Errno::INVAL) => Err(invalid(format!(
+            "{what}'s descriptor does not support seals: not a memfd"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `InvalidData` unless the file `fd` (whose size is sealed) is exactly `expected` bytes.
+pub(crate) fn expect_size(fd: BorrowedFd<'_>, expected: u64, what: &str) -> io::Result<()> {
+    let size = rustix::fs::fstat(fd)?.st_size;
+    if u64::try_from(size).ok() != Some(expected) {
+        return Err(invalid(format!(
+            "{what} is {size} bytes, {expected} expected"
+        )));
+    }
+    Ok(())
+}
+
 impl SharedMap {
     /// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)`, `ftruncate` to `len`, seal
     /// with `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, and map shared read-write. The
@@ -78,24 +107,10 @@ impl SharedMap {
     /// or that was not opened read-write.
     pub(crate) fn open(fd: OwnedFd, expected_len: usize) -> io::Result<SharedMap> {
         let expected = check_len(expected_len)?;
-        let stat = rustix::fs::fstat(&fd)?;
-        let kind = FileType::from_raw_mode(stat.st_mode);
-        if kind != FileType::RegularFile {
-            return Err(invalid(format!(
-                "the shared memory descriptor is a {kind:?}, not a memfd"
-            )));
-        }
+        const WHAT: &str = "the shared memory";
         // Seals first, size second: once the size is sealed it cannot change between the
         // check and the mapping.
-        let seals = match rustix::fs::fcntl_get_seals(&fd) {
-            Ok(seals) => seals,
-            Err(rustix::io::Errno::INVAL) => {
-                return Err(invalid(
-                    "the shared memory descriptor does not support seals: not a memfd".into(),
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let seals = peer_memfd_seals(fd.as_fd(), WHAT)?;
         if !seals.contains(SIZE_SEALS) {
             return Err(invalid(format!(
                 "the shared memory is not sealed against shrinking and growing (seals {seals:?})"
@@ -106,12 +121,7 @@ impl SharedMap {
                 "the shared memory is sealed against writing (seals {seals:?})"
             )));
         }
-        let size = rustix::fs::fstat(&fd)?.st_size;
-        if u64::try_from(size).ok() != Some(expected) {
-            return Err(invalid(format!(
-                "the shared memory is {size} bytes, {expected_len} expected"
-            )));
-        }
+        expect_size(fd.as_fd(), expected, WHAT)?;
         let mode = rustix::fs::fcntl_getfl(&fd)? & OFlags::RWMODE;
         if mode != OFlags::RDWR {
             return Err(invalid(

@@ -17,7 +17,9 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
-use rustix::fs::{FileType, MemfdFlags, SealFlags};
+use rustix::fs::{MemfdFlags, SealFlags};
+
+use super::memfd::{expect_size, peer_memfd_seals};
 
 /// The seals a blob must carry before anyone reads it as plain bytes.
 const READ_SEALS: SealFlags = SealFlags::WRITE
@@ -111,33 +113,15 @@ impl Sealed {
     /// `expected_len`.
     pub(crate) fn open(fd: OwnedFd, expected_len: u64) -> io::Result<Sealed> {
         let len = check_len(expected_len)?;
-        let kind = FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode);
-        if kind != FileType::RegularFile {
-            return Err(invalid(format!(
-                "a blob's descriptor is a {kind:?}, not a memfd"
-            )));
-        }
-        let seals = match rustix::fs::fcntl_get_seals(&fd) {
-            Ok(seals) => seals,
-            Err(rustix::io::Errno::INVAL) => {
-                return Err(invalid(
-                    "a blob's descriptor does not support seals: not a memfd".into(),
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        };
+        const WHAT: &str = "a sealed buffer";
+        let seals = peer_memfd_seals(fd.as_fd(), WHAT)?;
         if !seals.contains(READ_SEALS) {
             return Err(invalid(format!(
-                "a blob is not sealed against writing and resizing (seals {seals:?})"
+                "{WHAT} is not sealed against writing and resizing (seals {seals:?})"
             )));
         }
         // Seals first, size second: once sealed, the size cannot change after this check.
-        let size = rustix::fs::fstat(&fd)?.st_size;
-        if u64::try_from(size).ok() != Some(expected_len) {
-            return Err(invalid(format!(
-                "a blob is {size} bytes, its frame says {expected_len}"
-            )));
-        }
+        expect_size(fd.as_fd(), expected_len, WHAT)?;
         Self::map(fd, len)
     }
 

@@ -221,26 +221,9 @@ pub fn finish_hello(sock: &mut UnixStream, mut reply: Vec<u8>) -> Vec<u8> {
 }
 
 impl Raw {
+    /// Connects as a sender of [`Job`]s (see [`Raw::connect_as`]).
     pub fn connect(addr: &str) -> Raw {
-        let path = addr.strip_prefix("shm:").expect("an shm: address");
-        let mut sock = UnixStream::connect(path).expect("raw connect");
-        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        sock.write_all(&hello_for::<Job>(1 << 20)).expect("hello");
-        let mut buf = [0u8; 600];
-        let (n, fds) = recv_fds(&sock, &mut buf);
-        let reply = finish_hello(&mut sock, buf[..n].to_vec());
-        assert_eq!((&reply[..4], reply[6]), (&b"CNDT"[..], 0), "accepted");
-        let [memfd]: [OwnedFd; 1] = fds.try_into().expect("one descriptor");
-        let file = File::from(memfd);
-        let ring = Ring::over(&file, OwnedFd::from(sock.try_clone().unwrap()));
-        let magic = ring.u64_at(0).load(Ordering::Acquire).to_le_bytes();
-        assert_eq!(&magic, b"CDTRING1", "ring magic");
-        Raw {
-            sock,
-            file,
-            ring,
-            head: 0,
-        }
+        Raw::connect_as::<Job>(addr)
     }
 
     /// Moves both positions to `pos` (a multiple of 8 for a legal start). Only before the
