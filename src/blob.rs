@@ -202,6 +202,8 @@ thread_local! {
     static SEND_MODE: Cell<SendMode> = const { Cell::new(SendMode::Plain) };
     /// `Counting`: sealed buffers found; `Attaching`: the group being gathered.
     static GROUP: RefCell<Vec<Arc<Sealed>>> = const { RefCell::new(Vec::new()) };
+    /// How many descriptors the message being encoded may take.
+    static LIMIT: Cell<usize> = const { Cell::new(0) };
     static RECV_ATTACHED: Cell<bool> = const { Cell::new(false) };
     /// The received group while a marked message is decoded.
     static RECEIVED: RefCell<Received> = const { RefCell::new(Received::none()) };
@@ -285,13 +287,9 @@ pub(crate) fn encoding_attached<R>(
     with_send_mode(SendMode::Attaching, encode)
 }
 
-thread_local! {
-    /// How many descriptors the current message may take.
-    static LIMIT: Cell<usize> = const { Cell::new(0) };
-}
-
 /// Takes `bytes` into the current group if it is a sealed buffer that may travel as its
-/// descriptor: its index in the group and its offset in the buffer.
+/// descriptor (long enough, and the message has room for one more): the buffer, and where
+/// in it `bytes` start.
 fn join_group(bytes: &[u8]) -> Option<(Arc<Sealed>, usize)> {
     if bytes.len() < ATTACH_FROM {
         return None;
