@@ -68,6 +68,9 @@ impl Unsealed {
         // SAFETY: the memfd is ours alone (just created, close-on-exec, not passed on) and
         // its size is sealed, so the mapping stays valid and nobody else writes it.
         let map = unsafe { MmapOptions::new().len(len).map_mut(&fd)? };
+        // Not into a child forked meanwhile by another thread: its copy of this writable
+        // mapping would make the write seal fail (`EBUSY`) until it execs or exits.
+        map.advise(memmap2::Advice::DontFork)?;
         Ok(Unsealed { map, fd })
     }
 
@@ -251,6 +254,31 @@ mod tests {
         let len = exe.metadata().unwrap().len();
         let err = Sealed::open(exe.into(), len).unwrap_err();
         assert!(err.to_string().contains("not a memfd"), "{err}");
+    }
+
+    /// A child forked while the buffer is being written does not get its writable
+    /// mapping, so sealing succeeds while the child lives.
+    #[test]
+    fn a_fork_while_writing_does_not_block_the_seal() {
+        let mut buf = Unsealed::create(8192).unwrap();
+        buf.as_mut_slice()[0] = 1;
+        // SAFETY: the child only sleeps (async-signal-safe) and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::usleep(500_000);
+                libc::_exit(0);
+            }
+        }
+        let sealed = buf.seal();
+        // SAFETY: reaping the child forked above.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        assert_eq!(sealed.unwrap().as_slice()[0], 1);
     }
 
     #[test]
