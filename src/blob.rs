@@ -261,8 +261,12 @@ fn with_send_mode<R>(mode: SendMode, run: impl FnOnce() -> R) -> (R, Vec<Arc<Sea
 }
 
 /// Runs `walk` (the sender's measuring walk) and returns its result with the number of
-/// sealed `Bytes` it met that would travel as descriptors (at most `room`).
+/// sealed `Bytes` it met that would travel as descriptors (at most `room`). With no room, or
+/// no sealed buffer in the process, the walk runs plain: there is nothing to count.
 pub(crate) fn counting_sealed<R>(room: usize, walk: impl FnOnce() -> R) -> (R, usize) {
+    if room == 0 || !any_sealed() {
+        return (walk(), 0);
+    }
     LIMIT.with(|l| l.set(room));
     let (result, group) = with_send_mode(SendMode::Counting, walk);
     (result, group.len())
