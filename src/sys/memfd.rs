@@ -36,19 +36,32 @@ impl fmt::Debug for SharedMap {
 /// The seals the peer's memfd must carry: its size can never change.
 const SIZE_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
 
-fn invalid(message: String) -> io::Error {
+pub(super) fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
 /// Refuses lengths that cannot be mapped: zero (memmap2 would map a page past an empty
-/// file) and more than a file offset can hold.
-fn check_len(len: usize) -> io::Result<u64> {
-    match u64::try_from(len) {
-        Ok(n) if n > 0 && n <= i64::MAX as u64 => Ok(n),
+/// file) and more than a file offset can hold. `what` names the memory in the error.
+pub(super) fn check_len(len: u64, what: &str) -> io::Result<usize> {
+    match usize::try_from(len) {
+        Ok(n) if n > 0 && len <= i64::MAX as u64 => Ok(n),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("cannot map {len} bytes of shared memory"),
+            format!("cannot map {len} bytes of {what}"),
         )),
+    }
+}
+
+/// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)` of `size` zeroed bytes, its size
+/// not sealed yet.
+pub(super) fn sized_memfd(name: &str, size: u64) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    loop {
+        match rustix::fs::ftruncate(&fd, size) {
+            Ok(()) => return Ok(fd),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -86,15 +99,8 @@ impl SharedMap {
     /// with `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, and map shared read-write. The
     /// memory is zeroed. `name` only shows in /proc/PID/fd and /proc/PID/maps.
     pub(crate) fn create(name: &str, len: usize) -> io::Result<SharedMap> {
-        let size = check_len(len)?;
-        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        loop {
-            match rustix::fs::ftruncate(&fd, size) {
-                Ok(()) => break,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        check_len(len as u64, "shared memory")?;
+        let fd = sized_memfd(name, len as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SIZE_SEALS | SealFlags::SEAL)?;
         Self::map(fd, len)
     }
@@ -106,7 +112,8 @@ impl SharedMap {
     /// `SIGBUS`), whose size is not exactly `expected_len`, that is sealed against writing,
     /// or that was not opened read-write.
     pub(crate) fn open(fd: OwnedFd, expected_len: usize) -> io::Result<SharedMap> {
-        let expected = check_len(expected_len)?;
+        check_len(expected_len as u64, "shared memory")?;
+        let expected = expected_len as u64;
         const WHAT: &str = "the shared memory";
         // Seals first, size second: once the size is sealed it cannot change between the
         // check and the mapping.

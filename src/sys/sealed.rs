@@ -17,29 +17,14 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
-use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::fs::SealFlags;
 
-use super::memfd::{expect_size, peer_memfd_seals};
+use super::memfd::{check_len, expect_size, invalid, peer_memfd_seals, sized_memfd};
 
 /// The seals a blob must carry before anyone reads it as plain bytes.
 const READ_SEALS: SealFlags = SealFlags::WRITE
     .union(SealFlags::SHRINK)
     .union(SealFlags::GROW);
-
-fn invalid(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message)
-}
-
-/// Refuses lengths that cannot be mapped: zero, and more than a file offset holds.
-fn check_len(len: u64) -> io::Result<usize> {
-    match usize::try_from(len) {
-        Ok(n) if n > 0 && len <= i64::MAX as u64 => Ok(n),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("a sealed buffer cannot hold {len} bytes"),
-        )),
-    }
-}
 
 /// A fresh memfd mapped shared read-write, for its creator to fill before sealing it.
 pub(crate) struct Unsealed {
@@ -50,18 +35,8 @@ pub(crate) struct Unsealed {
 impl Unsealed {
     /// `memfd_create(MFD_CLOEXEC | MFD_ALLOW_SEALING)` of `len` zeroed bytes, mapped.
     pub(crate) fn create(len: usize) -> io::Result<Unsealed> {
-        let size = check_len(len as u64)? as u64;
-        let fd = rustix::fs::memfd_create(
-            "conduit-blob",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )?;
-        loop {
-            match rustix::fs::ftruncate(&fd, size) {
-                Ok(()) => break,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        check_len(len as u64, "a sealed buffer")?;
+        let fd = sized_memfd("conduit-blob", len as u64)?;
         // The size first: nobody else holds the descriptor yet, but a mapping of a file
         // that could shrink is one step from SIGBUS.
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW)?;
@@ -115,8 +90,8 @@ impl Sealed {
     /// `F_SEAL_WRITE`, `F_SEAL_SHRINK` or `F_SEAL_GROW`, or whose size is not exactly
     /// `expected_len`.
     pub(crate) fn open(fd: OwnedFd, expected_len: u64) -> io::Result<Sealed> {
-        let len = check_len(expected_len)?;
         const WHAT: &str = "a sealed buffer";
+        let len = check_len(expected_len, WHAT)?;
         let seals = peer_memfd_seals(fd.as_fd(), WHAT)?;
         if !seals.contains(READ_SEALS) {
             return Err(invalid(format!(
@@ -177,9 +152,7 @@ mod tests {
     }
 
     fn memfd(len: u64, seals: SealFlags) -> OwnedFd {
-        let fd =
-            rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-        rustix::fs::ftruncate(&fd, len).unwrap();
+        let fd = sized_memfd("t", len).unwrap();
         rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
         fd
     }
