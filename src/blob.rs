@@ -531,6 +531,48 @@ mod tests {
         }
     }
 
+    /// A shm sender whose passed descriptors the receiver has not taken yet cannot be handed
+    /// to a child (which would count its own from zero); once they are taken, it can.
+    #[test]
+    fn a_shm_sender_with_descriptors_in_flight_is_not_handed_over() {
+        let (tx, rx) = channel::<Bytes>(Backend::Shm).unwrap();
+        tx.send(sealed(ATTACH_FROM, 4)).unwrap();
+        let mut cmd = std::process::Command::new("true");
+        match tx.share_with_child(&mut cmd, "T") {
+            Err(crate::Error::CannotShare { reason }) => {
+                assert!(reason.contains("sealed buffer"), "{reason}")
+            }
+            other => panic!("handed over with a descriptor in flight: {other:?}"),
+        }
+        assert!(rx.recv().unwrap().is_sealed());
+        tx.share_with_child(&mut cmd, "T").unwrap();
+    }
+
+    /// On a Unix socket, a marked message right behind a large one is read partly by the
+    /// read that finishes the large one's last piece (straight into its assembly, taking the
+    /// next header with it): that read must take the descriptors too, or the kernel closes
+    /// them and the connection drops. The receiver starts once all is in the socket, so the
+    /// bytes lie back to back.
+    #[test]
+    fn a_marked_message_behind_a_large_one_keeps_its_descriptors() {
+        let opts = Options::new().capacity(16 << 20);
+        let (tx, rx) = channel_with::<Bytes>(Backend::Socket, &opts).unwrap();
+        // Two pieces, buffered whole by the sender (under 128 KiB, so not streamed, which
+        // would end it with an empty last piece); the second is long enough to be read
+        // straight into the assembly.
+        let big = Bytes::from(vec![5u8; 100_000]);
+        let blob = sealed(ATTACH_FROM, 6);
+        for _ in 0..4 {
+            tx.send(big.clone()).unwrap();
+            tx.send(blob.clone()).unwrap();
+        }
+        for i in 0..4 {
+            assert_eq!(rx.recv().unwrap().len(), 100_000, "large message {i}");
+            let got = rx.recv().unwrap();
+            assert!(got.is_sealed() && got == blob, "sealed message {i}");
+        }
+    }
+
     /// Past the descriptors a connection may have in flight, sealed buffers are copied, and
     /// every message still arrives whole.
     #[test]
