@@ -573,6 +573,27 @@ mod tests {
         }
     }
 
+    /// `try_send` of a message with descriptors on a full Unix socket reports `Full` at
+    /// once: the sender's socket is blocking, so passing them must not wait.
+    #[test]
+    fn try_send_with_descriptors_on_a_full_socket_does_not_wait() {
+        let opts = Options::new().capacity(4096);
+        let (tx, rx) = channel_with::<Bytes>(Backend::Socket, &opts).unwrap();
+        let small = Bytes::from(vec![1u8; 1000]);
+        while tx.try_send(small.clone()).is_ok() {}
+        let (done, finished) = crossbeam_channel::bounded(1);
+        let trying = std::thread::spawn(move || {
+            let result = tx.try_send(sealed(ATTACH_FROM, 7));
+            let _ = done.send(());
+            result.is_err_and(|e| e.is_full())
+        });
+        let waited = finished.recv_timeout(std::time::Duration::from_secs(5));
+        // Unblock a waiting sender before failing, so the test ends either way.
+        drop(rx);
+        assert!(waited.is_ok(), "try_send waited on a full socket");
+        assert!(trying.join().unwrap(), "try_send did not report Full");
+    }
+
     /// Past the descriptors a connection may have in flight, sealed buffers are copied, and
     /// every message still arrives whole.
     #[test]
