@@ -96,7 +96,7 @@ fn main() {
         let mut links = BTreeMap::new();
         let mut g = c.benchmark_group(format!("roundtrip_{}", label(size)));
         plan.apply(&mut g);
-        for name in Name::ALL {
+        for &name in Name::ALL {
             if !name.measures_unasked(size) {
                 continue;
             }
@@ -116,7 +116,8 @@ fn main() {
             bytes => Throughput::Bytes(bytes as u64),
         });
         for name in Name::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|&n| n != Name::Floor && n.measures_unasked(size))
         {
             g.bench_function(name.as_str(), |b| {

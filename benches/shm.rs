@@ -21,6 +21,9 @@
 //!   The child streams N+1 messages on command; the clock starts when the first one arrives
 //!   and stops when the last one does, so a measurement is the steady-state receive rate of
 //!   N messages, sender and receiver running in parallel.
+//! - `record_64KiB/{bytes,byte_buf,vec}` (`record/mod.rs`): a derived struct with a 64 KiB
+//!   byte field, one way over `shm:`, for each choice of the field's type.
+//! - `oneway_16MiB`, `recv_cpu_16MiB` (`sealed/mod.rs`): sealed buffers against the ring.
 //!
 //! Messages:
 //!
@@ -60,6 +63,7 @@ use std::time::{Duration, Instant};
 use conduit::{Message, Receiver, Sender};
 
 mod floors;
+mod record;
 mod sealed;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
@@ -71,7 +75,7 @@ const ROLE: &str = "CONDUIT_BENCH_ROLE";
 const ARG_A: &str = "CONDUIT_BENCH_A";
 const ARG_B: &str = "CONDUIT_BENCH_B";
 const ARG_SIZE: &str = "CONDUIT_BENCH_SIZE";
-/// How the stream child makes its large messages (`sealed/mod.rs`); unset: one `Bytes`,
+/// How the stream child makes its large messages (`record/mod.rs`, `sealed/mod.rs`); unset: one `Bytes`,
 /// cloned.
 const ARG_KIND: &str = "CONDUIT_BENCH_KIND";
 /// Set (to anything) for a short smoke run; `--quick` does the same.
@@ -137,6 +141,7 @@ fn main() {
         .configure_from_args();
     rtt(&mut c, &plan, &dir.0);
     oneway(&mut c, &plan, &dir.0);
+    record::records(&mut c, &plan, &dir.0);
     sealed::sealed(&mut c, &plan, &dir.0);
     c.final_summary();
 }
@@ -434,6 +439,9 @@ mod child {
                     (_, "bytes") => {
                         let blob = Blob::from(vec![0xC3; size]);
                         stream(&data, &cmd, move |_| blob.clone());
+                    }
+                    (_, kind) if kind.starts_with("record-") => {
+                        record::stream_child(&data, &cmd, size, kind)
                     }
                     (_, kind) => sealed::stream_child(&data, &cmd, size, kind),
                 }

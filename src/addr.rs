@@ -15,6 +15,9 @@ pub(crate) enum Address {
     Unix(PathBuf),
     /// `tcp:HOST:PORT`.
     Tcp(String),
+    /// `zenoh:KEY`: a zenoh key expression without wildcards.
+    #[cfg_attr(not(feature = "zenoh"), allow(dead_code))]
+    Zenoh(String),
 }
 
 /// Longest Unix socket path Linux accepts (`sun_path` is 108 bytes with the NUL).
@@ -64,11 +67,34 @@ impl Address {
                     .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
                 Ok(Address::Tcp(rest.to_string()))
             }
+            "zenoh" => {
+                check_zenoh_key(rest).map_err(bad)?;
+                Ok(Address::Zenoh(rest.to_string()))
+            }
             _ => Err(bad(
-                "unknown scheme; expected thread:NAME, shm:PATH, unix:PATH or tcp:HOST:PORT",
+                "unknown scheme; expected thread:NAME, shm:PATH, unix:PATH, tcp:HOST:PORT or \
+                 zenoh:KEY",
             )),
         }
     }
+}
+
+/// Checks a `zenoh:` key: zenoh key-expression chunks (`a/b/c`) without wildcards or
+/// characters zenoh reserves. conduit adds its own chunks below the key.
+fn check_zenoh_key(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() {
+        return Err("the zenoh key is empty");
+    }
+    if key.len() > 200 {
+        return Err("the zenoh key is longer than 200 bytes");
+    }
+    if key.split('/').any(str::is_empty) {
+        return Err("the zenoh key has an empty chunk (a leading, trailing or double '/')");
+    }
+    if key.contains(['*', '$', '?', '#', '\0']) || key.chars().any(char::is_whitespace) {
+        return Err("the zenoh key contains a wildcard, whitespace or a character zenoh reserves");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -97,6 +123,10 @@ mod tests {
             Address::parse("tcp:[::1]:0").unwrap(),
             Address::Tcp("[::1]:0".into())
         );
+        assert_eq!(
+            Address::parse("zenoh:app/jobs").unwrap(),
+            Address::Zenoh("app/jobs".into())
+        );
     }
 
     #[test]
@@ -111,6 +141,15 @@ mod tests {
             "tcp::80",
             "tcp:host:99999",
             "unix:/tmp/a\0b",
+            "zenoh:",
+            "zenoh:app/*",
+            "zenoh:app/**",
+            "zenoh:/app",
+            "zenoh:app/",
+            "zenoh:a//b",
+            "zenoh:a$*b",
+            "zenoh:a?b",
+            "zenoh:a b",
         ] {
             let err = Address::parse(bad).unwrap_err();
             assert!(matches!(err, Error::BadAddress { .. }), "{bad:?}: {err}");

@@ -6,10 +6,8 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::{Deref, RangeBounds};
 
-use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
-use serde::ser::{Serialize, Serializer};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
-use crate::blob::{self, SendMode};
 #[cfg(doc)]
 use crate::BlobBuf;
 
@@ -104,13 +102,6 @@ impl Bytes {
     /// The bytes as a slice.
     pub fn as_slice(&self) -> &[u8] {
         &self.0
-    }
-
-    /// True when these bytes lie in a sealed buffer ([`BlobBuf::seal`], or received as
-    /// one): no process can change them, and across `shm:` and `unix:` they travel as a
-    /// descriptor, not as bytes.
-    pub fn is_sealed(&self) -> bool {
-        blob::sealed_of(self).is_some()
     }
 }
 
@@ -273,31 +264,6 @@ impl<'a> IntoIterator for &'a Bytes {
 
     fn into_iter(self) -> Self::IntoIter {
         self.as_slice().iter()
-    }
-}
-
-/// One byte string: `serialize_bytes`. (A sealed buffer in a message sent over `shm:` or
-/// `unix:` may instead travel as its descriptor: see [`BlobBuf`](crate::BlobBuf).)
-impl Serialize for Bytes {
-    #[inline]
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match blob::send_mode() {
-            SendMode::Plain => serializer.serialize_bytes(self),
-            mode => blob::serialize(self, mode, serializer),
-        }
-    }
-}
-
-/// From a byte string (borrowed, transient or owned: an owned one is taken without a copy)
-/// or from a sequence of bytes, as a self-describing format may write one. A borrowed byte
-/// string inside a received message's buffer shares that buffer (see `decode_sharing`).
-impl<'de> Deserialize<'de> for Bytes {
-    #[inline]
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
-        if blob::receiving_attached() {
-            return blob::deserialize(deserializer);
-        }
-        deserialize_plain(deserializer)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The public `Sender<T>` and `Receiver<T>`: a private flavor enum, matched in each method
 //! (crossbeam-channel's `channel.rs` pattern).
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
 use crate::addr::Address;
@@ -8,6 +9,8 @@ use crate::codec;
 use crate::flavors::shm::{self, ShmReceiver, ShmSender};
 use crate::flavors::stream::{StreamReceiver, StreamSender};
 use crate::flavors::thread::{self, ThreadReceiver, ThreadSender};
+#[cfg(feature = "zenoh")]
+use crate::flavors::zenoh::{recv::ZenohReceiver, send::ZenohSender};
 use crate::flavors::{Deadline, NotReceived, NotSent};
 use crate::{
     Error, Message, Options, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
@@ -39,12 +42,16 @@ pub(crate) enum SenderFlavor<T> {
     Thread(ThreadSender<T>),
     Stream(StreamSender),
     Shm(ShmSender),
+    #[cfg(feature = "zenoh")]
+    Zenoh(ZenohSender),
 }
 
 pub(crate) enum ReceiverFlavor<T> {
     Thread(ThreadReceiver<T>),
     Stream(StreamReceiver),
     Shm(ShmReceiver),
+    #[cfg(feature = "zenoh")]
+    Zenoh(ZenohReceiver),
 }
 
 /// The sending half of a channel. `Clone + Send + Sync`; clones are independent producers
@@ -73,6 +80,11 @@ pub struct Sender<T> {
 /// # Ok::<(), conduit::Error>(())
 /// ```
 pub struct Receiver<T> {
+    /// The readiness descriptor's registration with tokio's reactor, made by the first
+    /// async receive. Declared first: it must leave the reactor before the descriptor,
+    /// which the flavor owns, is closed.
+    #[cfg(feature = "tokio")]
+    pub(crate) reactor: crate::tokio_reactor::Reactor,
     pub(crate) flavor: ReceiverFlavor<T>,
 }
 
@@ -134,6 +146,8 @@ impl<T> Clone for Sender<T> {
             SenderFlavor::Thread(s) => SenderFlavor::Thread(s.clone()),
             SenderFlavor::Stream(s) => SenderFlavor::Stream(s.clone()),
             SenderFlavor::Shm(s) => SenderFlavor::Shm(s.clone()),
+            #[cfg(feature = "zenoh")]
+            SenderFlavor::Zenoh(s) => SenderFlavor::Zenoh(s.clone()),
         };
         Sender { flavor }
     }
@@ -153,7 +167,8 @@ impl<T> std::fmt::Debug for Receiver<T> {
 
 impl<T: Message> Sender<T> {
     /// Connects to a receiver bound at `addr` (`thread:NAME`, `shm:PATH`, `unix:PATH`,
-    /// `tcp:HOST:PORT`).
+    /// `tcp:HOST:PORT`, and `zenoh:KEY` with the `zenoh` feature, which looks for the
+    /// receiver for up to 2 s before reporting [`Error::NotFound`]).
     ///
     /// Across processes, the connection begins with a handshake: a peer that speaks another
     /// protocol version or exchanges another message type is refused here, with
@@ -185,6 +200,12 @@ impl<T: Message> Sender<T> {
             parsed @ (Address::Unix(_) | Address::Tcp(_)) => {
                 SenderFlavor::Stream(StreamSender::connect::<T>(addr, &parsed, opts)?)
             }
+            #[cfg(feature = "zenoh")]
+            Address::Zenoh(key) => {
+                SenderFlavor::Zenoh(ZenohSender::connect::<T>(addr, &key, opts)?)
+            }
+            #[cfg(not(feature = "zenoh"))]
+            Address::Zenoh(_) => return Err(no_zenoh()),
         };
         Ok(Sender { flavor })
     }
@@ -252,17 +273,23 @@ impl<T: Message> Sender<T> {
             SenderFlavor::Thread(_) => unreachable!("the public methods send thread messages"),
             SenderFlavor::Stream(s) => s.send(deadline, &msg).map_err(|f| (msg, f)),
             SenderFlavor::Shm(s) => s.send(deadline, &msg).map_err(|f| (msg, f)),
+            #[cfg(feature = "zenoh")]
+            SenderFlavor::Zenoh(s) => s.send(deadline, &msg).map_err(|f| (msg, f)),
         }
     }
 }
 
 impl<T: Message> Receiver<T> {
     pub(crate) fn new(flavor: ReceiverFlavor<T>) -> Self {
-        Receiver { flavor }
+        Receiver {
+            #[cfg(feature = "tokio")]
+            reactor: Default::default(),
+            flavor,
+        }
     }
 
-    /// Listens at `addr` (`thread:NAME`, `shm:PATH`, `unix:PATH`, `tcp:HOST:PORT`); any
-    /// number of senders may connect. Messages from one sender arrive in order; senders are
+    /// Listens at `addr` (`thread:NAME`, `shm:PATH`, `unix:PATH`, `tcp:HOST:PORT`, and
+    /// `zenoh:KEY` with the `zenoh` feature); any number of senders may connect. Messages from one sender arrive in order; senders are
     /// served fairly.
     ///
     /// A bound receiver waits for its first sender. Once one has connected, `recv` reports
@@ -298,6 +325,12 @@ impl<T: Message> Receiver<T> {
             parsed @ (Address::Unix(_) | Address::Tcp(_)) => {
                 ReceiverFlavor::Stream(StreamReceiver::bind::<T>(addr, &parsed, opts)?)
             }
+            #[cfg(feature = "zenoh")]
+            Address::Zenoh(key) => {
+                ReceiverFlavor::Zenoh(ZenohReceiver::bind::<T>(addr, &key, opts)?)
+            }
+            #[cfg(not(feature = "zenoh"))]
+            Address::Zenoh(_) => return Err(no_zenoh()),
         };
         Ok(Receiver::new(flavor))
     }
@@ -309,6 +342,8 @@ impl<T: Message> Receiver<T> {
             ReceiverFlavor::Thread(_) => None,
             ReceiverFlavor::Stream(s) => s.local_addr(),
             ReceiverFlavor::Shm(s) => s.local_addr(),
+            #[cfg(feature = "zenoh")]
+            ReceiverFlavor::Zenoh(s) => s.local_addr(),
         }
     }
 
@@ -377,9 +412,109 @@ impl<T: Message> Receiver<T> {
                 }
                 ReceiverFlavor::Stream(r) => r.recv_with(deadline, &mut decode)?,
                 ReceiverFlavor::Shm(r) => r.recv_with(deadline, &mut decode)?,
+                #[cfg(feature = "zenoh")]
+                ReceiverFlavor::Zenoh(r) => r.recv_with(deadline, &mut decode)?,
             }
         }
         Ok(slot.expect("a flavor reports success only once `decode` has filled the slot"))
+    }
+}
+
+impl<T: Message> Receiver<T> {
+    /// The readiness descriptor (see [`AsFd`](#impl-AsFd-for-Receiver<T>)), or the error
+    /// that kept it from being made (the process is out of descriptors).
+    pub fn ready_fd(&self) -> Result<BorrowedFd<'_>, Error> {
+        match &self.flavor {
+            ReceiverFlavor::Thread(r) => r.signal().fd(),
+            ReceiverFlavor::Stream(r) => r.ready_fd(),
+            ReceiverFlavor::Shm(r) => r.ready_fd(),
+            #[cfg(feature = "zenoh")]
+            ReceiverFlavor::Zenoh(r) => r.ready_fd(),
+        }
+        .map_err(|e| Error::io("making the receiver's readiness descriptor", e))
+    }
+
+    /// Whether the last receive found nothing and armed the readiness descriptor: then the
+    /// descriptor tells when to look again; otherwise a message may be waiting that the
+    /// descriptor does not show (`Select` reports such a receiver ready at once).
+    pub(crate) fn is_armed(&self) -> bool {
+        match &self.flavor {
+            ReceiverFlavor::Thread(r) => r.signal().is_armed(),
+            ReceiverFlavor::Stream(r) => r.is_armed(),
+            ReceiverFlavor::Shm(r) => r.is_armed(),
+            #[cfg(feature = "zenoh")]
+            ReceiverFlavor::Zenoh(r) => r.is_armed(),
+        }
+    }
+}
+
+/// One descriptor that becomes readable when [`Receiver::try_recv`] may return something
+/// other than `Empty`: a message, or the end of the channel. Works on every backend, for
+/// `poll`, `epoll`, or any event loop ([`Select`](crate::Select) and the `tokio` feature are
+/// built on it).
+///
+/// The rule: **call `try_recv` until it returns `Empty`, then wait on the descriptor.** It is
+/// level-triggered from that point of view: after an `Empty`, the descriptor is readable as
+/// soon as a message arrives or the last sender goes (or dies), however many threads share
+/// the receiver; a receiver drained to `Empty` is not readable. A readable descriptor may
+/// still give `Empty` (another thread took the message first, or only part of a message has
+/// arrived): try again, then wait again.
+///
+/// The descriptor belongs to the receiver: do not read from it or close it. It is made the
+/// first time it is asked for; from then on every receive in this receiver keeps it
+/// accurate (`recv` and `recv_timeout` wait on it too).
+///
+/// # Panics
+///
+/// If the descriptor cannot be made (the process is out of descriptors); see
+/// [`Receiver::ready_fd`] for the fallible form.
+///
+/// ```
+/// use std::os::fd::AsFd;
+/// use conduit::{channel, Backend, TryRecvError};
+/// use rustix::event::{poll, PollFd, PollFlags};
+///
+/// let (tx, rx) = channel::<u32>(Backend::Shm)?;
+/// std::thread::spawn(move || {
+///     for i in 0..3 {
+///         tx.send(i).unwrap();
+///     }
+/// });
+/// let mut got = Vec::new();
+/// loop {
+///     match rx.try_recv() {
+///         Ok(m) => got.push(m),
+///         Err(TryRecvError::Empty) => {
+///             let mut fds = [PollFd::new(&rx, PollFlags::IN)];
+///             poll(&mut fds, None).unwrap();
+///         }
+///         Err(_) => break, // every sender is gone
+///     }
+/// }
+/// assert_eq!(got, [0, 1, 2]);
+/// # Ok::<(), conduit::Error>(())
+/// ```
+impl<T: Message> AsFd for Receiver<T> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self.ready_fd() {
+            Ok(fd) => fd,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// The descriptor of [`AsFd`](#impl-AsFd-for-Receiver<T>), with the same rule and panics.
+impl<T: Message> AsRawFd for Receiver<T> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
+/// A `zenoh:` address in a build without the `zenoh` feature.
+#[cfg(not(feature = "zenoh"))]
+fn no_zenoh() -> Error {
+    Error::Unsupported {
+        what: "zenoh: addresses (this build of conduit lacks its `zenoh` feature)".to_string(),
     }
 }
 

@@ -251,8 +251,20 @@ pub(crate) fn client(
             "the receiver sent unexpected descriptors",
         ));
     }
+    let refused = "the receiver accepts connections only from its own user";
+    verdict(addr, mine, theirs, refused).map(|theirs| (theirs, fds))
+}
+
+/// The receiver's answer `theirs` to our hello `mine`, as an error a person understands
+/// unless it accepts us; `refused` says why a refusal happens on this transport.
+pub(crate) fn verdict(
+    addr: &str,
+    mine: &Hello,
+    theirs: Hello,
+    refused: &str,
+) -> Result<Hello, Error> {
     match theirs.status {
-        Status::Ok if theirs.fingerprint == mine.fingerprint => Ok((theirs, fds)),
+        Status::Ok if theirs.fingerprint == mine.fingerprint => Ok(theirs),
         Status::Ok | Status::TypeMismatch => Err(Error::TypeMismatch {
             addr: addr.to_string(),
             local: mine.name.clone(),
@@ -265,7 +277,7 @@ pub(crate) fn client(
         }),
         Status::Refused => Err(Error::PermissionDenied {
             addr: addr.to_string(),
-            reason: "the receiver accepts connections only from its own user".to_string(),
+            reason: refused.to_string(),
         }),
     }
 }

@@ -221,6 +221,15 @@ fn thread_cannot_cross() -> Error {
     }
 }
 
+/// `zenoh:` ends are not inherited: the child binds or connects the same key itself.
+#[cfg(feature = "zenoh")]
+fn zenoh_connects() -> Error {
+    Error::CannotShare {
+        reason: "a zenoh: channel is not inherited; connect (or bind) its key in the child"
+            .to_string(),
+    }
+}
+
 impl<T: Message> Sender<T> {
     /// Prepares `cmd` so the child it spawns inherits this sender as `name`; the child calls
     /// [`Sender::from_parent`] with the same name. Drop `cmd` after spawning, and drop this
@@ -266,6 +275,8 @@ impl<T: Message> Sender<T> {
                 );
                 Ok(())
             }
+            #[cfg(feature = "zenoh")]
+            SenderFlavor::Zenoh(_) => Err(zenoh_connects()),
         }
     }
 
@@ -328,6 +339,8 @@ impl<T: Message> Receiver<T> {
                 pass(cmd, name, "receiver", Kind::Shm, fds, limit, fp);
                 Ok(())
             }
+            #[cfg(feature = "zenoh")]
+            ReceiverFlavor::Zenoh(_) => Err(zenoh_connects()),
         }
     }
 

@@ -10,6 +10,7 @@
 //! | `unix:PATH` | [`Backend::Socket`] | processes on one machine |
 //! | `tcp:HOST:PORT` | [`Backend::Socket`] over TCP | machines |
 //! | `shm:PATH` | [`Backend::Shm`] | processes on one machine, through a shared-memory ring |
+//! | `zenoh:KEY` | the zenoh engine (feature `zenoh`) | machines: discovery, routing, TLS, authentication |
 //!
 //! Anonymous pairs come from [`channel`]; [`Backend::Pipe`], [`Backend::Socket`] and
 //! [`Backend::Shm`] ends can be handed to a child process ([`Sender::share_with_child`]; a
@@ -90,6 +91,25 @@
 //! # Ok::<(), conduit::Error>(())
 //! ```
 //!
+//! ## zenoh (feature `zenoh`; machines)
+//!
+//! `zenoh:KEY` addresses ride the Eclipse zenoh engine: discovery, peer-to-peer or routed
+//! topologies, TLS and authentication, configured the zenoh way (a configuration through
+//! `Options::zenoh_config`/`zenoh_config_file` or the `ZENOH_CONFIG` environment
+//! variable). Without one, the process's zenoh session reaches nothing beyond 127.0.0.1:
+//! multicast scouting off; the first process listens on `tcp/127.0.0.1:17447`, the others
+//! connect there. The README's `zenoh:` section shows a two-host setup, TLS and
+//! authentication, and the table of where `zenoh:` differs from the other backends.
+//!
+//! ```ignore
+//! use conduit::{Receiver, Sender};
+//! let rx = Receiver::<String>::bind("zenoh:app/jobs")?;
+//! let tx = Sender::<String>::connect("zenoh:app/jobs")?;
+//! tx.send("job".to_string()).unwrap();
+//! assert_eq!(rx.recv().unwrap(), "job");
+//! # Ok::<(), conduit::Error>(())
+//! ```
+//!
 //! ## Byte payloads: use [`Bytes`], not `Vec<u8>`
 //!
 //! serde encodes a `Vec<u8>` element by element: the codec is called once per byte, on
@@ -107,6 +127,34 @@
 //! let (tx, rx) = channel::<Chunk>(Backend::Pipe)?;
 //! tx.send(Chunk { offset: 0, data: Bytes::from(vec![1u8; 4096]) }).unwrap();
 //! assert_eq!(rx.recv().unwrap().data.len(), 4096);
+//! # Ok::<(), conduit::Error>(())
+//! ```
+//!
+//! ## Waiting on many channels
+//!
+//! Every [`Receiver`] has a readiness descriptor (`AsFd`, `AsRawFd`): readable when
+//! [`Receiver::try_recv`] may return something other than `Empty`. Call `try_recv` until
+//! `Empty`, then wait on it with `poll`, `epoll` or an event loop. [`Select`] waits on many
+//! receivers of any backend and message type at once; with the `tokio` feature,
+//! `Receiver::recv_async`, `Sender::send_async` and a `futures_core::Stream` impl run on
+//! tokio's reactor over the same descriptors.
+//!
+//! ```
+//! use conduit::{channel, Backend, Select, TryRecvError};
+//! let (a_tx, a) = channel::<u32>(Backend::Socket)?;
+//! let (_b_tx, b) = channel::<String>(Backend::Shm)?;
+//! a_tx.send(1).unwrap();
+//! let mut sel = Select::new();
+//! let (ai, _bi) = (sel.recv(&a), sel.recv(&b));
+//! loop {
+//!     let i = sel.ready();
+//!     let got = if i == ai { a.try_recv().map(|v| v.to_string()) } else { b.try_recv() };
+//!     match got {
+//!         Ok(v) => { assert_eq!(v, "1"); break; }
+//!         Err(TryRecvError::Empty) => continue, // spurious, or not armed yet: wait again
+//!         Err(e) => panic!("{e}"),
+//!     }
+//! }
 //! # Ok::<(), conduit::Error>(())
 //! ```
 //!
@@ -133,8 +181,11 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod addr;
+#[cfg(feature = "tokio")]
+mod async_tokio;
 mod blob;
 mod bytes;
+mod bytes_wire;
 mod channel;
 mod codec;
 mod err;
@@ -143,7 +194,9 @@ mod frame;
 mod handshake;
 mod inherit;
 mod options;
+mod readiness;
 mod ring;
+mod select;
 mod sync;
 mod sys;
 
@@ -161,6 +214,8 @@ mod fuzz_replay;
 mod fuzz_support;
 #[cfg(any(test, fuzzing))]
 mod handshake_fuzz;
+#[cfg(feature = "tokio")]
+mod tokio_reactor;
 
 /// The property drivers for the cargo-fuzz targets in `fuzz/`, which are one-line shims over
 /// these functions (tokio's pattern). Not part of the API.
@@ -178,11 +233,14 @@ pub mod fuzz {
 
 pub use crate::blob::BlobBuf;
 pub use crate::bytes::Bytes;
+pub use crate::select::{ReadyTimeoutError, Select, TryReadyError};
 pub use channel::{channel, channel_with, Backend, Receiver, Sender};
 pub use err::{
     Error, RecvError, RecvTimeoutError, SendError, SendFailure, SendTimeoutError, TryRecvError,
     TrySendError,
 };
+#[cfg(feature = "zenoh")]
+pub use options::DEFAULT_ZENOH_WINDOW;
 pub use options::{
     Options, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SHM_CAPACITY, DEFAULT_THREAD_CAPACITY,
 };

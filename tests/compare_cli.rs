@@ -88,18 +88,17 @@ fn backends_take_names_and_groups() {
             Name::Iceoryx2Wait
         ]
     );
+    let mut backends = vec![Name::Thread, Name::Shm, Name::Unix, Name::Tcp];
+    #[cfg(feature = "zenoh")]
+    backends.push(Name::Zenoh);
+    backends.extend([Name::Pipe, Name::IpcChannel]);
+    assert_eq!(config("--backends backends,ipc-channel").names, backends);
+    #[cfg(feature = "zenoh")]
     assert_eq!(
-        config("--backends backends,ipc-channel").names,
-        vec![
-            Name::Thread,
-            Name::Shm,
-            Name::Unix,
-            Name::Tcp,
-            Name::Pipe,
-            Name::IpcChannel
-        ]
+        config("--backends zenoh,tcp").names,
+        vec![Name::Tcp, Name::Zenoh]
     );
-    for name in Name::ALL {
+    for &name in Name::ALL {
         assert_eq!(Name::parse(name.as_str()), Some(name));
     }
 }

@@ -23,6 +23,7 @@ fn color(name: Name) -> RGBColor {
         Name::ShmSealed => RGBColor(150, 20, 20),
         Name::UnixSealed => RGBColor(20, 100, 20),
         Name::Tcp => RGBColor(255, 127, 14),
+        Name::Zenoh => RGBColor(255, 187, 120),
         Name::Pipe => RGBColor(148, 103, 189),
         Name::RawSocketpair => RGBColor(110, 110, 110),
         Name::IpcChannel => RGBColor(140, 86, 75),
@@ -38,7 +39,7 @@ type Series = Vec<(Name, Vec<(f64, f64)>)>;
 
 fn series(rows: &[Row], workload: &str, value: impl Fn(&Row) -> Option<f64>) -> Series {
     let mut out = Vec::new();
-    for name in Name::ALL {
+    for &name in Name::ALL {
         let mut points: Vec<(f64, f64)> = rows
             .iter()
             .filter(|r| r.name == name.as_str() && r.workload == workload)

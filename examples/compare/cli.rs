@@ -9,7 +9,8 @@ Measures every conduit backend against its peers and the hardware floor, prints 
 and writes target/conduit-report/{results.json,latency.svg,throughput.svg}.
 
   --backends LIST  comma-separated rows to measure (default: all):
-                     backends  thread, shm, unix, tcp, pipe
+                     backends  thread, shm, unix, tcp, pipe; zenoh in a build with
+                               the zenoh feature (--features zenoh)
                      peers     crossbeam, raw-socketpair,
                                ipc-channel (serde messages),
                                ipc-bytes (ipc-channel's bytes_channel: the
@@ -194,14 +195,19 @@ pub fn parse_names(list: &str) -> Result<Vec<Name>, String> {
     let mut names = Vec::new();
     for word in list.split(',').map(str::trim) {
         match word {
-            "all" => names.extend(Name::ALL),
-            "backends" | "peers" => names.extend(Name::ALL.into_iter().filter(|n| {
+            "all" => names.extend(Name::ALL.iter().copied()),
+            "backends" | "peers" => names.extend(Name::ALL.iter().copied().filter(|n| {
                 (n.kind() == crate::names::Kind::Backend) == (word == "backends")
                     && n.kind() != crate::names::Kind::Floor
                     && n.variant_of().is_none()
             })),
-            "vec" => names.extend(Name::ALL.into_iter().filter(|n| n.vec_of().is_some())),
-            "sealed" => names.extend(Name::ALL.into_iter().filter(|n| n.sealed_of().is_some())),
+            "vec" => names.extend(Name::ALL.iter().copied().filter(|n| n.vec_of().is_some())),
+            "sealed" => names.extend(
+                Name::ALL
+                    .iter()
+                    .copied()
+                    .filter(|n| n.sealed_of().is_some()),
+            ),
             _ => match Name::parse(word) {
                 Some(n) => names.push(n),
                 None => {

@@ -24,6 +24,10 @@ pub enum Name {
     UnixSealed,
     /// `tcp:127.0.0.1:PORT` (`Backend::Socket` over loopback), between two processes.
     Tcp,
+    /// `zenoh:KEY` between two processes, each with conduit's default zenoh session
+    /// (loopback only); measured in builds with the `zenoh` feature.
+    #[cfg_attr(not(feature = "zenoh"), allow(dead_code))]
+    Zenoh,
     /// `channel(Backend::Pipe)` handed to a child, between two processes.
     Pipe,
     /// Length-prefixed frames on a socketpair with plain system calls: no conduit.
@@ -51,7 +55,7 @@ pub enum Kind {
 }
 
 impl Name {
-    pub const ALL: [Name; 17] = [
+    pub const ALL: &[Name] = &[
         Name::Floor,
         Name::Thread,
         Name::Crossbeam,
@@ -62,6 +66,8 @@ impl Name {
         Name::ShmSealed,
         Name::UnixSealed,
         Name::Tcp,
+        #[cfg(feature = "zenoh")]
+        Name::Zenoh,
         Name::Pipe,
         Name::RawSocketpair,
         Name::IpcChannel,
@@ -84,6 +90,7 @@ impl Name {
             Name::ShmSealed => "shm-sealed",
             Name::UnixSealed => "unix-sealed",
             Name::Tcp => "tcp",
+            Name::Zenoh => "zenoh",
             Name::Pipe => "pipe",
             Name::RawSocketpair => "raw-socketpair",
             Name::IpcChannel => "ipc-channel",
@@ -95,13 +102,15 @@ impl Name {
     }
 
     pub fn parse(s: &str) -> Option<Name> {
-        Name::ALL.into_iter().find(|n| n.as_str() == s)
+        Name::ALL.iter().copied().find(|n| n.as_str() == s)
     }
 
     pub fn kind(self) -> Kind {
         match self {
             Name::Floor => Kind::Floor,
-            Name::Thread | Name::Shm | Name::Unix | Name::Tcp | Name::Pipe => Kind::Backend,
+            Name::Thread | Name::Shm | Name::Unix | Name::Tcp | Name::Zenoh | Name::Pipe => {
+                Kind::Backend
+            }
             Name::ShmVec | Name::UnixVec | Name::ShmSealed | Name::UnixSealed => Kind::Backend,
             Name::Crossbeam | Name::RawSocketpair | Name::IpcChannel => Kind::Peer,
             Name::IpcBytes | Name::IpcShmem | Name::Iceoryx2 | Name::Iceoryx2Wait => Kind::Peer,

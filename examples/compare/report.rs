@@ -183,7 +183,7 @@ pub fn table(rows: &[Row], sizes: &[usize], heading: &str) -> String {
         let ipc_rtt = find(rows, "ipc-channel", "rtt", size).and_then(|r| r.p50_ns);
         let ipc_thr = find(rows, "ipc-channel", "throughput", size).and_then(|r| r.msgs_per_s);
         let mut first = true;
-        for name in Name::ALL.map(Name::as_str) {
+        for name in Name::ALL.iter().map(|n| n.as_str()) {
             let (rtt, thr) = (
                 find(rows, name, "rtt", size),
                 find(rows, name, "throughput", size),

@@ -66,7 +66,9 @@ fn start_typed<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<dy
         Name::Floor => peers::floor::start(),
         Name::Thread => thread_pair::<T>(size),
         Name::Crossbeam => peers::crossbeam::start::<T>(size),
-        Name::Shm | Name::Unix | Name::Tcp | Name::Pipe => process_pair::<T>(name, size, dir),
+        Name::Shm | Name::Unix | Name::Tcp | Name::Zenoh | Name::Pipe => {
+            process_pair::<T>(name, size, dir)
+        }
         Name::ShmVec | Name::UnixVec | Name::ShmSealed | Name::UnixSealed => {
             unreachable!("start sends Vec<u8> and sealed rows to their backend")
         }
@@ -372,8 +374,9 @@ fn thread_pair<T: Payload>(size: usize) -> Result<Box<dyn Link>, String> {
 /// (empty for a pipe, which is inherited), or why it could not start.
 type Ready = Result<String, String>;
 
-/// `shm:`, `unix:`, `tcp:` or a pipe, to a child process. Addresses for shm and unix are
-/// socket files in `dir`; tcp binds port 0 on loopback on both sides; pipes are inherited.
+/// `shm:`, `unix:`, `tcp:`, `zenoh:` or a pipe, to a child process. Addresses for shm and
+/// unix are socket files in `dir`; tcp binds port 0 on loopback on both sides; zenoh uses
+/// keys unique to this process; pipes are inherited.
 fn process_pair<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<dyn Link>, String> {
     let err = |what: &'static str| move |e: conduit::Error| format!("{what}: {e}");
     let (cmd_tx, cmd_rx) = channel::<u64>(Backend::Socket).map_err(err("command channel"))?;
@@ -409,6 +412,21 @@ fn process_pair<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<d
                 .local_addr()
                 .ok_or("a tcp receiver without an address")?;
             cmd.env(ARG_BACK, addr).env(ARG_FWD, "tcp:127.0.0.1:0");
+            (back, None)
+        }
+        Name::Zenoh => {
+            // Keys unique to this parent and size; both processes open conduit's default
+            // session (127.0.0.1 only, multicast scouting off).
+            let key = |what: &str| {
+                let variant = T::VARIANT.unwrap_or("");
+                format!(
+                    "zenoh:conduit-compare/{}/{what}{variant}-{size}",
+                    std::process::id()
+                )
+            };
+            let back = Receiver::<T>::bind_with(&key("back"), &options(size));
+            let back = back.map_err(err("bind"))?;
+            cmd.env(ARG_BACK, key("back")).env(ARG_FWD, key("fwd"));
             (back, None)
         }
         _ => {

@@ -90,7 +90,9 @@ impl<X: Send + 'static> Acceptor<X> {
                     .map_err(|e| Error::io(format!("reading the address of {addr:?}"), e))?;
                 (l.into(), StreamKind::Tcp, None, format!("tcp:{local}"))
             }
-            Address::Thread(_) => unreachable!("thread addresses never reach the acceptor"),
+            Address::Thread(_) | Address::Zenoh(_) => {
+                unreachable!("thread and zenoh addresses never reach the acceptor")
+            }
         };
         sys::set_nonblocking(&listener).map_err(|e| Error::io("configuring the listener", e))?;
         let eventfd = || {

@@ -4,6 +4,7 @@
 //! - `thread.rs`: in-process channels (crossbeam-channel); values moved, never encoded.
 //! - `stream/`: length-prefixed frames over a Unix socket, a TCP socket or a pipe.
 //! - `shm/`: a shared-memory ring per connected sender.
+//! - `zenoh/`: `zenoh:KEY` channels on the zenoh engine (feature `zenoh`).
 //! - `acceptor.rs`: the thread that accepts and handshakes senders for a bound receiver.
 //! - `attached.rs`: descriptors (sealed buffers) passed beside messages on `shm:` and `unix:`.
 //! - `lock.rs`: the per-handle lock with deadlines that serializing backends share.
@@ -25,6 +26,8 @@ pub(crate) mod lock;
 pub(crate) mod shm;
 pub(crate) mod stream;
 pub(crate) mod thread;
+#[cfg(feature = "zenoh")]
+pub(crate) mod zenoh;
 
 /// How long an operation may wait.
 #[derive(Clone, Copy, Debug)]

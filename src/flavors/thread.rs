@@ -13,6 +13,7 @@ use std::time::Duration;
 use crossbeam_channel as cb;
 
 use crate::flavors::{Deadline, NotReceived};
+use crate::readiness::Signal;
 use crate::{
     Error, Options, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
     TrySendError,
@@ -22,17 +23,36 @@ use crate::{
 /// registry entry see when the last clone of a generation is gone.
 pub(crate) struct ThreadSender<T> {
     tx: Arc<cb::Sender<T>>,
+    /// Declared after `tx`, so its drop (a wake-up for a receiver waiting on its
+    /// descriptor) comes after crossbeam's sender is gone: the last one's drop is the end.
+    signal: Notifier,
+}
+
+/// The receiver's readiness signal, as a sender holds it: notified when dropped.
+struct Notifier(Arc<Signal>);
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        self.0.notify();
+    }
 }
 
 impl<T> Clone for ThreadSender<T> {
     fn clone(&self) -> Self {
         ThreadSender {
             tx: Arc::clone(&self.tx),
+            signal: Notifier(self.signal.0.clone()),
         }
     }
 }
 
 impl<T: Send + 'static> ThreadSender<T> {
+    /// The receiver's readiness signal (`send_async` waits on its room signal).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn signal(&self) -> &Signal {
+        &self.signal.0
+    }
+
     // The three sends go straight to crossbeam and map its error to ours in place: no
     // deadline to look at, no intermediate error for the message to travel in.
 
@@ -40,7 +60,9 @@ impl<T: Send + 'static> ThreadSender<T> {
     pub(crate) fn send(&self, msg: T) -> Result<(), SendError<T>> {
         self.tx
             .send(msg)
-            .map_err(|cb::SendError(m)| SendError::Disconnected(m))
+            .map_err(|cb::SendError(m)| SendError::Disconnected(m))?;
+        self.signal.0.notify();
+        Ok(())
     }
 
     #[inline]
@@ -48,7 +70,9 @@ impl<T: Send + 'static> ThreadSender<T> {
         self.tx.try_send(msg).map_err(|e| match e {
             cb::TrySendError::Full(m) => TrySendError::Full(m),
             cb::TrySendError::Disconnected(m) => TrySendError::Disconnected(m),
-        })
+        })?;
+        self.signal.0.notify();
+        Ok(())
     }
 
     /// Like crossbeam's (and [`Deadline::after`]), a timeout too long to represent waits
@@ -62,7 +86,9 @@ impl<T: Send + 'static> ThreadSender<T> {
         self.tx.send_timeout(msg, timeout).map_err(|e| match e {
             cb::SendTimeoutError::Timeout(m) => SendTimeoutError::Timeout(m),
             cb::SendTimeoutError::Disconnected(m) => SendTimeoutError::Disconnected(m),
-        })
+        })?;
+        self.signal.0.notify();
+        Ok(())
     }
 
     pub(crate) fn connect(name: &str) -> Result<Self, Error> {
@@ -79,8 +105,9 @@ impl<T: Send + 'static> ThreadSender<T> {
                 remote: entry.type_name.to_string(),
             })?;
         let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+        let signal = Notifier(slot.signal.clone());
         if let Some(tx) = current.upgrade() {
-            return Ok(ThreadSender { tx });
+            return Ok(ThreadSender { tx, signal });
         }
         // The previous generation has no sender left: start a new one.
         let (tx, rx) = cb::bounded(slot.capacity);
@@ -94,7 +121,7 @@ impl<T: Send + 'static> ThreadSender<T> {
                 addr: format!("thread:{name}"),
             });
         }
-        Ok(ThreadSender { tx })
+        Ok(ThreadSender { tx, signal })
     }
 }
 
@@ -103,6 +130,7 @@ struct Slot<T> {
     capacity: usize,
     current: Mutex<Weak<cb::Sender<T>>>,
     generations: cb::Sender<cb::Receiver<T>>,
+    signal: Arc<Signal>,
 }
 
 /// A slot of any message type, with that type's name for error messages.
@@ -120,12 +148,13 @@ fn registry() -> &'static Registry {
 
 /// The receiving half.
 pub(crate) enum ThreadReceiver<T> {
-    Anonymous(cb::Receiver<T>),
+    Anonymous(cb::Receiver<T>, Arc<Signal>),
     Named(Box<Named<T>>),
 }
 
 pub(crate) struct Named<T> {
     name: String,
+    signal: Arc<Signal>,
     generations: cb::Receiver<cb::Receiver<T>>,
     state: Mutex<NamedState<T>>,
 }
@@ -140,9 +169,13 @@ struct NamedState<T> {
 
 pub(crate) fn channel<T: Send + 'static>(opts: &Options) -> (ThreadSender<T>, ThreadReceiver<T>) {
     let (tx, rx) = cb::bounded(opts.thread_capacity());
+    let signal = Arc::new(Signal::default());
     (
-        ThreadSender { tx: Arc::new(tx) },
-        ThreadReceiver::Anonymous(rx),
+        ThreadSender {
+            tx: Arc::new(tx),
+            signal: Notifier(signal.clone()),
+        },
+        ThreadReceiver::Anonymous(rx, signal),
     )
 }
 
@@ -156,10 +189,12 @@ impl<T: Send + 'static> ThreadReceiver<T> {
             });
         }
         let (gen_tx, gen_rx) = cb::unbounded();
+        let signal = Arc::new(Signal::default());
         let slot: Slot<T> = Slot {
             capacity: opts.thread_capacity(),
             current: Mutex::new(Weak::new()),
             generations: gen_tx,
+            signal: signal.clone(),
         };
         let entry = Entry {
             type_name: std::any::type_name::<T>(),
@@ -168,6 +203,7 @@ impl<T: Send + 'static> ThreadReceiver<T> {
         reg.insert(name.to_string(), entry);
         Ok(ThreadReceiver::Named(Box::new(Named {
             name: name.to_string(),
+            signal,
             generations: gen_rx,
             state: Mutex::new(NamedState {
                 current: None,
@@ -181,23 +217,93 @@ impl<T: Send + 'static> ThreadReceiver<T> {
 
     #[inline]
     pub(crate) fn recv(&self) -> Result<T, RecvError> {
-        match self {
-            ThreadReceiver::Anonymous(rx) => {
+        let got = match self {
+            ThreadReceiver::Anonymous(rx, _) => {
                 rx.recv().map_err(|cb::RecvError| RecvError::Disconnected)
             }
             ThreadReceiver::Named(named) => named
                 .recv(Deadline::Never)
                 .map_err(NotReceived::into_recv_error),
+        };
+        if got.is_ok() {
+            self.took();
+        }
+        got
+    }
+
+    /// After a message was taken: wakes async senders waiting for room (`send_async`).
+    #[inline]
+    fn took(&self) {
+        #[cfg(feature = "tokio")]
+        self.signal().room.wake_if_armed();
+    }
+
+    /// The readiness signal senders notify.
+    pub(crate) fn signal(&self) -> &Signal {
+        match self {
+            ThreadReceiver::Anonymous(_, signal) => signal,
+            ThreadReceiver::Named(named) => &named.signal,
         }
     }
 
+    /// In readiness mode (the descriptor was asked for), `Empty` arms the signal and looks
+    /// again (`readiness.rs`).
     #[inline]
     pub(crate) fn try_recv(&self) -> Result<T, TryRecvError> {
+        let got = match self {
+            ThreadReceiver::Anonymous(rx, signal) if !signal.is_on() => {
+                Self::try_recv_anonymous(rx)
+            }
+            _ => self.try_recv_ready(),
+        };
+        if got.is_ok() {
+            self.took();
+        }
+        got
+    }
+
+    /// `try_recv` in readiness mode, or on a bound receiver.
+    #[inline(never)]
+    fn try_recv_ready(&self) -> Result<T, TryRecvError> {
+        let signal = self.signal();
+        if !signal.is_on() {
+            return self.try_recv_plain();
+        }
+        // A message taken after the receiver was armed, or after a signal was drained, may
+        // have been another waiter's wake-up: wake them to look again.
+        let mut wake_others = signal.disarm();
+        let mut got = self.try_recv_plain();
+        if matches!(got, Err(TryRecvError::Empty)) {
+            wake_others |= signal.arm();
+            got = self.try_recv_plain();
+        }
+        if wake_others && !matches!(got, Err(TryRecvError::Empty)) {
+            signal.wake();
+        }
+        got
+    }
+
+    fn try_recv_anonymous(rx: &cb::Receiver<T>) -> Result<T, TryRecvError> {
+        rx.try_recv().map_err(|e| match e {
+            cb::TryRecvError::Empty => TryRecvError::Empty,
+            cb::TryRecvError::Disconnected => TryRecvError::Disconnected,
+        })
+    }
+
+    /// A `try_recv` that arms nothing (async receives wait on wakers, not the descriptor);
+    /// wakes async senders waiting for room.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_recv_quiet(&self) -> Result<T, TryRecvError> {
+        let got = self.try_recv_plain();
+        if got.is_ok() {
+            self.took();
+        }
+        got
+    }
+
+    fn try_recv_plain(&self) -> Result<T, TryRecvError> {
         match self {
-            ThreadReceiver::Anonymous(rx) => rx.try_recv().map_err(|e| match e {
-                cb::TryRecvError::Empty => TryRecvError::Empty,
-                cb::TryRecvError::Disconnected => TryRecvError::Disconnected,
-            }),
+            ThreadReceiver::Anonymous(rx, _) => Self::try_recv_anonymous(rx),
             ThreadReceiver::Named(named) => named
                 .recv(Deadline::Now)
                 .map_err(NotReceived::into_try_recv_error),
@@ -208,15 +314,19 @@ impl<T: Send + 'static> ThreadReceiver<T> {
     /// `recv_timeout`, [`Deadline::after`]).
     #[inline]
     pub(crate) fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        match self {
-            ThreadReceiver::Anonymous(rx) => rx.recv_timeout(timeout).map_err(|e| match e {
+        let got = match self {
+            ThreadReceiver::Anonymous(rx, _) => rx.recv_timeout(timeout).map_err(|e| match e {
                 cb::RecvTimeoutError::Timeout => RecvTimeoutError::Timeout,
                 cb::RecvTimeoutError::Disconnected => RecvTimeoutError::Disconnected,
             }),
             ThreadReceiver::Named(named) => named
                 .recv(Deadline::after(timeout))
                 .map_err(NotReceived::into_recv_timeout_error),
+        };
+        if got.is_ok() {
+            self.took();
         }
+        got
     }
 }
 

@@ -15,6 +15,9 @@ mod tests;
 #[cfg(all(test, loom))]
 mod loom_tests;
 
+#[cfg(all(test, loom))]
+mod loom_readiness;
+
 // The property drivers (fuzz targets `hostile_ring` and `ring_ops`) and what they share.
 #[cfg(any(test, fuzzing))]
 mod fuzz_common;

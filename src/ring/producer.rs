@@ -303,7 +303,7 @@ impl Producer {
     /// Announces a sleep on a full ring before pushing a piece of `len` bytes. Returns false
     /// if room appeared meanwhile (or the consumer closed): then do not sleep. Call `end_wait`
     /// after sleeping.
-    pub(super) fn prepare_wait(&mut self, len: usize) -> Result<bool, RingError> {
+    pub(crate) fn prepare_wait(&mut self, len: usize) -> Result<bool, RingError> {
         self.ring
             .header()
             .producer_waiting
@@ -319,7 +319,7 @@ impl Producer {
     }
 
     /// Ends a sleep announced by `prepare_wait`.
-    pub(super) fn end_wait(&self) {
+    pub(crate) fn end_wait(&self) {
         self.ring
             .header()
             .producer_waiting

@@ -2,6 +2,9 @@
 //! this very test binary, re-run to execute one named test as a child role.
 #![allow(dead_code)]
 
+#[cfg(feature = "zenoh")]
+pub mod zenoh;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -306,6 +309,10 @@ pub enum Target {
     Shm,
     /// `channel(Backend::Shm)`; the sender moves to the child.
     ShmAnon,
+    /// `zenoh:KEY`, bound here; the child joins this process's zenoh network over
+    /// 127.0.0.1 (`zenoh::join`) and connects.
+    #[cfg(feature = "zenoh")]
+    Zenoh,
 }
 
 impl Target {
@@ -321,7 +328,7 @@ impl Target {
 
     /// True when more than one child can connect (an address).
     pub fn is_bound(self) -> bool {
-        matches!(self, Target::Unix | Target::Tcp | Target::Shm)
+        self.fresh_addr().is_some()
     }
 
     /// A fresh address to bind, for bound targets.
@@ -330,6 +337,8 @@ impl Target {
             Target::Unix => Some(unix_addr()),
             Target::Tcp => Some("tcp:127.0.0.1:0".to_string()),
             Target::Shm => Some(format!("shm:{}", temp_dir().join("r.sock").display())),
+            #[cfg(feature = "zenoh")]
+            Target::Zenoh => Some(zenoh::key("cross")),
             _ => None,
         }
     }
@@ -342,6 +351,8 @@ impl Target {
             Target::ShmAnon => conduit::Backend::Shm,
             Target::Unix | Target::Tcp => conduit::Backend::Socket,
             Target::Shm => conduit::Backend::Shm,
+            #[cfg(feature = "zenoh")]
+            Target::Zenoh => panic!("zenoh: has no anonymous channel"),
         }
     }
 
@@ -356,6 +367,10 @@ impl Target {
         cmd: &mut Command,
     ) -> conduit::Receiver<T> {
         if let Some(addr) = self.fresh_addr() {
+            #[cfg(feature = "zenoh")]
+            if self == Target::Zenoh {
+                zenoh::join(cmd);
+            }
             let rx = conduit::Receiver::<T>::bind_with(&addr, opts)
                 .unwrap_or_else(|e| panic!("{self:?}: bind {addr}: {e}"));
             cmd.env(

@@ -14,25 +14,39 @@ mod delivery;
 mod disconnect;
 mod errors;
 mod messages;
+mod readiness;
 mod setup;
 mod sharing;
+
+/// Emits `$item` for every setup, only with the `zenoh` feature for the zenoh one.
+macro_rules! gated {
+    (Zenoh, $item:item) => {
+        #[cfg(feature = "zenoh")]
+        $item
+    };
+    ($setup:ident, $item:item) => {
+        $item
+    };
+}
 
 /// Expands `module::scenario` into a module of tests, one per listed setup (every setup
 /// when none are listed).
 macro_rules! conformance {
     ($module:ident :: $scenario:ident) => {
         conformance!($module::$scenario => [
-            ThreadAnon, ThreadNamed, SocketAnon, PipeAnon, Unix, Tcp, ShmAnon, ShmBound
+            ThreadAnon, ThreadNamed, SocketAnon, PipeAnon, Unix, Tcp, ShmAnon, ShmBound, Zenoh
         ]);
     };
     ($module:ident :: $scenario:ident => [$($setup:ident),+ $(,)?]) => {
         mod $scenario {
             $(
-                #[test]
-                #[allow(non_snake_case)]
-                fn $setup() {
-                    crate::$module::$scenario(crate::setup::Setup::$setup);
-                }
+                gated!($setup,
+                    #[test]
+                    #[allow(non_snake_case)]
+                    fn $setup() {
+                        crate::$module::$scenario(crate::setup::Setup::$setup);
+                    }
+                );
             )+
         }
     };
@@ -41,14 +55,17 @@ macro_rules! conformance {
 /// Setups with an address that more senders can connect to.
 macro_rules! bound {
     ($module:ident :: $scenario:ident) => {
-        conformance!($module::$scenario => [ThreadNamed, Unix, Tcp, ShmBound]);
+        conformance!($module::$scenario => [ThreadNamed, Unix, Tcp, ShmBound, Zenoh]);
     };
 }
 
-/// Setups that encode messages into bytes: streams and shared-memory rings (all but threads).
+/// Setups that encode messages into bytes: streams, shared-memory rings and zenoh (all
+/// but threads).
 macro_rules! stream {
     ($module:ident :: $scenario:ident) => {
-        conformance!($module::$scenario => [SocketAnon, PipeAnon, Unix, Tcp, ShmAnon, ShmBound]);
+        conformance!($module::$scenario => [
+            SocketAnon, PipeAnon, Unix, Tcp, ShmAnon, ShmBound, Zenoh
+        ]);
     };
 }
 
@@ -72,10 +89,10 @@ stream!(capacity::try_send_larger_than_the_buffer);
 // 7, 8, 12: message sizes and shapes.
 conformance!(messages::huge_message);
 stream!(messages::over_size_limit);
-conformance!(messages::receiver_size_limit_applies_to_sender => [Unix, Tcp, ShmBound]);
+conformance!(messages::receiver_size_limit_applies_to_sender => [Unix, Tcp, ShmBound, Zenoh]);
 conformance!(messages::serde_structs);
 stream!(bounds::exactly_the_limit);
-conformance!(bounds::exactly_the_receivers_limit => [Unix, Tcp, ShmBound]);
+conformance!(bounds::exactly_the_receivers_limit => [Unix, Tcp, ShmBound, Zenoh]);
 conformance!(messages::larger_than_the_buffer);
 
 // 10: constructor errors.
@@ -95,5 +112,23 @@ mod sharing_tests {
     conformance!(sharing::recv_timeout_beside_a_blocked_recv_timeout);
     conformance!(sharing::shared_receiver_takes_each_message_once);
     conformance!(sharing::one_recv_makes_room);
-    stream!(sharing::request_ack_across_processes);
+    // A child process sends: it inherits the sender or connects to the address (a zenoh:
+    // child joins this process's zenoh network over 127.0.0.1).
+    conformance!(sharing::request_ack_across_processes => [
+        SocketAnon, PipeAnon, Unix, Tcp, ShmAnon, ShmBound, Zenoh
+    ]);
+}
+
+// The readiness descriptor: readable when a message is ready or the senders are gone (the
+// last one dropped, or a sender process killed), quiet when drained, no lost wake-up.
+// Grouped under `readiness_tests::`.
+mod readiness_tests {
+    conformance!(readiness::readable_when_a_message_is_ready);
+    conformance!(readiness::readable_when_the_last_sender_goes);
+    conformance!(readiness::no_lost_wakeup);
+    conformance!(readiness::no_lost_wakeup_in_lockstep);
+    conformance!(readiness::shared_receiver_loses_no_wakeup);
+    conformance!(readiness::readable_when_a_sender_process_is_killed => [
+        SocketAnon, PipeAnon, Unix, Tcp, ShmAnon, ShmBound, Zenoh
+    ]);
 }

@@ -30,6 +30,10 @@ pub enum Setup {
     ShmAnon,
     /// `Receiver::bind("shm:PATH")` + `Sender::connect`: a ring per connected sender.
     ShmBound,
+    /// `Receiver::bind("zenoh:KEY")` + `Sender::connect`, through the process's zenoh
+    /// session (feature `zenoh`).
+    #[cfg_attr(not(feature = "zenoh"), allow(dead_code))]
+    Zenoh,
 }
 
 /// A connected pair and, for bound setups, the address more senders can connect to.
@@ -55,7 +59,7 @@ impl Setup {
     pub fn is_bound(self) -> bool {
         matches!(
             self,
-            Setup::ThreadNamed | Setup::Unix | Setup::Tcp | Setup::ShmBound
+            Setup::ThreadNamed | Setup::Unix | Setup::Tcp | Setup::ShmBound | Setup::Zenoh
         )
     }
 
@@ -69,6 +73,23 @@ impl Setup {
         !matches!(self, Setup::ThreadAnon | Setup::ThreadNamed)
     }
 
+    /// How a child process gets its end of this setup (`common::Target`). Threads cannot
+    /// cross processes.
+    pub fn process_target(self) -> crate::common::Target {
+        use crate::common::Target;
+        match self {
+            Setup::SocketAnon => Target::Socket,
+            Setup::PipeAnon => Target::Pipe,
+            Setup::Unix => Target::Unix,
+            Setup::Tcp => Target::Tcp,
+            Setup::ShmAnon => Target::ShmAnon,
+            Setup::ShmBound => Target::Shm,
+            #[cfg(feature = "zenoh")]
+            Setup::Zenoh => Target::Zenoh,
+            _ => panic!("{self:?}: this setup does not cross processes"),
+        }
+    }
+
     /// A fresh address for this setup to bind (`None` for anonymous setups).
     pub fn fresh_addr(self) -> Option<String> {
         match self {
@@ -79,6 +100,8 @@ impl Setup {
                 "shm:{}",
                 crate::common::temp_dir().join("r.sock").display()
             )),
+            #[cfg(feature = "zenoh")]
+            Setup::Zenoh => Some(crate::common::zenoh::key("conformance")),
             _ => None,
         }
     }
@@ -90,6 +113,15 @@ impl Setup {
 
     /// A connected pair; `opts` apply to both ends (capacity and size limit).
     pub fn pair_with<T: Message>(self, opts: &Options) -> Pair<T> {
+        #[cfg(feature = "zenoh")]
+        let zenoh_opts;
+        #[cfg(feature = "zenoh")]
+        let opts = if self == Setup::Zenoh {
+            zenoh_opts = opts.clone().zenoh_config(crate::common::zenoh::config());
+            &zenoh_opts
+        } else {
+            opts
+        };
         let anon = |backend| {
             channel_with::<T>(backend, opts)
                 .unwrap_or_else(|e| panic!("{self:?}: channel_with failed: {e}"))
@@ -111,7 +143,7 @@ impl Setup {
                 let (tx, rx) = anon(Backend::Shm);
                 (tx, rx, None)
             }
-            Setup::ThreadNamed | Setup::Unix | Setup::Tcp | Setup::ShmBound => {
+            Setup::ThreadNamed | Setup::Unix | Setup::Tcp | Setup::ShmBound | Setup::Zenoh => {
                 let bind_addr = self.fresh_addr().expect("bound setups have an address");
                 let rx = Receiver::<T>::bind_with(&bind_addr, opts)
                     .unwrap_or_else(|e| panic!("{self:?}: bind {bind_addr} failed: {e}"));

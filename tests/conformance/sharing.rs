@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use conduit::{Options, Receiver, RecvTimeoutError, Sender, TrySendError};
 
-use crate::common::{self, Reaped, Target};
+use crate::common::{self, Reaped};
 use crate::messages::Bytes;
 use crate::setup::{join, within, Pair, Setup, PATIENCE};
 
@@ -474,15 +474,7 @@ pub fn request_ack_across_processes(setup: Setup) {
     if common::role().as_deref() == Some(REQUESTER) {
         return requester(setup);
     }
-    let target = match setup {
-        Setup::SocketAnon => Target::Socket,
-        Setup::PipeAnon => Target::Pipe,
-        Setup::Unix => Target::Unix,
-        Setup::Tcp => Target::Tcp,
-        Setup::ShmAnon => Target::ShmAnon,
-        Setup::ShmBound => Target::Shm,
-        _ => panic!("{setup:?}: threads cannot cross processes"),
-    };
+    let target = setup.process_target();
     let ack_addr = common::unix_addr();
     let acks = Receiver::<u64>::bind(&ack_addr).expect("bind the ack channel");
     let test = format!("sharing_tests::request_ack_across_processes::{setup:?}");

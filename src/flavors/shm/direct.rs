@@ -1,4 +1,5 @@
-//! Encoding a large message straight into the ring: one copy on the sending side.
+//! Encoding a large message straight into the ring: one copy on the sending side; and
+//! [`wait_for_space`], how every send waits for room in the ring.
 //!
 //! A message whose encoding outgrows one piece is measured first (a walk of the value that
 //! copies nothing, so the size limit is checked before anything is published), then encoded
@@ -9,11 +10,15 @@
 
 use std::os::fd::BorrowedFd;
 
-use super::send::wait_for_space;
+use rustix::event::PollFd;
+
+use super::sleep_bound;
 use crate::codec::{Sink, SinkStop};
+use crate::flavors::Backoff;
 use crate::flavors::{Deadline, NotSent};
 use crate::ring::core::{Piece, Producer};
-use crate::sys::notify;
+use crate::sys::{self, notify};
+use crate::SendFailure;
 
 /// An encoder's output into the ring, piece by piece.
 pub(super) struct RingSink<'a> {
@@ -161,4 +166,41 @@ impl Sink for RingSink<'_> {
         }
         true
     }
+}
+
+/// Waits until a piece of `len` bytes may fit, the deadline passes, or the receiver goes:
+/// spins a little, then sleeps on the connection until the receiver's wake-up byte, its
+/// end, or the deadline (at most `MAX_SLEEP` at a time, see `sleep_bound`).
+pub(super) fn wait_for_space(
+    producer: &mut Producer,
+    sock: BorrowedFd<'_>,
+    len: usize,
+    deadline: Deadline,
+) -> Result<(), NotSent> {
+    if !matches!(deadline, Deadline::Now) {
+        let mut backoff = Backoff::new();
+        while backoff.spin() {
+            if producer.has_room_for(len)? {
+                return Ok(());
+            }
+        }
+    }
+    let remaining = deadline.remaining();
+    if remaining.is_some_and(|d| d.is_zero()) {
+        return Err(deadline.send_expired());
+    }
+    if producer.consumer_closed() {
+        return Err(NotSent::Disconnected);
+    }
+    producer.sleep_for_room(len, || {
+        let mut fds = [PollFd::new(&sock, notify::READY)];
+        let polled = sys::poll(&mut fds, sleep_bound(remaining));
+        // A wake-up byte, or the receiver's end.
+        let receiver_gone = !fds[0].revents().is_empty() && !notify::drain(sock);
+        polled.map_err(|e| NotSent::Failed(SendFailure::Io(e)))?;
+        if receiver_gone {
+            return Err(NotSent::Disconnected);
+        }
+        Ok(())
+    })
 }

@@ -27,6 +27,8 @@ mod recv;
 mod send;
 
 pub(crate) use recv::ShmReceiver;
+#[cfg(feature = "tokio")]
+pub(crate) use send::RoomArm;
 pub(crate) use send::ShmSender;
 
 /// The longest single sleep: a bound on how long a wake-up lost to a dead or stuck peer

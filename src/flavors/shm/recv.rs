@@ -5,8 +5,8 @@
 //! and a sender's death hangs the connection up. Every sleep is also bounded.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -21,6 +21,7 @@ use crate::flavors::{
     decode_shared, drop_dead, in_turn, Backoff, Deadline, NotReceived, SHARE_FROM,
 };
 use crate::handshake::Hello;
+use crate::readiness::{self, ReadySet, Watched};
 use crate::ring::core::{Consumer, Taken};
 use crate::sys::memfd::SharedMap;
 use crate::sys::{self, notify};
@@ -44,6 +45,8 @@ pub(crate) struct ShmReceiver {
     limit: usize,
     /// `sys::forks::generation()` when made: after a fork, drop leaves the rings' flags alone.
     fork_gen: u64,
+    /// The readiness descriptor, once asked for (`readiness.rs`).
+    ready: OnceLock<ReadySet>,
 }
 
 struct RecvState {
@@ -52,13 +55,15 @@ struct RecvState {
     ever_connected: bool,
     /// Messages taken in a row without waiting (see `SLIP_AFTER`).
     behind: u32,
+    /// Messages taken in readiness mode while still armed (see `try_ready`).
+    armed_takes: u32,
 }
 
 /// One sender's ring, as the receiver sees it.
 struct Conn {
     consumer: Mapped<Consumer>,
     /// The rendezvous connection: wake-up bytes both ways; its end means the sender is gone.
-    sock: OwnedFd,
+    sock: Watched,
     /// Pieces of the message being received.
     assembling: Vec<u8>,
     /// Descriptors passed ahead of the messages that name them (`attached.rs`).
@@ -76,10 +81,12 @@ impl ShmReceiver {
                 next: 0,
                 ever_connected: false,
                 behind: 0,
+                armed_takes: 0,
             }),
             acceptor,
             limit,
             fork_gen: sys::forks::generation(),
+            ready: OnceLock::new(),
         }
     }
 
@@ -145,6 +152,9 @@ impl ShmReceiver {
         deadline: Deadline,
         decode: &mut Decode<'_>,
     ) -> Result<(), NotReceived> {
+        if let Some(set) = self.ready.get() {
+            return readiness::wait_loop(set.fd(), deadline, || self.try_ready(set, decode));
+        }
         let mut polled = false;
         loop {
             // Taken again after each sleep, so a thread waiting for it gets its turn.
@@ -156,6 +166,129 @@ impl ShmReceiver {
             match state.round(deadline, polled, acceptor, decode) {
                 Some(result) => return result,
                 None => polled = true,
+            }
+        }
+    }
+}
+
+impl ShmReceiver {
+    /// Whether the last receive armed the readiness descriptor (`ReadySet::is_armed`).
+    pub(crate) fn is_armed(&self) -> bool {
+        self.ready.get().is_some_and(ReadySet::is_armed)
+    }
+
+    /// The readiness descriptor (`readiness.rs`), made on first use.
+    pub(crate) fn ready_fd(&self) -> io::Result<BorrowedFd<'_>> {
+        let wake = self.acceptor.as_ref().map(|a| a.wake_fd().as_fd());
+        readiness::ready_fd(&self.ready, wake)
+    }
+
+    /// A receive that does not wait, in readiness mode: on `Empty`, every ring is armed
+    /// and looked at again, so a sender's next publish writes a wake-up byte.
+    fn try_ready(&self, set: &ReadySet, decode: &mut Decode<'_>) -> Result<(), NotReceived> {
+        let mut state = self
+            .state
+            .lock(Deadline::Now)
+            .map_err(|f| NotReceived::from((f, Deadline::Now)))?;
+        state.try_ready(set, self.acceptor.as_ref(), self.limit, decode)
+    }
+}
+
+impl RecvState {
+    /// [`ShmReceiver::try_ready`], holding the lock.
+    fn try_ready(
+        &mut self,
+        set: &ReadySet,
+        acceptor: Option<&Acceptor<SharedMap>>,
+        limit: usize,
+        decode: &mut Decode<'_>,
+    ) -> Result<(), NotReceived> {
+        if set.is_armed() {
+            // Armed by the last `Empty`, so every publish since wrote a wake-up byte that
+            // other waiters see: one message is taken still armed (a ping-pong never pays
+            // for disarming), a second in a row means a stream, whose sender an armed ring
+            // would cost a system call per publish: disarm, and kick the other waiters,
+            // who now rely on looking again.
+            if self.take(decode) {
+                self.armed_takes += 1;
+                if self.armed_takes >= 2 {
+                    self.disarm(set);
+                    set.kick();
+                }
+                return Ok(());
+            }
+        }
+        let mut wake_others = self.disarm(set);
+        let result = self.take_or_arm(set, acceptor, limit, decode, &mut wake_others);
+        if wake_others && !matches!(result, Err(NotReceived::Empty)) {
+            // What we took (or the end we saw) may have been another waiter's wake-up.
+            set.kick();
+        }
+        result
+    }
+
+    /// Ends the arming of the last `Empty` (the set's flag and every ring's); true if it
+    /// was armed.
+    fn disarm(&mut self, set: &ReadySet) -> bool {
+        self.armed_takes = 0;
+        let was = set.disarm();
+        if was {
+            self.conns.iter().for_each(|c| c.consumer.end_wait());
+        }
+        was
+    }
+
+    fn take_or_arm(
+        &mut self,
+        set: &ReadySet,
+        acceptor: Option<&Acceptor<SharedMap>>,
+        limit: usize,
+        decode: &mut Decode<'_>,
+        wake_others: &mut bool,
+    ) -> Result<(), NotReceived> {
+        if let Some(acceptor) = acceptor {
+            self.accept(acceptor, limit);
+        }
+        if self.take(decode) {
+            return Ok(());
+        }
+        // Nothing: drain what made the descriptor readable, then arm and look again.
+        *wake_others |= set.drain_kick();
+        if let Some(acceptor) = acceptor {
+            acceptor.clear_wake();
+            self.accept(acceptor, limit);
+        }
+        loop {
+            self.conns.iter_mut().for_each(|c| c.sock.join(set));
+            // Wake-up bytes, descriptors, the end: drained before arming, so a byte a
+            // sender writes for this arming is never drained unseen.
+            for conn in &mut self.conns {
+                conn.drain(false);
+            }
+            let mut idle = true;
+            for conn in &mut self.conns {
+                match conn.consumer.prepare_wait() {
+                    Ok(true) => idle &= !conn.hup,
+                    Ok(false) => idle = false,
+                    Err(_) => conn.dead = true,
+                }
+            }
+            if idle && !self.conns.iter().any(|c| c.dead) {
+                if self.conns.is_empty() && self.ever_connected {
+                    return Err(NotReceived::Disconnected);
+                }
+                self.armed_takes = 0;
+                set.arm();
+                return Err(NotReceived::Empty);
+            }
+            self.conns.iter().for_each(|c| c.consumer.end_wait());
+            *wake_others |= set.disarm();
+            if self.take(decode) {
+                *wake_others = true;
+                return Ok(());
+            }
+            if self.conns.is_empty() && self.ever_connected {
+                return Err(NotReceived::Disconnected);
             }
         }
     }
@@ -174,7 +307,7 @@ impl Conn {
         };
         Ok(Conn {
             consumer,
-            sock,
+            sock: Watched::plain(sock),
             assembling: Vec::new(),
             groups: Groups::default(),
             hup: false,

@@ -15,18 +15,16 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use rustix::event::PollFd;
-
 use serde::Serialize;
 
-use super::direct::RingSink;
-use super::{dup_for_child, inherited_parts, open_peer_ring, sleep_bound, Mapped};
+use super::direct::{wait_for_space, RingSink};
+use super::{dup_for_child, inherited_parts, open_peer_ring, Mapped};
 use crate::addr::Address;
 use crate::blob::{self, MAX_IN_FLIGHT};
 use crate::codec;
 use crate::flavors::attached::GROUP_BYTE;
 use crate::flavors::lock::{HandleLock, LockFail};
-use crate::flavors::{Backoff, Deadline, NotSent, Tail, KEEP_BUFFER};
+use crate::flavors::{Deadline, NotSent, Tail, KEEP_BUFFER};
 use crate::handshake::{self, Hello};
 use crate::ring::core::Producer;
 use crate::sys::memfd::SharedMap;
@@ -35,7 +33,7 @@ use crate::{Error, Options, SendFailure};
 
 /// Messages whose encoding outgrows this (or one piece, if smaller) are encoded straight
 /// into the ring (`direct.rs`) instead of into the sender's buffer first.
-const DIRECT_FROM: usize = 16 << 10;
+const DIRECT_FROM: usize = 4 << 10;
 
 /// Check the receiver's liveness through the socket once per this many sends (a crashed
 /// receiver cannot set its "closed" flag; a full ring is noticed at once anyway).
@@ -45,6 +43,18 @@ const LIVENESS_EVERY: u32 = 256;
 #[derive(Clone)]
 pub(crate) struct ShmSender {
     conn: Arc<Holder>,
+}
+
+/// What `ShmSender::arm_room` found.
+#[cfg(feature = "tokio")]
+pub(crate) enum RoomArm {
+    /// Armed: wait for this socket to become readable.
+    Wait(OwnedFd),
+    /// Try to send again now.
+    Retry,
+    /// Another clone holds the handle: try again soon.
+    Busy,
+    Failed(std::io::Error),
 }
 
 /// Owns the connection; its drop finishes a pending tail without blocking the caller.
@@ -169,6 +179,54 @@ impl ShmSender {
         // Dropped without `close`: the ring lives on in the child.
         *slot = Slot::Moved;
         Ok((fds, limit))
+    }
+
+    /// Before an async send waits for room: announces the wait in the ring (as a blocking
+    /// send's sleep does) and looks again. `Wait` holds a duplicate of the connection, to
+    /// wait on for the receiver's wake-up byte or its end; `Retry` when there is room now
+    /// (or another clone holds the handle, or the receiver is gone: the next `try_send`
+    /// tells).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn arm_room(&self) -> RoomArm {
+        let Ok(mut slot) = self.conn.0.lock(Deadline::Now) else {
+            return RoomArm::Busy;
+        };
+        let Slot::Live(conn) = &mut *slot else {
+            return RoomArm::Retry;
+        };
+        // Drained before the announcement, so a byte written for it is never drained unseen.
+        if !notify::drain(conn.link.sock.as_fd()) {
+            conn.broken = true;
+            return RoomArm::Retry;
+        }
+        // Announced as waiting for more room than any piece needs, so the announcement
+        // stands whatever the message: the `try_send` after it is the look that counts, and
+        // the receiver wakes us on its next hand-back of space.
+        match conn.link.producer.prepare_wait(1 << 30) {
+            Ok(true) => match conn.link.sock.try_clone() {
+                Ok(fd) => RoomArm::Wait(fd),
+                Err(e) => {
+                    conn.link.producer.end_wait();
+                    RoomArm::Failed(e)
+                }
+            },
+            Ok(false) => RoomArm::Retry,
+            Err(_) => {
+                conn.broken = true;
+                RoomArm::Retry
+            }
+        }
+    }
+
+    /// Ends the announcement of `arm_room` once woken (unless another clone holds the
+    /// handle; its own sends end it then).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn disarm_room(&self) {
+        if let Ok(mut slot) = self.conn.0.lock(Deadline::Now) {
+            if let Slot::Live(conn) = &mut *slot {
+                conn.link.producer.end_wait();
+            }
+        }
     }
 
     /// Encodes `msg` and pushes it into the ring.
@@ -438,43 +496,6 @@ fn pass_group(
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// Waits until a piece of `len` bytes may fit, the deadline passes, or the receiver goes:
-/// spins a little, then sleeps on the connection until the receiver's wake-up byte, its
-/// end, or the deadline (at most `MAX_SLEEP` at a time, see `sleep_bound`).
-pub(super) fn wait_for_space(
-    producer: &mut Producer,
-    sock: BorrowedFd<'_>,
-    len: usize,
-    deadline: Deadline,
-) -> Result<(), NotSent> {
-    if !matches!(deadline, Deadline::Now) {
-        let mut backoff = Backoff::new();
-        while backoff.spin() {
-            if producer.has_room_for(len)? {
-                return Ok(());
-            }
-        }
-    }
-    let remaining = deadline.remaining();
-    if remaining.is_some_and(|d| d.is_zero()) {
-        return Err(deadline.send_expired());
-    }
-    if producer.consumer_closed() {
-        return Err(NotSent::Disconnected);
-    }
-    producer.sleep_for_room(len, || {
-        let mut fds = [PollFd::new(&sock, notify::READY)];
-        let polled = sys::poll(&mut fds, sleep_bound(remaining));
-        // A wake-up byte, or the receiver's end.
-        let receiver_gone = !fds[0].revents().is_empty() && !notify::drain(sock);
-        polled.map_err(|e| NotSent::Failed(SendFailure::Io(e)))?;
-        if receiver_gone {
-            return Err(NotSent::Disconnected);
-        }
-        Ok(())
-    })
 }
 
 impl Drop for Holder {

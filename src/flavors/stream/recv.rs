@@ -6,6 +6,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
 
 use rustix::event::{PollFd, PollFlags};
 
@@ -17,6 +18,7 @@ use crate::flavors::lock::{HandleLock, LockFail};
 use crate::flavors::{drop_dead, in_turn, Deadline, NotReceived, KEEP_BUFFER, SHARE_FROM};
 use crate::frame::{FrameReader, DIRECT_MIN, HEADER, PIECE_MAX};
 use crate::handshake::Hello;
+use crate::readiness::{self, ReadySet, Watched};
 use crate::sys::{self, fdpass, StreamKind};
 use crate::{Error, Options};
 
@@ -29,6 +31,8 @@ pub(crate) struct StreamReceiver {
     acceptor: Option<Acceptor<()>>,
     /// The stream's kind, for anonymous and inherited receivers.
     kind: Option<StreamKind>,
+    /// The readiness descriptor, once asked for (`readiness.rs`).
+    ready: OnceLock<ReadySet>,
 }
 
 struct RecvState {
@@ -43,7 +47,7 @@ struct RecvState {
 }
 
 struct RecvConn {
-    fd: OwnedFd,
+    fd: Watched,
     reader: FrameReader,
     /// A Unix socket: descriptors may come with the bytes (`attached.rs`).
     passes_fds: bool,
@@ -71,7 +75,7 @@ struct RecvConn {
 impl RecvConn {
     fn new(fd: OwnedFd, kind: StreamKind, limit: usize) -> Self {
         RecvConn {
-            fd,
+            fd: Watched::plain(fd),
             reader: FrameReader::new(limit),
             passes_fds: kind == StreamKind::Unix,
             groups: Groups::default(),
@@ -253,6 +257,7 @@ impl StreamReceiver {
             }),
             acceptor: None,
             kind: Some(kind),
+            ready: OnceLock::new(),
         })
     }
 
@@ -297,6 +302,7 @@ impl StreamReceiver {
             }),
             acceptor: Some(acceptor),
             kind: None,
+            ready: OnceLock::new(),
         })
     }
 
@@ -310,12 +316,68 @@ impl StreamReceiver {
         deadline: Deadline,
         decode: &mut Decode<'_>,
     ) -> Result<(), NotReceived> {
+        if let Some(set) = self.ready.get() {
+            return readiness::wait_loop(set.fd(), deadline, || self.try_ready(set, decode));
+        }
         let mut state = self.state.lock(deadline).map_err(|f| (f, deadline))?;
         state.recv(self.acceptor.as_ref(), deadline, decode)
+    }
+
+    /// Whether the last receive armed the readiness descriptor (`ReadySet::is_armed`).
+    pub(crate) fn is_armed(&self) -> bool {
+        self.ready.get().is_some_and(ReadySet::is_armed)
+    }
+
+    /// The readiness descriptor (`readiness.rs`), made on first use.
+    pub(crate) fn ready_fd(&self) -> io::Result<BorrowedFd<'_>> {
+        let wake = self.acceptor.as_ref().map(|a| a.wake_fd().as_fd());
+        readiness::ready_fd(&self.ready, wake)
+    }
+
+    /// A receive that does not wait, in readiness mode. The sockets are level-triggered in
+    /// the kernel; what they cannot show is a complete message already read into a buffer,
+    /// which the kick covers (`readiness.rs`).
+    fn try_ready(&self, set: &ReadySet, decode: &mut Decode<'_>) -> Result<(), NotReceived> {
+        let mut state = self
+            .state
+            .lock(Deadline::Now)
+            .map_err(|f| NotReceived::from((f, Deadline::Now)))?;
+        state.try_ready(set, self.acceptor.as_ref(), decode)
     }
 }
 
 impl RecvState {
+    /// [`StreamReceiver::try_ready`], holding the lock.
+    fn try_ready(
+        &mut self,
+        set: &ReadySet,
+        acceptor: Option<&Acceptor<()>>,
+        decode: &mut Decode<'_>,
+    ) -> Result<(), NotReceived> {
+        let mut wake_others = set.disarm();
+        let mut result = self.recv(acceptor, Deadline::Now, decode);
+        if matches!(result, Err(NotReceived::Empty)) {
+            wake_others |= set.drain_kick();
+            self.conns.iter_mut().for_each(|c| c.fd.join(set));
+            // Joined after the last read, so bytes that came since show as readable; what
+            // is already in the buffers is looked at once more, after the kick was drained.
+            if self.take_buffered(decode) {
+                wake_others = true;
+                result = Ok(());
+            } else if self.conns.is_empty() && self.ever_connected {
+                result = Err(NotReceived::Disconnected);
+            } else {
+                set.arm();
+            }
+        }
+        if wake_others && !matches!(result, Err(NotReceived::Empty)) {
+            // What we took (or the end we saw) may have been another waiter's wake-up, and
+            // more may wait in a buffer no descriptor covers.
+            set.kick();
+        }
+        result
+    }
+
     /// [`StreamReceiver::recv_with`], holding the lock.
     fn recv(
         &mut self,

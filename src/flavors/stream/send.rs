@@ -137,6 +137,14 @@ impl StreamSender {
         let mut conn = self.conn.lock(deadline).map_err(|f| (f, deadline))?;
         conn.send(deadline, msg)
     }
+
+    /// A duplicate of the connection's descriptor, to wait on for room (writable) without
+    /// holding the lock; `None` while another clone holds it.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn room_fd(&self) -> Option<std::io::Result<OwnedFd>> {
+        let conn = self.conn.lock(Deadline::Now).ok()?;
+        Some(conn.fd.try_clone())
+    }
 }
 
 impl SendConn {
