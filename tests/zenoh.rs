@@ -361,6 +361,24 @@ fn hostile_publications_are_dropped() {
     child.expect_success(PATIENCE, "the hostile child");
 }
 
+/// Two processes with no configuration at all (no `ZENOH_CONFIG`, nothing in `Options`):
+/// conduit's default has them meet on 127.0.0.1 (the first listens on the default port,
+/// the second connects to it), and every message arrives, then `Disconnected`.
+#[test]
+fn two_processes_meet_with_the_default_configuration() {
+    let addr = z::key("default");
+    let spawn_default = |role: &str| {
+        let mut cmd = common::child_command(ENTRY, role);
+        common::die_with_parent(&mut cmd);
+        cmd.env_remove("ZENOH_CONFIG").env(ADDR_ENV, &addr);
+        Reaped::new(cmd.spawn().expect("spawn the child"))
+    };
+    let receiver = spawn_default("default-recv");
+    let sender = spawn_default("default-send");
+    sender.expect_success(PATIENCE, "the sender with the default configuration");
+    receiver.expect_success(PATIENCE, "the receiver with the default configuration");
+}
+
 /// A process has one zenoh session: a channel whose options name another configuration
 /// than the one it was opened with is refused, not quietly given the open one.
 #[test]
@@ -435,6 +453,29 @@ fn zenoh_child() {
             for i in 0..3 {
                 tx.send(common::payload(i, LIMIT / 2))
                     .expect("within the limit");
+            }
+        }
+        "default-recv" => {
+            let rx = Receiver::<u64>::bind(&addr).expect("bind with the default");
+            for i in 0..N {
+                assert_eq!(rx.recv_timeout(PATIENCE).ok(), Some(i), "message {i}");
+            }
+            assert!(matches!(
+                rx.recv_timeout(PATIENCE),
+                Err(RecvTimeoutError::Disconnected)
+            ));
+        }
+        "default-send" => {
+            let start = Instant::now();
+            let tx = loop {
+                match Sender::<u64>::connect(&addr) {
+                    Ok(tx) => break tx,
+                    Err(Error::NotFound { .. }) if start.elapsed() < PATIENCE => {}
+                    Err(e) => panic!("connect with the default: {e}"),
+                }
+            };
+            for i in 0..N {
+                tx.send(i).expect("send");
             }
         }
         "hostile" => hostile(&addr),
