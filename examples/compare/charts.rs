@@ -24,6 +24,7 @@ fn color(name: Name) -> RGBColor {
         Name::UnixSealed => RGBColor(20, 100, 20),
         Name::Tcp => RGBColor(255, 127, 14),
         Name::Zenoh => RGBColor(255, 187, 120),
+        Name::ZenohRaw => RGBColor(200, 150, 60),
         Name::Pipe => RGBColor(148, 103, 189),
         Name::RawSocketpair => RGBColor(110, 110, 110),
         Name::IpcChannel => RGBColor(140, 86, 75),

@@ -22,7 +22,9 @@ and writes target/conduit-report/{results.json,latency.svg,throughput.svg}.
                                spinning subscriber each way),
                                iceoryx2-wait (the same, the subscriber blocking
                                on an iceoryx2 event listener that the publisher
-                               notifies after each sample)
+                               notifies after each sample),
+                               zenoh-raw (plain zenoh publish-subscribe, no
+                               conduit; in a build with the zenoh feature)
                      vec       shm-vec, unix-vec: shm and unix sending a plain
                                Vec<u8>, which serde encodes byte by byte (from 4 KiB)
                      sealed    shm-sealed, unix-sealed: shm and unix sending a

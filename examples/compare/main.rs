@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Rows (`--backends`): conduit's `thread` (`Backend::Thread`, two threads), `shm`
-//! (`shm:PATH`), `unix` (`unix:PATH`), `tcp` (`tcp:127.0.0.1:PORT`) and `pipe`
+//! (`shm:PATH`), `unix` (`unix:PATH`), `tcp` (`tcp:127.0.0.1:PORT`), `zenoh` (`zenoh:KEY`
+//! over conduit's default loopback session, in builds with the `zenoh` feature) and `pipe`
 //! (`channel(Backend::Pipe)` handed to the child), each between this process and a child
 //! process; `shm-vec` and `unix-vec`, the same as `shm` and `unix` but sending a plain
 //! `Vec<u8>`, which serde encodes byte by byte (from 4 KiB only: what a byte payload costs
@@ -27,7 +28,9 @@
 //! two processes, the payload written into the loaned sample and read in place by a spinning
 //! subscriber) and `iceoryx2-wait` (the same with a subscriber that blocks on an iceoryx2
 //! event listener, which the publisher notifies after each sample: what iceoryx2 costs an
-//! application that must not spin); and the `floor`, two processes bouncing a counter over
+//! application that must not spin), `zenoh-raw` (in builds with the `zenoh` feature: plain
+//! zenoh publish-subscribe between two processes, configured as conduit's default session,
+//! the engine's own cost under the `zenoh` row); and the `floor`, two processes bouncing a counter over
 //! one shared cache line with raw atomics, the machine's own cost of a cross-core round trip
 //! (measured first and again last, the lower kept: a pair that only spins is the first to
 //! suffer from other load).
@@ -57,7 +60,7 @@
 //!
 //! Structure: `cli.rs` flags; `names.rs` rows and sizes; `workloads.rs` the measured loops,
 //! message types and conduit's pairs (shared with `benches/backends.rs`); `peers.rs` the
-//! baselines (with `ipc_bytes_peer.rs` and `iceoryx2_peer.rs`); `procs.rs` child processes,
+//! baselines (with `ipc_bytes_peer.rs`, `iceoryx2_peer.rs` and `zenoh_peer.rs`); `procs.rs` child processes,
 //! clean-up and the watchdog; `measure.rs` sampling and budgets; `report.rs` the table and
 //! JSON; `charts.rs` the SVGs.
 //!

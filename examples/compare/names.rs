@@ -38,6 +38,10 @@ pub enum Name {
     IpcBytes,
     /// ipc-channel's `IpcSharedMemory`: a memfd region per message, read in place.
     IpcShmem,
+    /// Plain zenoh publish-subscribe between two processes, without conduit, configured as
+    /// conduit's default: the engine's own cost under the `zenoh` row.
+    #[cfg_attr(not(feature = "zenoh"), allow(dead_code))]
+    ZenohRaw,
     /// Eclipse iceoryx2 publish-subscribe over shared memory, a spinning subscriber each
     /// way, between two processes.
     Iceoryx2,
@@ -73,6 +77,8 @@ impl Name {
         Name::IpcChannel,
         Name::IpcBytes,
         Name::IpcShmem,
+        #[cfg(feature = "zenoh")]
+        Name::ZenohRaw,
         Name::Iceoryx2,
         Name::Iceoryx2Wait,
     ];
@@ -96,6 +102,7 @@ impl Name {
             Name::IpcChannel => "ipc-channel",
             Name::IpcBytes => "ipc-bytes",
             Name::IpcShmem => "ipc-shmem",
+            Name::ZenohRaw => "zenoh-raw",
             Name::Iceoryx2 => "iceoryx2",
             Name::Iceoryx2Wait => "iceoryx2-wait",
         }
@@ -112,7 +119,7 @@ impl Name {
                 Kind::Backend
             }
             Name::ShmVec | Name::UnixVec | Name::ShmSealed | Name::UnixSealed => Kind::Backend,
-            Name::Crossbeam | Name::RawSocketpair | Name::IpcChannel => Kind::Peer,
+            Name::Crossbeam | Name::RawSocketpair | Name::IpcChannel | Name::ZenohRaw => Kind::Peer,
             Name::IpcBytes | Name::IpcShmem | Name::Iceoryx2 | Name::Iceoryx2Wait => Kind::Peer,
         }
     }

@@ -521,3 +521,8 @@ pub mod ipc_bytes;
 /// spinning or a waiting subscriber (`iceoryx2_peer.rs`).
 #[path = "iceoryx2_peer.rs"]
 pub mod iceoryx2;
+
+/// Plain zenoh between two processes, without conduit (`zenoh_peer.rs`).
+#[cfg(feature = "zenoh")]
+#[path = "zenoh_peer.rs"]
+pub mod zenoh;

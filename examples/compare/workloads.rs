@@ -76,6 +76,10 @@ fn start_typed<T: Payload>(name: Name, size: usize, dir: &Path) -> Result<Box<dy
         Name::IpcChannel => peers::ipc::start::<T>(size),
         Name::IpcBytes => peers::ipc_bytes::start::<Bytes>(size),
         Name::IpcShmem => peers::ipc_bytes::start::<Shmem>(size),
+        #[cfg(feature = "zenoh")]
+        Name::ZenohRaw => peers::zenoh::start(size),
+        #[cfg(not(feature = "zenoh"))]
+        Name::ZenohRaw => unreachable!("zenoh-raw is a row of zenoh builds only"),
         Name::Iceoryx2 => peers::iceoryx2::start(size, false),
         Name::Iceoryx2Wait => peers::iceoryx2::start(size, true),
     }
@@ -101,6 +105,8 @@ pub fn child_main() -> bool {
         (r, _) if r == Shmem::ROLE => peers::ipc_bytes::child::<Shmem>(size),
         ("raw", _) => peers::raw::child(size),
         ("iceoryx2", _) => peers::iceoryx2::child(size),
+        #[cfg(feature = "zenoh")]
+        ("zenoh", _) => peers::zenoh::child(size),
         ("floor", _) => peers::floor::child(),
         (other, _) => panic!("unknown child role {other:?}"),
     }

@@ -69,6 +69,7 @@ impl MutexSignal {
     }
 
     /// A descriptor of the same eventfd for a waiter that owns it (tokio's `AsyncFd`).
+    #[cfg(feature = "tokio")]
     pub(crate) fn dup(&self) -> io::Result<OwnedFd> {
         self.fd()?.try_clone_to_owned()
     }
