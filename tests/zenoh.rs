@@ -31,8 +31,8 @@ const N: u64 = 2000;
 /// The receiver's size limit in the tests of limits.
 const LIMIT: usize = 1024;
 
-/// A SIGKILLed peer is noticed when the kernel closes its sockets; the lease bounds it
-/// whatever happens.
+/// The short lease a stopped child announces; a SIGKILLed peer is noticed well within it,
+/// when the kernel closes its sockets.
 fn lease() -> Duration {
     Duration::from_millis(LEASE_MS)
 }
@@ -189,7 +189,8 @@ fn sigkill_of_a_sender_is_noticed_within_the_lease() {
 fn stopped_sender_expires_with_the_lease() {
     let addr = z::key("stop-tx");
     let rx = bind::<u64>(&addr, conduit::Options::new());
-    let child = spawn("send-forever", &addr, &[]);
+    let config = z::short_lease_config();
+    let child = spawn("send-forever", &addr, &[("ZENOH_CONFIG", &config)]);
     rx.recv_timeout(PATIENCE).expect("the child sends");
     signal(&child, libc::SIGSTOP);
     let stopped = Instant::now();

@@ -7,8 +7,11 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The lease tests run with: how long a silent peer (stopped, not dead) keeps its
-/// liveliness. Killed processes are noticed sooner, when the kernel closes their sockets.
+/// The short lease a child announces when a test stops it (`short_lease_config`): how long
+/// it keeps its liveliness while silent (stopped, not dead). Every other session announces
+/// the engine's default (10 s), so that a loaded machine that starves a live process for a
+/// moment does not expire it. Killed processes are noticed sooner either way, when the
+/// kernel closes their sockets.
 pub const LEASE_MS: u64 = 2000;
 
 /// The configuration of a test process's own session (not a child's).
@@ -23,9 +26,8 @@ pub fn config() -> &'static str {
     })
 }
 
-/// What every test configuration shares: no multicast, a short lease.
-const COMMON: &str = r#"scouting: { multicast: { enabled: false } },
-    transport: { link: { tx: { lease: 2000 } } }"#;
+/// What every test configuration shares: no multicast.
+const COMMON: &str = r#"scouting: { multicast: { enabled: false } }"#;
 
 /// The port this process's session listens on.
 pub fn port() -> u16 {
@@ -51,6 +53,18 @@ pub fn child_config() -> String {
     format!(
         r#"{{ mode: "peer", listen: {{ endpoints: ["tcp/127.0.0.1:0"] }},
             connect: {{ endpoints: ["tcp/127.0.0.1:{}"] }}, {} }}"#,
+        port(),
+        COMMON
+    )
+}
+
+/// A child's configuration announcing the short lease [`LEASE_MS`], for a child the test
+/// stops (SIGSTOP) to see it expire.
+pub fn short_lease_config() -> String {
+    format!(
+        r#"{{ mode: "peer", listen: {{ endpoints: ["tcp/127.0.0.1:0"] }},
+            connect: {{ endpoints: ["tcp/127.0.0.1:{}"] }}, {},
+            transport: {{ link: {{ tx: {{ lease: {LEASE_MS} }} }} }} }}"#,
         port(),
         COMMON
     )
