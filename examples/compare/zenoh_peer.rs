@@ -47,8 +47,9 @@ fn depth(size: usize) -> usize {
     (BUFFER_BYTES / size).clamp(8, 1024)
 }
 
-/// conduit's default zenoh configuration, listening on `listen` or connecting to `connect`.
-fn config(listen: Option<u16>, connect: Option<u16>) -> Result<Config, String> {
+/// conduit's default zenoh configuration: listening on 127.0.0.1:`listen` (0: a port the
+/// kernel picks), connecting to 127.0.0.1:`connect` if given. Nothing beyond loopback.
+fn config(listen: u16, connect: Option<u16>) -> Result<Config, String> {
     let endpoints = |port: Option<u16>| {
         port.map(|p| format!("\"tcp/127.0.0.1:{p}\""))
             .unwrap_or_default()
@@ -61,7 +62,7 @@ fn config(listen: Option<u16>, connect: Option<u16>) -> Result<Config, String> {
             scouting: {{ multicast: {{ enabled: false }} }},
             transport: {{ link: {{ tx: {{ queue: {{ size: {{ data: 16 }} }} }} }} }},
         }}"#,
-        endpoints(listen),
+        endpoints(Some(listen)),
         endpoints(connect)
     );
     Config::from_json5(&text).map_err(|e| format!("zenoh configuration: {e}"))
@@ -208,7 +209,7 @@ pub fn start(size: usize) -> Result<Box<dyn Link>, String> {
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("a free port: {e}"))?
         .port();
-    let session = zenoh::open(config(Some(port), None)?)
+    let session = zenoh::open(config(port, None)?)
         .wait()
         .map_err(|e| format!("zenoh session: {e}"))?;
     let ports = Ports::new(session, &base, "down", "up", size)?;
@@ -248,7 +249,7 @@ pub fn start(size: usize) -> Result<Box<dyn Link>, String> {
 pub fn child(size: usize) {
     let base = procs::arg(ARG_KEY);
     let port: u16 = procs::arg(ARG_PORT).parse().expect("a port");
-    let session = zenoh::open(config(None, Some(port)).expect("the configuration"))
+    let session = zenoh::open(config(0, Some(port)).expect("the configuration"))
         .wait()
         .expect("a zenoh session");
     let ports = Ports::new(session, &base, "up", "down", size).expect("the ports");
