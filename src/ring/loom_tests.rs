@@ -123,11 +123,11 @@ fn loom_full_and_empty_edges() {
 
 #[test]
 fn loom_small_frames_wake_checks_in_batches() {
-    // 408-byte frames: the consumer hands each frame's space back at once, but checks behind
-    // a fence whether the producer sleeps only once 1 KiB has gathered (three frames), when
-    // a plain load shows it waiting, or when it finds the ring empty; eleven frames overfill
-    // the 4 KiB ring, so the producer must sleep until one of those checks wakes it.
-    loom::model(|| run((0..11).map(|i| msg(i, 400)).collect()));
+    // 708-byte frames: the consumer hands each frame's space back at once, but checks behind
+    // a fence whether the producer sleeps only once 1 KiB has gathered (two frames), when a
+    // plain load shows it waiting, or when it finds the ring empty; six frames overfill the
+    // 4 KiB ring, so the producer must sleep until one of those checks wakes it.
+    loom::model(|| run((0..6).map(|i| msg(i, 700)).collect()));
 }
 
 #[test]
@@ -147,8 +147,8 @@ fn loom_message_of_the_largest_piece() {
 
 #[test]
 fn loom_message_bigger_than_the_ring() {
-    // 2.5 rings' worth in pieces: the consumer reassembles while the producer waits.
-    loom::model(|| run(vec![msg(0, CAP * 5 / 2)]));
+    // 1.5 rings' worth in pieces: the consumer reassembles while the producer waits.
+    loom::model(|| run(vec![msg(0, CAP * 3 / 2)]));
 }
 
 #[test]
