@@ -17,12 +17,15 @@
 //!   cross-process (cross-core) round trip; `floor_frames` a 64-byte message in a bare ring
 //!   of frames laid out as conduit's, two cache lines each way, the least a framed ring can
 //!   do for 64 bytes.
-//! - `oneway_{8B,4KiB,1MiB}/{shm,unix}`: one-way throughput from a child to this process.
-//!   The child streams N+1 messages on command; the clock starts when the first one arrives
-//!   and stops when the last one does, so a measurement is the steady-state receive rate of
-//!   N messages, sender and receiver running in parallel.
-//! - `record_64KiB/{bytes,byte_buf,vec}` (`record/mod.rs`): a derived struct with a 64 KiB
-//!   byte field, one way over `shm:`, for each choice of the field's type.
+//! - `oneway_{8B,4KiB,1MiB}/{floor,shm,unix}`: one-way throughput from a child to this
+//!   process. The child streams N+1 messages on command; the clock starts when the first one
+//!   arrives and stops when the last one does, so a measurement is the steady-state receive
+//!   rate of N messages, sender and receiver running in parallel. `floor` (4 KiB and 1 MiB)
+//!   is bare shared memory with one copy per side into a fresh buffer (`floors/copies.rs`),
+//!   the least the shm backend's two copies can cost.
+//! - `record_64KiB/{floor,bytes,byte_buf,vec}` (`record/mod.rs`): a derived struct with a
+//!   64 KiB byte field, one way over `shm:`, for each choice of the field's type; `floor`
+//!   is 64 KiB through bare shared memory with one copy per side (`floors/copies.rs`).
 //! - `oneway_16MiB`, `recv_cpu_16MiB` (`sealed/mod.rs`): sealed buffers against the ring.
 //!
 //! Messages:
@@ -391,6 +394,15 @@ fn oneway(c: &mut Criterion, plan: &Plan, dir: &Path) {
         } else {
             g.throughput(Throughput::Bytes(size as u64));
         }
+        if size > 8 {
+            let mut floor: Option<floors::Copies> = None;
+            g.bench_function("floor", |b| {
+                let floor = floor.get_or_insert_with(|| floors::Copies::start(size));
+                b.iter_custom(|iters| floor.receive(iters, false));
+            });
+            // Stopped before the next benchmark, so its spinning child disturbs none.
+            drop(floor);
+        }
         for scheme in ["shm", "unix"] {
             if size <= 8 {
                 bench_stream::<u64>(&mut g, scheme, size, dir);
@@ -426,6 +438,7 @@ mod child {
         match role {
             "floor" => floors::floor_child(),
             "floor_frames" => floors::frames_child(),
+            "floor_copies" => floors::copies_child(),
             "echo" => match arg(ARG_SIZE).as_str() {
                 "struct" => echo::<Msg64>(&arg(ARG_A), &arg(ARG_B)),
                 "bytes" => echo::<Raw64>(&arg(ARG_A), &arg(ARG_B)),

@@ -11,8 +11,14 @@
 //!   framed ring can move for 64 bytes, and what the shm backend's 64-byte round trip is
 //!   bound by.
 //!
-//! The child halves run in a child process ([`floor_child`], [`frames_child`]); they leave
-//! when the parent stores the stop value (on drop) or dies (`PR_SET_PDEATHSIG`).
+//! - [`Copies`] (`oneway_{4KiB,1MiB}/floor`, `record_64KiB/floor`; `copies.rs`): messages
+//!   streamed through a ring of 64 KiB slots, one copy in and one copy out into a fresh
+//!   buffer: the least one copy per side costs, what the shm backend's byte payloads are
+//!   bound by.
+//!
+//! The child halves run in a child process ([`floor_child`], [`frames_child`],
+//! [`copies_child`]); they leave when the parent stores the stop value (on drop) or dies
+//! (`PR_SET_PDEATHSIG`).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -22,6 +28,9 @@ use std::time::{Duration, Instant};
 use memmap2::MmapRaw;
 
 use super::{ChildGuard, ARG_A};
+
+mod copies;
+pub use copies::{copies_child, Copies};
 
 /// The one-line floor's shared page: the parent's counter, and the child's echo two lines
 /// further (past the adjacent-line prefetcher's pair), so each line has one writer.

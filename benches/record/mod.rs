@@ -10,6 +10,10 @@
 //!
 //! `bytes` and `byte_buf` are the same bytes on the wire (a length, then one run); `vec` is
 //! too, but serde walks it element by element on both sides.
+//!
+//! - `record_64KiB/floor`: the payload alone through bare shared memory, copied in by the
+//!   child and out into a fresh buffer by this process (`floors/copies.rs`): the two copies
+//!   the shm backend makes for `bytes`, and nothing else.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -20,7 +24,7 @@ use criterion::{BenchmarkGroup, Criterion, Throughput};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{child, Plan, Stream};
+use super::{child, floors, Plan, Stream};
 
 const PAYLOAD: usize = 64 << 10;
 
@@ -69,6 +73,13 @@ pub(super) fn records(c: &mut Criterion, plan: &Plan, dir: &Path) {
     let mut g = c.benchmark_group("record_64KiB");
     plan.apply(&mut g, plan.oneway_time, plan.oneway_samples);
     g.throughput(Throughput::Bytes(PAYLOAD as u64));
+    let mut floor: Option<floors::Copies> = None;
+    g.bench_function("floor", |b| {
+        let floor = floor.get_or_insert_with(|| floors::Copies::start(PAYLOAD));
+        b.iter_custom(|iters| floor.receive(iters, true));
+    });
+    // Stopped before the next benchmark, so its spinning child disturbs none.
+    drop(floor);
     bench::<conduit::Bytes>(&mut g, "bytes", dir);
     bench::<serde_bytes::ByteBuf>(&mut g, "byte_buf", dir);
     bench::<Vec<u8>>(&mut g, "vec", dir);
