@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use memmap2::MmapRaw;
 
 use super::{inherited, shared, slot, STOP};
-use crate::{ChildGuard, ARG_A, ARG_SIZE};
+use crate::{ChildGuard, ARG_A, ARG_SIZE, PATIENCE};
 
 /// The largest piece, and the pieces the ring holds.
 pub const PIECE: usize = 64 << 10;
@@ -35,13 +35,24 @@ const SLOTS_AT: usize = 4096;
 /// Waits until `ready` holds, spinning, and yielding the core every 64 turns (as the shm
 /// backend's own spinning does), so a peer that shares this core still gets to run: the
 /// floor measures copies, not a scheduler starving the one process that could progress.
-fn spin_until(mut ready: impl FnMut() -> bool) {
+/// With `patience`, panics after that long without it: the parent's child is gone or stuck,
+/// and a benchmark must not hang. (The child waits without a bound: between benchmarks it
+/// has nothing to send, and it dies with its parent.)
+fn spin_until(mut ready: impl FnMut() -> bool, patience: Option<Duration>) {
     let mut turns = 0u32;
+    let mut since: Option<Instant> = None;
     while !ready() {
         std::hint::spin_loop();
         turns = turns.wrapping_add(1);
         if turns % 64 == 0 {
             std::thread::yield_now();
+            if let Some(patience) = patience {
+                let since = *since.get_or_insert_with(Instant::now);
+                assert!(
+                    since.elapsed() < patience,
+                    "the copy floor's child sent nothing for {patience:?}"
+                );
+            }
         }
     }
 }
@@ -115,7 +126,7 @@ impl Copies {
             let (header, seq) = (slot(&self.map, at), self.seq);
             // Acquire pairs with the child's Release store of the header: the piece it
             // wrote before is visible.
-            spin_until(|| header.load(Ordering::Acquire) == seq);
+            spin_until(|| header.load(Ordering::Acquire) == seq, Some(PATIENCE));
             // SAFETY: the slot lies inside the mapping (`piece_at` + PIECE <= SLOTS_AT +
             // SLOTS * PIECE, its length, and len <= PIECE) and `buf` has room for `len` more
             // bytes (its capacity is the message's size). The child wrote these bytes before
@@ -158,11 +169,14 @@ pub fn copies_child() {
         // Acquire pairs with the parent's Release stores of `BUDGET` and `TAKEN`: the slot
         // is free once the parent has copied out the piece SLOTS before this one.
         let mut stop = false;
-        spin_until(|| {
-            let allowed = budget.load(Ordering::Acquire);
-            stop = allowed == STOP;
-            stop || (seq <= allowed && taken.load(Ordering::Acquire) + SLOTS as u64 >= seq)
-        });
+        spin_until(
+            || {
+                let allowed = budget.load(Ordering::Acquire);
+                stop = allowed == STOP;
+                stop || (seq <= allowed && taken.load(Ordering::Acquire) + SLOTS as u64 >= seq)
+            },
+            None,
+        );
         if stop {
             return;
         }
