@@ -336,7 +336,8 @@ fn a_new_sender_process_after_disconnected() {
 }
 
 /// Publications on the key that do not follow the protocol are dropped without disturbing
-/// an honest sender: a stranger's message (never said hello), and, from senders that did,
+/// an honest sender: a stranger's message (never said hello), one that names no sender,
+/// and, from senders that did,
 /// bytes that do not decode, a message over the receiver's limit (refused on its length),
 /// and an unknown kind. Each offender is dropped (and told: its sends then fail); the honest
 /// sender's messages all arrive, in order, and nothing else does.
@@ -526,10 +527,14 @@ fn hostile(addr: &str) {
     let given = std::env::var("ZENOH_CONFIG").expect("ZENOH_CONFIG in a child");
     let config = zenoh::Config::from_json5(&given).unwrap();
     let raw = zenoh::open(config).wait().expect("a raw session");
+    // A put on the messages' key as sender `id` (its attachment; `None`: no attachment).
     // Each put waits until the receiver's subscription is known here, so that it is
     // delivered (a put nobody matches is dropped, and the test would prove nothing).
-    let put = |k: String, bytes: Vec<u8>| {
-        let publisher = raw.declare_publisher(k).wait().expect("raw publisher");
+    let put = |id: Option<&str>, bytes: Vec<u8>| {
+        let publisher = raw
+            .declare_publisher(format!("{key}/m"))
+            .wait()
+            .expect("raw publisher");
         let start = Instant::now();
         while !publisher.matching_status().wait().unwrap().matching() {
             assert!(
@@ -538,7 +543,12 @@ fn hostile(addr: &str) {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        publisher.put(bytes).wait().expect("raw put");
+        let put = publisher.put(bytes);
+        match id {
+            Some(id) => put.attachment(id.as_bytes()).wait(),
+            None => put.wait(),
+        }
+        .expect("raw put");
     };
     // A publication is `[encoded message][kind]`, kind 0 for a message.
     let valid = |v: Vec<u8>| {
@@ -573,13 +583,14 @@ fn hostile(addr: &str) {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    put(format!("{key}/m/stranger"), valid(b"stranger".to_vec()));
+    put(Some("stranger"), valid(b"stranger".to_vec()));
+    put(None, valid(b"nobody".to_vec()));
     put(
-        format!("{key}/m/{}", ids[0]),
+        Some(&ids[0]),
         vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0],
     );
-    put(format!("{key}/m/{}", ids[1]), valid(vec![9; 4000]));
-    put(format!("{key}/m/{}", ids[2]), vec![1, 2, 3, 9]);
+    put(Some(&ids[1]), valid(vec![9; 4000]));
+    put(Some(&ids[2]), vec![1, 2, 3, 9]);
     for i in 0..N {
         honest.send(common::payload(i, 8)).expect("honest send");
     }

@@ -147,7 +147,7 @@ impl ZenohReceiver {
             .map_err(|e| io("watching the senders' liveliness", e))?;
         let feed = Arc::clone(&inbox);
         let messages = session
-            .declare_subscriber(format!("{key}/m/*"))
+            .declare_subscriber(format!("{key}/m"))
             .callback(move |sample: Sample| feed.arrived(sample))
             .wait()
             .map_err(|e| io("subscribing to the senders' messages", e))?;
@@ -266,12 +266,17 @@ fn decode_message(bytes: &ZBytes, decode: &mut Decode<'_>) -> Result<(), String>
 }
 
 impl Inbox {
-    /// A publication on `KEY/m/<id>` (its kind in its last byte): a message, or a hungry
-    /// sender. Anything else, and
-    /// anything from a sender not accepted, is dropped; a malformed or oversized message
-    /// ends its sender. The length is checked before the bytes are touched.
+    /// A publication on `KEY/m` (its sender's id the attachment, its kind its last byte): a
+    /// message, or a hungry sender. Anything else, and anything without the id of a sender
+    /// accepted, is dropped; a malformed or oversized message ends its sender. The length
+    /// is checked before the bytes are touched.
     fn arrived(&self, sample: Sample) {
-        let from = last_chunk(sample.key_expr().as_str());
+        let Some(id) = sample.attachment().map(ZBytes::to_bytes) else {
+            return;
+        };
+        let Ok(from) = std::str::from_utf8(&id) else {
+            return;
+        };
         let payload = sample.payload();
         let mut state = self.state.lock();
         let Some((from, _)) = state.live.get_key_value(from) else {

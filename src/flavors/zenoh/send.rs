@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
+use zenoh::bytes::ZBytes;
 use zenoh::liveliness::LivelinessToken;
 use zenoh::pubsub::{Publisher, Subscriber};
 use zenoh::qos::CongestionControl;
@@ -33,6 +34,8 @@ struct Conn {
     session: Session,
     key: String,
     id: String,
+    /// `id` as every publication's attachment (clones share its bytes).
+    attachment: ZBytes,
     publisher: Publisher<'static>,
     flow: Arc<Flow>,
     /// The smaller of this sender's and the receiver's size limits.
@@ -105,7 +108,7 @@ impl ZenohSender {
             .wait()
             .map_err(|e| io("declaring the sender's liveliness token", e))?;
         let publisher = session
-            .declare_publisher(format!("{key}/m/{id}"))
+            .declare_publisher(format!("{key}/m"))
             .congestion_control(CongestionControl::Block)
             .wait()
             .map_err(|e| io("declaring the publisher", e))?;
@@ -121,6 +124,7 @@ impl ZenohSender {
             conn: Arc::new(Conn {
                 session,
                 key: key.to_string(),
+                attachment: ZBytes::from(id.as_bytes()),
                 id,
                 publisher,
                 flow,
@@ -167,6 +171,7 @@ impl ZenohSender {
         conn.reserve(buf.len() as u64 + OVERHEAD, deadline)?;
         conn.publisher
             .put(buf)
+            .attachment(conn.attachment.clone())
             .wait()
             .map_err(|e| NotSent::Failed(SendFailure::Io(io_error(e))))
     }
@@ -191,6 +196,7 @@ impl Conn {
                 drop(state);
                 self.publisher
                     .put(vec![HUNGRY])
+                    .attachment(self.attachment.clone())
                     .wait()
                     .map_err(|e| NotSent::Failed(SendFailure::Io(io_error(e))))?;
                 state = self.flow.state.lock();
