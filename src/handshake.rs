@@ -21,7 +21,7 @@ use crate::Error;
 /// First bytes of every conduit connection.
 pub(crate) const MAGIC: [u8; 4] = *b"CNDT";
 /// The wire protocol version this build speaks.
-pub(crate) const VERSION: u16 = 2;
+pub(crate) const VERSION: u16 = 3;
 /// Fixed part of a hello, before the name.
 pub(crate) const FIXED: usize = 22;
 /// Longest type description carried (longer ones are cut at a character boundary).

@@ -403,7 +403,7 @@ fn wrong_version_and_type(t: Transport) {
         wait_dropped(&rx, &mut c, what, got);
         writer.join().unwrap();
     };
-    for v in [0u16, 1, 3, 0x0100, 0xffff] {
+    for v in [0u16, 1, 2, 4, 0x0100, 0xffff] {
         let mut h = hello_for::<Job>(1 << 20);
         h[4..6].copy_from_slice(&v.to_le_bytes());
         check(&format!("version {v}"), h, 1, &mut got);
@@ -477,10 +477,10 @@ fn hostile_receivers() {
         h[at..at + bytes.len()].copy_from_slice(bytes);
         h
     };
-    let e = connect_to_fake(Some(with(4, &3u16.to_le_bytes()))).unwrap_err();
+    let e = connect_to_fake(Some(with(4, &4u16.to_le_bytes()))).unwrap_err();
     assert!(
-        matches!(e, Error::VersionMismatch { remote: 3, .. }),
-        "version 3: {e}"
+        matches!(e, Error::VersionMismatch { remote: 4, .. }),
+        "version 4: {e}"
     );
     let e = connect_to_fake(Some(with(6, &[1]))).unwrap_err();
     assert!(matches!(e, Error::VersionMismatch { .. }), "status 1: {e}");

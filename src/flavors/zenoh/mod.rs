@@ -13,7 +13,7 @@
 //! KEY/rx/<id>   liveliness token of the bound receiver (a second bind sees it: AddrInUse)
 //! KEY/tx/<id>   liveliness token of each connected sender (its loss ends that sender)
 //! KEY/hello     the receiver's queryable: a sender's hello (type check) and goodbye
-//! KEY/m        every sender's publications, its id as the attachment (kind in the last
+//! KEY/m         every sender's publications, its id as the attachment (kind in the last
 //!               byte): its messages, and "hungry" when out of credit
 //! KEY/c/<id>    the receiver's credit for that sender: total cost it has taken so far
 //!               (or one byte: that sender was dropped for what it sent)
