@@ -23,3 +23,12 @@ run_counted() {
     fi
     echo "run_counted: ${passed} tests passed"
 }
+
+# Removes a target directory a finished step no longer needs, after printing its size, so
+# the disk holds one step's build at a time rather than all of them.
+drop_target() {
+    if [ -d "$1" ]; then
+        du -sh "$1"
+        rm -rf "$1"
+    fi
+}
