@@ -337,10 +337,10 @@ fn a_new_sender_process_after_disconnected() {
 
 /// Publications on the key that do not follow the protocol are dropped without disturbing
 /// an honest sender: a stranger's message (never said hello), one that names no sender,
-/// and, from senders that did,
-/// bytes that do not decode, a message over the receiver's limit (refused on its length),
-/// and an unknown kind. Each offender is dropped (and told: its sends then fail); the honest
-/// sender's messages all arrive, in order, and nothing else does.
+/// and, from senders that did, bytes that do not decode, a message over the receiver's
+/// limit (refused on its length), and an unknown kind. Each offender is dropped (and told:
+/// its sends then fail); the honest sender's messages all arrive, in order, and nothing
+/// else does.
 #[test]
 fn hostile_publications_are_dropped() {
     let addr = z::key("hostile");

@@ -169,15 +169,20 @@ impl ZenohSender {
             }));
         }
         conn.reserve(buf.len() as u64 + OVERHEAD, deadline)?;
-        conn.publisher
-            .put(buf)
-            .attachment(conn.attachment.clone())
-            .wait()
-            .map_err(|e| NotSent::Failed(SendFailure::Io(io_error(e))))
+        conn.publish(buf)
     }
 }
 
 impl Conn {
+    /// Publishes `[body][kind]` on `KEY/m` as this sender.
+    fn publish(&self, publication: Vec<u8>) -> Result<(), NotSent> {
+        self.publisher
+            .put(publication)
+            .attachment(self.attachment.clone())
+            .wait()
+            .map_err(|e| NotSent::Failed(SendFailure::Io(io_error(e))))
+    }
+
     /// Waits until `cost` fits in the window (or nothing is in flight), then counts it
     /// as sent. Out of credit, asks the receiver for it once per report.
     fn reserve(&self, cost: u64, deadline: Deadline) -> Result<(), NotSent> {
@@ -194,11 +199,7 @@ impl Conn {
             if state.asked_at != Some(state.taken) {
                 state.asked_at = Some(state.taken);
                 drop(state);
-                self.publisher
-                    .put(vec![HUNGRY])
-                    .attachment(self.attachment.clone())
-                    .wait()
-                    .map_err(|e| NotSent::Failed(SendFailure::Io(io_error(e))))?;
+                self.publish(vec![HUNGRY])?;
                 state = self.flow.state.lock();
                 continue;
             }
